@@ -1,0 +1,235 @@
+"""The `scanner` command: each subcommand parses options and calls a plain function."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from scanner import cli_model
+from scanner.console import err_console, fail, progress_bar
+from scanner.settings import Settings
+from scanner.submit import SetupError, open_database, safe_url
+from scanner.submit import submit as run_submit
+
+app = typer.Typer(help="fauxscan: find fake, manipulated and AI-generated face images.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.command()(cli_model.train)
+app.command()(cli_model.evaluate)
+
+JobId = Annotated[int, typer.Argument(help="Job id (from `scanner submit` or `scanner jobs`).")]
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment with CLI overrides; bad values exit with a message."""
+    try:
+        return Settings.from_env().with_overrides(**overrides)
+    except ValueError as exc:
+        fail(str(exc))
+
+
+def _read_from_file(source: str) -> list[str]:
+    from scanner.sources import read_source_list
+
+    if source == "-":
+        return read_source_list(sys.stdin)
+    try:
+        with open(source, encoding="utf-8") as handle:
+            return read_source_list(handle)
+    except OSError as exc:
+        fail(f"cannot read --from-file {source}: {exc.strerror}")
+
+
+@app.command()
+def submit(
+    paths: Annotated[list[str] | None, typer.Argument(help="Files, directories and http(s) URLs.")] = None,
+    from_file: Annotated[
+        str | None, typer.Option(help="File with one path or URL per line ('-': stdin).")
+    ] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for the job to finish (distributed mode).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Checkpoint to use.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+) -> None:
+    """Scan images: record a job, scan it, print a summary."""
+    arguments = list(paths or []) + (_read_from_file(from_file) if from_file else [])
+    if not arguments:
+        fail("nothing to scan: give paths or URLs, or --from-file")
+    settings = load_settings(batch_size=batch_size, model_path=model, device=device)
+    try:
+        with progress_bar() as new_task:
+            result = run_submit(settings, arguments, wait, new_task)
+    except SetupError as exc:
+        fail(str(exc))
+    summary = result.summary
+    if as_json:
+        typer.echo(json.dumps({k: v for k, v in summary.items() if k != "skipped_files"}))
+        return
+    _print_summary(summary, result.resumed)
+
+
+def _print_summary(summary: dict[str, Any], resumed: bool) -> None:
+    verb = "resumed" if resumed else "job"
+    if not summary["finished"]:
+        job_id = summary["job_id"]
+        typer.echo(f"{verb} {job_id} queued: {summary['items']} items; follow with `scanner status {job_id}`")
+        return
+    rate = summary.get("images_per_second")
+    typer.echo(
+        f"{verb} {summary['job_id']} finished: {summary['done']} scanned, {summary['flagged']} flagged, "
+        f"{summary['errors']} errors, {summary['skipped']} skipped, {summary['elapsed_seconds']:.1f} s"
+        + (f", {rate:.1f} images/s" if rate else "")
+    )
+    for code, count in summary["errors_by_code"].items():
+        typer.echo(f"  error {code}: {count}")
+    typer.echo(f"model {summary['model_version']}, threshold {summary['threshold']:.4f}")
+    if summary["flagged"]:
+        typer.echo(f"flagged items: scanner report {summary['job_id']} --flagged-only")
+
+
+def _sessions(settings: Settings) -> Any:
+    try:
+        return open_database(settings)
+    except SetupError as exc:
+        fail(str(exc))
+
+
+@app.command()
+def status(job_id: JobId, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Progress, counts, errors, skipped files and per-worker throughput of a job."""
+    from scanner.reports import JobNotFound, job_status
+
+    with _sessions(load_settings())() as session:
+        try:
+            data = job_status(session, job_id)
+        except JobNotFound as exc:
+            fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(data))
+        return
+    state = "finished" if data["finished"] else f"running ({data['queued']} queued)"
+    typer.echo(
+        f"job {job_id}: {state}; {data['items']} items, {data['done']} done, {data['flagged']} flagged, "
+        f"{data['errors']} errors, {data['skipped']} skipped"
+    )
+    for code, count in data["errors_by_code"].items():
+        typer.echo(f"  error {code}: {count}")
+    for skipped in data["skipped_files"]:
+        typer.echo(f"  skipped ({skipped['reason']}): {skipped['path']}")
+    for worker in data["workers"]:
+        rate = worker["images_per_second"]
+        typer.echo(
+            f"  worker {worker['worker']}: {worker['items']} items"
+            + (f", {rate:.1f} images/s" if rate else "")
+        )
+
+
+@app.command()
+def jobs(limit: Annotated[int, typer.Option(help="How many recent jobs.")] = 20) -> None:
+    """List recent jobs."""
+    from scanner.reports import recent_jobs
+
+    with _sessions(load_settings())() as session:
+        for job in recent_jobs(session, limit):
+            typer.echo(
+                f"{job['job_id']:>6}  {job['created_at'][:19]}  {job['status']:9}  {job['mode']:11}  "
+                f"items={job['items']} done={job['done']} flagged={job['flagged']} errors={job['errors']}"
+            )
+
+
+@app.command()
+def report(
+    job_id: JobId,
+    flagged_only: Annotated[bool, typer.Option(help="Only items labelled fake.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, json, jsonl or html.")] = "table",
+    output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> None:
+    """Per-item results of a job: uri, status, score, label, threshold, model version, error."""
+    from scanner import reports
+
+    if fmt not in ("table", "csv", "json", "jsonl", "html"):
+        fail(f"unknown format {fmt!r}: use table, csv, json, jsonl or html")
+    with _sessions(load_settings())() as session:
+        try:
+            rows = reports.report_rows(session, job_id, flagged_only)
+            status = reports.job_status(session, job_id)
+        except reports.JobNotFound as exc:
+            fail(str(exc))
+    text = {
+        "table": lambda: reports.render_table(rows),
+        "csv": lambda: reports.render_csv(rows),
+        "json": lambda: reports.render_json(rows, status),
+        "jsonl": lambda: reports.render_jsonl(rows),
+    }[fmt]()
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+        err_console.print(f"wrote {output}")
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply database migrations (PostgreSQL or SQLite)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from scanner.db import upgrade
+
+    settings = load_settings()
+    try:
+        upgrade(settings.database_url, revision)
+    except SQLAlchemyError as exc:
+        fail(f"migration failed on {safe_url(settings.database_url)}: {type(exc.orig or exc).__name__}")
+    typer.echo(f"database {safe_url(settings.database_url)} is at {revision}")
+
+
+@app.command()
+def info() -> None:
+    """Show the settings in effect: database, broker, model, device."""
+    from scanner.model import model_identity
+    from training.checkpoint import CheckpointError
+
+    settings = load_settings()
+    typer.echo(f"database: {safe_url(settings.database_url)}")
+    broker = safe_url(settings.broker_url) if settings.broker_url else "(none: embedded, in-process)"
+    typer.echo(f"broker:   {broker}")
+    typer.echo(f"model:    {settings.model_path}")
+    try:
+        version, threshold = model_identity(settings)
+        typer.echo(f"          version {version}, threshold {threshold:.4f}")
+    except CheckpointError as exc:
+        typer.echo(f"          unusable: {exc}")
+    typer.echo(f"device:   {settings.device}")
+    typer.echo(f"batch:    {settings.batch_size}")
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[int, typer.Option(help="Worker processes (CPU); GPU workers use 1.")] = 1,
+    queues: Annotated[
+        str | None, typer.Option(help="Comma-separated queues (default: SCANNER_QUEUE).")
+    ] = None,
+    pool: Annotated[
+        str | None, typer.Option(help="prefork, solo or threads (default: solo on CUDA).")
+    ] = None,
+    loglevel: Annotated[str, typer.Option()] = "info",
+) -> None:
+    """Start a Celery worker with the same settings (needs SCANNER_BROKER_URL)."""
+    from worker.run import worker_argv
+
+    settings = load_settings()
+    if not settings.broker_url:
+        fail("SCANNER_BROKER_URL is not set: workers need a broker (e.g. redis://127.0.0.1:6379/0)")
+    from worker import app as celery_app
+
+    celery_app.worker_main(worker_argv(settings, concurrency, queues, pool, loglevel))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

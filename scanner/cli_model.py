@@ -1,0 +1,121 @@
+"""`scanner train` and `scanner evaluate`: parse options and call the training package."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from scanner.console import err_console, fail, progress_bar
+from scanner.settings import Settings
+from training.checkpoint import CheckpointError, read_checkpoint
+from training.train import TrainConfig, paper_config
+from training.train import main as train_main
+
+DataDirs = Annotated[
+    list[Path], typer.Argument(help="Folders with real/ and fake/ (or training_real/, training_fake/).")
+]
+
+
+def train(
+    data_dirs: DataDirs,
+    out: Annotated[Path, typer.Option(help="Checkpoint to write (metrics .json and _plots/ beside it).")],
+    arch: Annotated[str, typer.Option(help="paper-cnn (Luo's model and settings) or fauxnet.")] = "fauxnet",
+    epochs: Annotated[int | None, typer.Option(help="Epochs (paper-cnn default 30).")] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    size: Annotated[int, typer.Option(help="Input size in pixels.")] = 128,
+    seed: Annotated[int, typer.Option()] = 1,
+    augment: Annotated[str | None, typer.Option(help="paper, robust or none.")] = None,
+    threshold_rule: Annotated[str, typer.Option(help="fpr:0.05 or youden.")] = "fpr:0.05",
+    max_per_dataset: Annotated[int, typer.Option(help="Cap images per folder (0: all).")] = 0,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 1,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint's state.")] = None,
+) -> None:
+    """Train a detector on labelled image folders."""
+    config = _train_config(data_dirs, out, arch, resume)
+    overrides = {
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment,
+        "device": device or Settings.from_env().device,
+    }  # fmt: skip
+    if resume is None:
+        overrides.update(size=size, seed=seed, threshold_rule=threshold_rule,
+                         max_per_dataset=max_per_dataset, workers=workers)  # fmt: skip
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    try:
+        with progress_bar() as new_task:
+            metrics = train_main(config, resume=resume, progress_factory=new_task)
+    except (FileNotFoundError, ValueError, CheckpointError) as exc:
+        fail(str(exc))
+    summary = {k: metrics[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "threshold")}
+    err_console.print(f"wrote {out}: validation {json.dumps(summary)}")
+
+
+def _train_config(data_dirs: list[Path], out: Path, arch: str, resume: Path | None) -> TrainConfig:
+    dirs = [str(d) for d in data_dirs]
+    if resume is not None:
+        try:
+            stored = read_checkpoint(resume)["train_config"]
+        except (CheckpointError, KeyError) as exc:
+            fail(f"cannot resume from {resume}: {exc}")
+        return TrainConfig(**{**stored, "data_dirs": dirs, "out": str(out)})
+    if arch == "paper-cnn":
+        return paper_config(dirs, str(out))
+    if arch != "fauxnet":
+        fail(f"unknown architecture {arch!r}: choose paper-cnn or fauxnet")
+    return TrainConfig(data_dirs=dirs, out=str(out), arch=arch)
+
+
+def evaluate(
+    data_dirs: DataDirs,
+    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped model).")] = None,
+    split: Annotated[str, typer.Option(help="all, or val: the checkpoint's own validation split.")] = "all",
+    jpeg_quality: Annotated[
+        int | None, typer.Option(help="Re-encode each image at this JPEG quality.")
+    ] = None,
+    scale: Annotated[float | None, typer.Option(help="Downscale each image by this factor first.")] = None,
+    batch_size: Annotated[int, typer.Option()] = 64,
+    workers: Annotated[int, typer.Option()] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Evaluate a checkpoint on labelled image folders."""
+    from training.evaluate import run_evaluation
+
+    settings = Settings.from_env()
+    model_path = model or settings.model_path
+    if split not in ("all", "val"):
+        fail("--split must be 'all' or 'val'")
+    try:
+        metrics = run_evaluation(
+            [str(d) for d in data_dirs],
+            model_path,
+            split,
+            settings.device,
+            batch_size,
+            jpeg_quality,
+            scale,
+            workers,
+        )
+    except (FileNotFoundError, ValueError, CheckpointError) as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(metrics))
+        return
+    _print_metrics(metrics)
+
+
+def _print_metrics(metrics: dict) -> None:
+    typer.echo(f"model {metrics['model_version']}  n={metrics['n']}  threshold={metrics['threshold']:.4f}")
+    rows = {"all": metrics, **metrics["per_dataset"]}
+    for name, row in rows.items():
+        typer.echo(
+            f"{name:32s} n={row['n']:6d} acc={row['accuracy']:.4f} bal={row['balanced_accuracy']:.4f} "
+            f"auc={row['roc_auc']:.4f} fpr={row['false_positive_rate']:.4f}"
+        )
+    for name, row in metrics.get("per_stratum", {}).items():
+        typer.echo(f"  stratum {name:22s} n={row['n']:6d} acc={row['accuracy']:.4f}")

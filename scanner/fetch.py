@@ -1,0 +1,182 @@
+"""Safe URL fetching: pinned, vetted addresses (no SSRF, no DNS rebinding), limits and retries."""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+from scanner.errors import ItemError
+
+REDIRECTS = {301, 302, 303, 307, 308}
+USER_AGENT = "fauxscan/0.1 (+https://github.com/fauxscan)"
+
+
+@dataclass(frozen=True)
+class FetchPolicy:
+    """Limits for one fetch; built from Settings."""
+
+    timeout: float = 10.0
+    max_bytes: int = 50 * 1024 * 1024
+    max_redirects: int = 5
+    retries: int = 2
+    backoff: float = 0.5
+    allow_private: bool = False
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    """The body of a successful fetch and where it finally came from."""
+
+    data: bytes
+    final_url: str
+    status: int
+
+
+class _Transient(Exception):
+    """A failure worth retrying (timeout, 5xx, connection reset)."""
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def address_blocked(address: str, allow_private: bool) -> bool:
+    """True for addresses a fetch must not reach.
+
+    Always blocked: link-local (cloud metadata), multicast, unspecified and reserved ranges.
+    Blocked unless `allow_private`: loopback, private and other non-global ranges.
+    IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+    """
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+        return True
+    return not allow_private and not ip.is_global
+
+
+def resolve_vetted(host: str, port: int, policy: FetchPolicy) -> str:
+    """Resolve `host` and return an allowed address to connect to, or raise blocked_address."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise _Transient("connection_error", f"cannot resolve {host!r}: {exc}") from None
+    addresses = [str(info[4][0]) for info in infos]
+    blocked = [a for a in addresses if address_blocked(a, policy.allow_private)]
+    if blocked:
+        raise ItemError("blocked_address", f"{host} resolves to blocked address {blocked[0]}")
+    return addresses[0]
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    """Connects to a vetted IP while sending the original Host header."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self._address = address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """TLS to a vetted IP, verifying the certificate for the original host name."""
+
+    def __init__(self, host: str, port: int, address: str, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
+        self._address = address
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
+def _split(url: str) -> tuple[str, str, int, str]:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise ItemError("invalid_url", f"malformed URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise ItemError("unsupported_scheme", f"scheme {scheme!r} is not http or https")
+    if not parts.hostname:
+        raise ItemError("invalid_url", "the URL has no host")
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    return scheme, parts.hostname, port or (443 if scheme == "https" else 80), path
+
+
+def _read_limited(response: http.client.HTTPResponse, policy: FetchPolicy, deadline: float) -> bytes:
+    length = response.getheader("Content-Length")
+    if length and length.isdigit() and int(length) > policy.max_bytes:
+        raise ItemError("too_large", f"Content-Length {length} exceeds the limit of {policy.max_bytes} bytes")
+    chunks, total = [], 0
+    while chunk := response.read(64 * 1024):
+        total += len(chunk)
+        if total > policy.max_bytes:
+            raise ItemError("too_large", f"body exceeds the limit of {policy.max_bytes} bytes")
+        if time.monotonic() > deadline:
+            raise _Transient("timeout", "the download took longer than allowed")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _request_once(url: str, policy: FetchPolicy) -> tuple[int, str | None, bytes]:
+    scheme, host, port, path = _split(url)
+    address = resolve_vetted(host, port, policy)
+    connection_class = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
+    connection = connection_class(host, port, address, policy.timeout)
+    deadline = time.monotonic() + 3 * policy.timeout
+    try:
+        connection.request("GET", path, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
+        response = connection.getresponse()
+        if response.status in REDIRECTS:
+            return response.status, response.getheader("Location"), b""
+        body = _read_limited(response, policy, deadline) if response.status < 300 else b""
+        return response.status, None, body
+    except TimeoutError:
+        raise _Transient("timeout", f"no answer from {host} within {policy.timeout:g} s") from None
+    except ssl.SSLError as exc:
+        raise ItemError("connection_error", f"TLS error with {host}: {exc.reason}") from None
+    except (ConnectionError, OSError, http.client.HTTPException) as exc:
+        raise _Transient("connection_error", f"connection to {host} failed: {type(exc).__name__}") from None
+    finally:
+        connection.close()
+
+
+def _follow(url: str, policy: FetchPolicy) -> FetchResult:
+    current = url
+    for _ in range(policy.max_redirects + 1):
+        status, location, body = _request_once(current, policy)
+        if status in REDIRECTS:
+            if not location:
+                raise ItemError("http_4xx", f"redirect {status} without a Location header")
+            current = urljoin(current, location)
+            continue
+        if 400 <= status < 500:
+            raise ItemError("http_4xx", f"HTTP {status} from {current}", status)
+        if status >= 500:
+            raise _Transient("http_5xx", f"HTTP {status} from {current}", status)
+        return FetchResult(body, current, status)
+    raise ItemError("too_many_redirects", f"more than {policy.max_redirects} redirects")
+
+
+def fetch_url(url: str, policy: FetchPolicy) -> FetchResult:
+    """GET an image URL within the policy; retries timeouts, connection errors and 5xx only."""
+    last: _Transient | None = None
+    for attempt in range(policy.retries + 1):
+        try:
+            return _follow(url, policy)
+        except _Transient as exc:
+            last = exc
+            if attempt < policy.retries:
+                time.sleep(policy.backoff * 2**attempt)
+    assert last is not None
+    raise ItemError(last.code, f"{last.message} (after {policy.retries + 1} attempts)", last.status)

@@ -1,0 +1,114 @@
+"""Load/decode stage: read each item's bytes (file or URL), hash them, decode and preprocess."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from scanner.errors import ItemError
+from scanner.fetch import FetchPolicy, fetch_url
+from scanner.settings import Settings
+from training.preprocess import ImageRejected, Preprocess, decode_image, preprocess_image
+
+
+@dataclass
+class LoadedItem:
+    """What the load stage learnt about one item; `tensor` is set when the model must score it."""
+
+    item_id: int
+    sha256: str | None = None
+    size_bytes: int | None = None
+    format: str | None = None
+    width: int | None = None
+    height: int | None = None
+    final_url: str | None = None
+    http_status: int | None = None
+    tensor: torch.Tensor | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+
+    def fail(self, code: str, message: str) -> LoadedItem:
+        """Mark as an error item and drop any tensor."""
+        self.error_code, self.error_message, self.tensor = code, message, None
+        return self
+
+
+def fetch_policy(settings: Settings) -> FetchPolicy:
+    """The URL fetch limits from settings."""
+    return FetchPolicy(
+        timeout=settings.http_timeout,
+        max_bytes=settings.max_file_bytes,
+        max_redirects=settings.http_max_redirects,
+        retries=settings.http_retries,
+        backoff=settings.http_backoff,
+        allow_private=settings.allow_private_urls,
+    )
+
+
+def read_file(path: Path, max_bytes: int) -> bytes:
+    """Read a local file within the size limit; failures become ItemError codes."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise ItemError("not_a_file", f"{path} is not a regular file")
+        if info.st_size > max_bytes:
+            raise ItemError("too_large", f"{info.st_size} bytes exceeds the limit of {max_bytes}")
+        with path.open("rb") as handle:
+            data = handle.read(max_bytes + 1)
+    except FileNotFoundError:
+        raise ItemError("not_found", f"{path} does not exist (or vanished after submit)") from None
+    except PermissionError:
+        raise ItemError("permission_denied", f"permission denied reading {path}") from None
+    except IsADirectoryError:
+        raise ItemError("not_a_file", f"{path} is a directory") from None
+    except OSError as exc:
+        raise ItemError("permission_denied", f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > max_bytes:
+        raise ItemError("too_large", f"{path} grew past the limit of {max_bytes} bytes")
+    return data
+
+
+def read_item(item_id: int, uri: str, kind: str, settings: Settings) -> tuple[LoadedItem, bytes | None]:
+    """Read and hash one item's bytes."""
+    loaded = LoadedItem(item_id)
+    try:
+        if kind == "url":
+            result = fetch_url(uri, fetch_policy(settings))
+            data, loaded.final_url, loaded.http_status = result.data, result.final_url, result.status
+        else:
+            data = read_file(Path(uri), settings.max_file_bytes)
+    except ItemError as exc:
+        loaded.http_status = exc.http_status
+        return loaded.fail(exc.code, exc.message), None
+    loaded.sha256 = hashlib.sha256(data).hexdigest()
+    loaded.size_bytes = len(data)
+    return loaded, data
+
+
+def probe_header(loaded: LoadedItem, data: bytes, max_pixels: int) -> LoadedItem:
+    """Fill format and dimensions from the header only (for content that already has a verdict)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            loaded.format, (loaded.width, loaded.height) = image.format, image.size
+    except Exception:  # noqa: BLE001 - the verdict exists, so the content decoded before
+        pass
+    return loaded
+
+
+def decode_item(loaded: LoadedItem, data: bytes, preprocess: Preprocess, max_pixels: int) -> LoadedItem:
+    """Decode and preprocess with the training package's single path; a bad image fails alone."""
+    try:
+        decoded = decode_image(data, preprocess.size, max_pixels)
+        loaded.format, loaded.width, loaded.height = decoded.format, decoded.width, decoded.height
+        loaded.tensor = preprocess_image(decoded.image, preprocess)
+    except ImageRejected as exc:
+        return loaded.fail(exc.code, exc.message)
+    except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on hostile input
+        return loaded.fail("decode_error", f"the image could not be decoded: {type(exc).__name__}: {exc}")
+    return loaded

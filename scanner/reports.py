@@ -1,0 +1,200 @@
+"""Reports: job status, job lists and per-item reports as table, CSV, JSON or JSON Lines."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from scanner.db import Decision, Item, Job, Skipped, Verdict
+from scanner.sink import job_counts
+
+REPORT_FIELDS = [
+    "item_id", "uri", "status", "score", "label", "threshold", "model_version", "error_code",
+    "error_message", "sha256", "size_bytes", "format", "width", "height", "final_url", "http_status",
+    "decision", "reviewer",
+]  # fmt: skip
+
+
+class JobNotFound(LookupError):
+    """No job with that id."""
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    """The job row, or JobNotFound."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotFound(f"no job with id {job_id}")
+    return job
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def errors_by_code(session: Session, job_id: int) -> dict[str, int]:
+    """Count of error items per error code."""
+    rows = session.execute(
+        select(Item.error_code, func.count())
+        .where(Item.job_id == job_id, Item.status == "error")
+        .group_by(Item.error_code)
+        .order_by(Item.error_code)
+    ).all()
+    return {str(code): count for code, count in rows}
+
+
+def worker_throughput(session: Session, job_id: int) -> list[dict[str, Any]]:
+    """Items scanned per worker process and its images/s over its active span."""
+    rows = session.execute(
+        select(Item.worker, func.count(), func.min(Item.scanned_at), func.max(Item.scanned_at))
+        .where(Item.job_id == job_id, Item.worker.is_not(None))
+        .group_by(Item.worker)
+        .order_by(Item.worker)
+    ).all()
+    result = []
+    for worker, count, first, last in rows:
+        span = (last - first).total_seconds() if first and last else 0.0
+        result.append(
+            {"worker": worker, "items": count, "images_per_second": count / span if span > 0 else None}
+        )
+    return result
+
+
+def job_status(session: Session, job_id: int) -> dict[str, Any]:
+    """Everything `scanner status` shows; the same fields as submit's JSON plus `finished`."""
+    job = get_job(session, job_id)
+    counts = job_counts(session, job_id)
+    return {
+        "job_id": job.id,
+        "status": job.status,
+        "mode": job.mode,
+        "items": counts["items"],
+        "queued": counts["queued"],
+        "done": counts["done"],
+        "errors": counts["errors"],
+        "flagged": counts["flagged"],
+        "skipped": job.items_skipped,
+        "finished": job.finished_at is not None,
+        "created_at": _iso(job.created_at),
+        "finished_at": _iso(job.finished_at),
+        "model_version": job.model_version,
+        "threshold": job.threshold,
+        "errors_by_code": errors_by_code(session, job_id),
+        "skipped_files": [
+            {"path": path, "reason": reason}
+            for path, reason in session.execute(
+                select(Skipped.path, Skipped.reason).where(Skipped.job_id == job_id).order_by(Skipped.id)
+            )
+        ],
+        "workers": worker_throughput(session, job_id),
+    }
+
+
+def recent_jobs(session: Session, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest jobs with live counts."""
+    jobs = session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)).all()
+    return [
+        {"job_id": job.id, "created_at": _iso(job.created_at), "status": job.status, "mode": job.mode,
+         "sources": job.sources, **job_counts(session, job.id)}
+        for job in jobs
+    ]  # fmt: skip
+
+
+def latest_decision_subquery() -> Any:
+    """Each item's most recent reviewer decision."""
+    ranked = select(
+        Decision.item_id,
+        Decision.decision,
+        Decision.reviewer,
+        func.row_number().over(partition_by=Decision.item_id, order_by=Decision.id.desc()).label("rank"),
+    ).subquery()
+    return select(ranked.c.item_id, ranked.c.decision, ranked.c.reviewer).where(ranked.c.rank == 1).subquery()
+
+
+def report_query(job_id: int, flagged_only: bool = False) -> Select[Any]:
+    """Items of a job with verdict and latest decision; flagged first by score, then the rest."""
+    latest = latest_decision_subquery()
+    query = (
+        select(
+            Item.id.label("item_id"),
+            Item.uri,
+            Item.status,
+            Verdict.score,
+            Verdict.label,
+            Verdict.threshold,
+            Verdict.model_version,
+            Item.error_code,
+            Item.error_message,
+            Item.sha256,
+            Item.size_bytes,
+            Item.format,
+            Item.width,
+            Item.height,
+            Item.final_url,
+            Item.http_status,
+            latest.c.decision,
+            latest.c.reviewer,
+        )  # fmt: skip
+        .outerjoin(Verdict, Item.verdict_id == Verdict.id)
+        .outerjoin(latest, latest.c.item_id == Item.id)
+        .where(Item.job_id == job_id)
+        .order_by((Verdict.label == "fake").desc(), Verdict.score.desc(), Item.id)
+    )
+    if flagged_only:
+        query = query.where(Verdict.label == "fake")
+    return query
+
+
+def report_rows(session: Session, job_id: int, flagged_only: bool = False) -> list[dict[str, Any]]:
+    """The report as dictionaries with REPORT_FIELDS keys."""
+    get_job(session, job_id)
+    return [dict(row._mapping) for row in session.execute(report_query(job_id, flagged_only))]
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def render_csv(rows: Iterable[dict[str, Any]]) -> str:
+    """CSV with a header row; cells that start like a spreadsheet formula are quoted with '."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _defuse(row.get(k)) for k in REPORT_FIELDS})
+    return buffer.getvalue()
+
+
+def _defuse(value: Any) -> Any:
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def render_json(rows: list[dict[str, Any]], status: dict[str, Any]) -> str:
+    """One JSON object: the job status and its items."""
+    return json.dumps({"job": status, "items": rows}, indent=2, default=str) + "\n"
+
+
+def render_jsonl(rows: Iterable[dict[str, Any]]) -> str:
+    """One JSON object per line, for streaming into other tools."""
+    return "".join(json.dumps(row, default=str) + "\n" for row in rows)
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """A plain fixed-width table for the terminal."""
+    lines = [f"{'id':>7}  {'status':6}  {'score':>6}  {'label':5}  {'error':18}  uri"]
+    for row in rows:
+        lines.append(
+            f"{row['item_id']:>7}  {row['status']:6}  {_cell(row['score']):>6}  {_cell(row['label']):5}  "
+            f"{_cell(row['error_code']):18}  {row['uri']}"
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,127 @@
+"""The scan stage as plain functions: prepare a batch (read, hash, decode), score it, record it.
+
+Both the embedded runner and the Celery task call `scan_batch`; the embedded runner also
+calls `prepare_batch` and `complete_batch` separately to decode one batch while scoring another.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from sqlalchemy import select
+
+from scanner.db import Item, make_engine, session_factory
+from scanner.loader import LoadedItem, decode_item, probe_header, read_item
+from scanner.model import ModelRunner
+from scanner.settings import Settings
+from scanner.sink import existing_verdicts, finish_job_if_complete, record_batch
+
+
+def worker_name() -> str:
+    """host:pid of this process, stored on every item it scans."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class ScanContext:
+    """Per-process resources: settings, sessions, the lazily loaded model and a decode pool."""
+
+    settings: Settings
+    sessions: Any
+    runner: ModelRunner
+    pool: ThreadPoolExecutor
+    worker: str = field(default_factory=worker_name)
+
+    @classmethod
+    def create(cls, settings: Settings, sessions: Any = None) -> ScanContext:
+        """Build a context; the model is not loaded until the first batch."""
+        threads = settings.decode_threads or min(8, (os.cpu_count() or 1) + 1)
+        return cls(
+            settings=settings,
+            sessions=sessions or session_factory(make_engine(settings.database_url)),
+            runner=ModelRunner(settings),
+            pool=ThreadPoolExecutor(threads, thread_name_prefix="decode"),
+        )
+
+    def close(self) -> None:
+        """Stop the decode threads."""
+        self.pool.shutdown(wait=True)
+
+
+@dataclass
+class PreparedBatch:
+    """A batch after the load/decode stage, ready for the model."""
+
+    job_id: int
+    items: list[LoadedItem]
+    to_score: dict[str, torch.Tensor]
+
+
+def _guarded(item_id: int, work: Callable[[], LoadedItem]) -> LoadedItem:
+    try:
+        return work()
+    except Exception as exc:  # noqa: BLE001 - one bad item must never take the batch down
+        return LoadedItem(item_id).fail("internal_error", f"{type(exc).__name__}: {exc}")
+
+
+def _read_all(ctx: ScanContext, rows: list[Any]) -> list[tuple[LoadedItem, bytes | None]]:
+    def read(row: Any) -> tuple[LoadedItem, bytes | None]:
+        try:
+            return read_item(row.id, row.uri, row.kind, ctx.settings)
+        except Exception as exc:  # noqa: BLE001
+            return LoadedItem(row.id).fail("internal_error", f"{type(exc).__name__}: {exc}"), None
+
+    return list(ctx.pool.map(read, rows))
+
+
+def prepare_batch(ctx: ScanContext, job_id: int, item_ids: list[int]) -> PreparedBatch:
+    """Read, hash and decode the batch's still-queued items; reuse verdicts that already exist."""
+    with ctx.sessions() as session:
+        rows = session.execute(
+            select(Item.id, Item.uri, Item.kind).where(Item.id.in_(item_ids), Item.status == "queued")
+        ).all()
+        read = _read_all(ctx, list(rows))
+        known = existing_verdicts(session, [i.sha256 for i, _ in read if i.sha256], ctx.runner.loaded.version)
+    preprocess, limit = ctx.runner.loaded.preprocess, ctx.settings.max_pixels
+    first_of: dict[str, int] = {}
+    jobs = []
+    for index, (loaded, data) in enumerate(read):
+        if data is None or loaded.sha256 is None:
+            continue
+        if loaded.sha256 in known or loaded.sha256 in first_of:
+            jobs.append((loaded, lambda ld=loaded, d=data: probe_header(ld, d, limit)))
+        else:
+            first_of[loaded.sha256] = index
+            jobs.append((loaded, lambda ld=loaded, d=data: decode_item(ld, d, preprocess, limit)))
+    list(ctx.pool.map(lambda job: _guarded(job[0].item_id, job[1]), jobs))
+    items = [loaded for loaded, _ in read]
+    for loaded in items:
+        first = first_of.get(loaded.sha256 or "")
+        if first is not None and items[first].error_code and loaded.error_code is None:
+            loaded.fail(items[first].error_code or "decode_error", items[first].error_message or "")
+    to_score = {i.sha256: i.tensor for i in items if i.sha256 and i.tensor is not None}
+    return PreparedBatch(job_id, items, to_score)  # type: ignore[arg-type]
+
+
+def complete_batch(ctx: ScanContext, batch: PreparedBatch) -> None:
+    """Score the decoded images in one model batch and record everything in one transaction."""
+    hashes = list(batch.to_score)
+    scores = ctx.runner.score([batch.to_score[h] for h in hashes]) if hashes else []
+    loaded = ctx.runner.loaded
+    with ctx.sessions.begin() as session:
+        record_batch(
+            session, batch.items, dict(zip(hashes, scores)), loaded.version, loaded.threshold, ctx.worker
+        )
+    with ctx.sessions.begin() as session:
+        finish_job_if_complete(session, batch.job_id)
+
+
+def scan_batch(ctx: ScanContext, job_id: int, item_ids: list[int]) -> None:
+    """Scan one batch of items of a job end to end; safe to run twice on the same ids."""
+    complete_batch(ctx, prepare_batch(ctx, job_id, item_ids))

@@ -1,0 +1,125 @@
+"""Sink stage: write verdicts and item statuses in one transaction, idempotently; finish jobs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from scanner.db import Item, Job, Verdict, utcnow
+from scanner.loader import LoadedItem
+
+
+def insert_ignoring_conflicts(
+    session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]
+) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(insert(model).values(rows).on_conflict_do_nothing(index_elements=keys))
+
+
+def existing_verdicts(session: Session, hashes: Iterable[str], model_version: str) -> dict[str, Verdict]:
+    """Verdicts already stored for these contents under this model version."""
+    wanted = sorted(set(hashes))
+    if not wanted:
+        return {}
+    rows = session.scalars(
+        select(Verdict).where(Verdict.model_version == model_version, Verdict.sha256.in_(wanted))
+    )
+    return {verdict.sha256: verdict for verdict in rows}
+
+
+def record_batch(
+    session: Session,
+    loaded_items: list[LoadedItem],
+    new_scores: dict[str, float],
+    model_version: str,
+    threshold: float,
+    worker: str,
+) -> None:
+    """Upsert new verdicts, then mark each still-queued item done or error (a redelivery writes nothing)."""
+    insert_ignoring_conflicts(
+        session,
+        Verdict,
+        [
+            {
+                "sha256": sha,
+                "model_version": model_version,
+                "score": score,
+                "label": "fake" if score >= threshold else "real",
+                "threshold": threshold,
+                "created_at": utcnow(),
+            }
+            for sha, score in sorted(new_scores.items())
+        ],  # fmt: skip
+        ["sha256", "model_version"],
+    )
+    verdicts = existing_verdicts(session, [i.sha256 for i in loaded_items if i.sha256], model_version)
+    now = utcnow()
+    for loaded in loaded_items:
+        values: dict[str, Any] = {
+            "sha256": loaded.sha256, "size_bytes": loaded.size_bytes, "format": loaded.format,
+            "width": loaded.width, "height": loaded.height, "final_url": loaded.final_url,
+            "http_status": loaded.http_status, "worker": worker, "scanned_at": now,
+        }  # fmt: skip
+        verdict = verdicts.get(loaded.sha256 or "")
+        if loaded.error_code is None and verdict is not None:
+            values.update(status="done", verdict_id=verdict.id)
+        else:
+            values.update(
+                status="error",
+                error_code=loaded.error_code or "internal_error",
+                error_message=loaded.error_message or "no verdict was produced",
+            )
+        session.execute(
+            update(Item).where(Item.id == loaded.item_id, Item.status == "queued").values(**values)
+        )
+
+
+def job_counts(session: Session, job_id: int) -> dict[str, int]:
+    """Live counts of a job's items by outcome, flagged included."""
+    rows = session.execute(
+        select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
+    ).all()
+    by_status = {status: count for status, count in rows}
+    flagged = session.scalar(
+        select(func.count())
+        .select_from(Item)
+        .join(Verdict, Item.verdict_id == Verdict.id)
+        .where(Item.job_id == job_id, Verdict.label == "fake")
+    )
+    return {
+        "items": sum(by_status.values()),
+        "queued": by_status.get("queued", 0),
+        "done": by_status.get("done", 0),
+        "errors": by_status.get("error", 0),
+        "flagged": flagged or 0,
+    }
+
+
+def finish_job_if_complete(session: Session, job_id: int) -> bool:
+    """Atomically mark the job finished once no item is queued; True only for the caller that did it."""
+    counts = job_counts(session, job_id)
+    if counts["queued"]:
+        return False
+    no_queued = ~exists().where(and_(Item.job_id == job_id, Item.status == "queued"))
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.finished_at.is_(None), no_queued)
+        .values(
+            finished_at=utcnow(),
+            status="finished",
+            items_total=counts["items"],
+            items_done=counts["done"],
+            items_error=counts["errors"],
+            items_flagged=counts["flagged"],
+        )  # fmt: skip
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))

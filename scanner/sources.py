@@ -1,0 +1,124 @@
+"""Sources: turn command-line arguments (paths, directories, URLs, URL lists) into item specs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import urlsplit
+
+IMAGE_SUFFIXES = {
+    ".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".ico", ".jp2", ".jfif",
+}  # fmt: skip
+MAGIC_PREFIXES = (
+    b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+    b"\x00\x00\x01\x00", b"\x00\x00\x00\x0cjP  ", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ItemSpec:
+    """One input to scan; `error` set when it is already known to be bad at submit time."""
+
+    uri: str
+    kind: str
+    error: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file met while walking a directory that is not an image."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Expansion:
+    """Everything found under the submitted arguments."""
+
+    items: list[ItemSpec]
+    skipped: list[SkippedFile]
+
+
+def looks_like_image(path: Path) -> bool:
+    """True when the file's first bytes or its extension say image."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(16)
+    except OSError:
+        return True  # unreadable: let the scan stage record why
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return any(head.startswith(prefix) for prefix in MAGIC_PREFIXES)
+
+
+def is_url(argument: str) -> bool:
+    """True for anything with a URL scheme (http, https, ftp, file, ...)."""
+    scheme = urlsplit(argument).scheme
+    return len(scheme) > 1 and "://" in argument
+
+
+def url_spec(argument: str) -> ItemSpec:
+    """An item for a URL; schemes other than http(s) are recorded as errors."""
+    scheme = urlsplit(argument).scheme.lower()
+    if scheme not in ("http", "https"):
+        return ItemSpec(argument, "url", "unsupported_scheme", f"scheme {scheme!r} is not http or https")
+    return ItemSpec(argument, "url")
+
+
+def walk_directory(root: Path) -> Iterator[Path | SkippedFile]:
+    """Files under `root`, depth first, sorted; symlinked directories are never entered.
+
+    A symlinked file is followed only when its target lies inside `root`.
+    """
+    resolved_root = root.resolve()
+    for directory, subdirs, files in os.walk(root, followlinks=False, onerror=None):
+        subdirs.sort()
+        for name in sorted(files):
+            path = Path(directory) / name
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_relative_to(resolved_root) or not target.is_file():
+                    yield SkippedFile(str(path.absolute()), "symlink_outside")
+                    continue
+            yield path
+
+
+def expand_sources(arguments: Iterable[str]) -> Expansion:
+    """Expand arguments in order; a path named explicitly always becomes an item."""
+    items: dict[str, ItemSpec] = {}
+    skipped: list[SkippedFile] = []
+    for argument in arguments:
+        if is_url(argument):
+            spec = url_spec(argument)
+            items.setdefault(spec.uri, spec)
+            continue
+        path = Path(argument).expanduser()
+        if path.is_dir():
+            for found in walk_directory(path):
+                if isinstance(found, SkippedFile):
+                    skipped.append(found)
+                elif looks_like_image(found):
+                    uri = str(found.absolute())
+                    items.setdefault(uri, ItemSpec(uri, "file"))
+                else:
+                    skipped.append(SkippedFile(str(found.absolute()), "not_an_image"))
+            continue
+        uri = str(path.absolute())
+        if not path.exists():
+            items.setdefault(uri, ItemSpec(uri, "file", "not_found", f"no such file: {argument}"))
+        else:
+            items.setdefault(uri, ItemSpec(uri, "file"))
+    return Expansion(list(items.values()), skipped)
+
+
+def read_source_list(handle: TextIO) -> list[str]:
+    """Lines of a --from-file list: blank lines and # comments ignored."""
+    return [line.strip() for line in handle if line.strip() and not line.lstrip().startswith("#")]

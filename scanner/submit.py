@@ -1,0 +1,145 @@
+"""Submit: expand sources, record (or resume) the job, dispatch it, and summarise the outcome."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from scanner.db import current_revision, head_revision, make_engine, session_factory, upgrade
+from scanner.dispatch import enqueue_distributed, run_embedded
+from scanner.jobs import create_job, find_resumable_job, sources_key
+from scanner.model import model_identity
+from scanner.reports import job_status
+from scanner.settings import Settings
+from scanner.sources import expand_sources
+from training.checkpoint import CheckpointError
+
+ProgressFactory = Callable[[str, int], Callable[[int], None]]
+
+
+class SetupError(Exception):
+    """The job itself cannot run (database, broker or model unavailable)."""
+
+
+def safe_url(url: str) -> str:
+    """A database or broker URL with any password masked, for messages and logs."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL (e.g. redis://): mask by hand
+        scheme, _, rest = url.partition("://")
+        if "@" in rest:
+            creds, _, host = rest.rpartition("@")
+            user = creds.split(":", 1)[0]
+            return f"{scheme}://{user}:***@{host}"
+        return url
+
+
+def open_database(settings: Settings) -> Any:
+    """Sessions on a reachable database at the newest schema; SQLite is upgraded automatically."""
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        if engine.dialect.name == "sqlite":
+            if current_revision(engine) != head_revision(settings.database_url):
+                upgrade(settings.database_url)
+        elif current_revision(engine) != head_revision(settings.database_url):
+            raise SetupError(
+                f"the database at {safe_url(settings.database_url)} is not at the newest schema: "
+                "run `scanner db upgrade`"
+            )
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise SetupError(
+            f"cannot use the database at {safe_url(settings.database_url)}: {type(exc.orig or exc).__name__}"
+        ) from None
+    return session_factory(engine)
+
+
+def check_broker(settings: Settings) -> None:
+    """Fail fast with a clear message when the broker cannot be reached."""
+    from worker.app import create_app
+
+    app = create_app(settings)
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, timeout=5)
+    except Exception as exc:  # noqa: BLE001 - kombu raises many transport-specific types
+        raise SetupError(f"cannot reach the broker at {safe_url(settings.broker_url or '')}: {exc}") from None
+
+
+@dataclass
+class SubmitResult:
+    """What `scanner submit` reports."""
+
+    summary: dict[str, Any]
+    resumed: bool
+
+
+def submit(
+    settings: Settings, arguments: Sequence[str], wait: bool, progress: ProgressFactory | None = None
+) -> SubmitResult:
+    """Record a job for the arguments and scan it (here, or through the broker)."""
+    started = time.perf_counter()
+    try:
+        model_version, threshold = model_identity(settings)
+    except CheckpointError as exc:
+        raise SetupError(str(exc)) from None
+    sessions = open_database(settings)
+    if settings.broker_url:
+        check_broker(settings)
+    resumed_id = find_resumable_job(sessions, sources_key(arguments, model_version))
+    if resumed_id is None:
+        expansion = expand_sources(arguments)
+        mode = "distributed" if settings.broker_url else "embedded"
+        job_id = create_job(sessions, arguments, expansion, model_version, threshold, mode)
+    else:
+        job_id = resumed_id
+    queued = _queued_count(sessions, job_id)
+    if settings.broker_url:
+        enqueue_distributed(settings, sessions, job_id)
+        if wait:
+            follow_job(sessions, job_id, queued, progress)
+    else:
+        advance = progress("scanning", queued) if progress and queued else None
+        run_embedded(settings, sessions, job_id, advance)
+    summary = _summary(sessions, job_id, time.perf_counter() - started, queued)
+    sessions.kw["bind"].dispose()
+    return SubmitResult(summary, resumed_id is not None)
+
+
+def _queued_count(sessions: Any, job_id: int) -> int:
+    with sessions() as session:
+        return int(job_status(session, job_id)["queued"])
+
+
+def follow_job(
+    sessions: Any, job_id: int, queued: int, progress: ProgressFactory | None, poll: float = 0.5
+) -> None:
+    """Poll SQL until the job is finished, advancing a progress bar."""
+    advance = progress("scanning", queued) if progress and queued else None
+    remaining = queued
+    while True:
+        with sessions() as session:
+            status = job_status(session, job_id)
+        if advance and status["queued"] < remaining:
+            advance(remaining - status["queued"])
+            remaining = status["queued"]
+        if status["finished"]:
+            return
+        time.sleep(poll)
+
+
+def _summary(sessions: Any, job_id: int, elapsed: float, scanned: int) -> dict[str, Any]:
+    with sessions() as session:
+        status = job_status(session, job_id)
+    status["elapsed_seconds"] = round(elapsed, 3)
+    status["images_per_second"] = round(scanned / elapsed, 2) if elapsed > 0 and status["finished"] else None
+    return status

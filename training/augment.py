@@ -1,0 +1,99 @@
+"""Training augmentations in Pillow: the paper's rotation and flips, plus robustness transforms."""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from PIL import Image, ImageEnhance
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Probabilities and ranges of each augmentation; the paper preset uses only rotation and flips."""
+
+    rotate_degrees: float = 10.0
+    hflip: float = 0.5
+    jpeg_prob: float = 0.0
+    jpeg_quality: tuple[int, int] = (60, 95)
+    rescale_prob: float = 0.0
+    rescale: tuple[float, float] = (0.5, 1.0)
+    crop_prob: float = 0.0
+    crop_scale: tuple[float, float] = (0.7, 1.0)
+    jitter: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return plain types for the checkpoint."""
+        return asdict(self)
+
+
+PRESETS: dict[str, AugmentConfig] = {
+    "paper": AugmentConfig(rotate_degrees=20.0, hflip=0.5),
+    "robust": AugmentConfig(
+        rotate_degrees=8.0,
+        hflip=0.5,
+        jpeg_prob=0.9,
+        rescale_prob=0.3,
+        crop_prob=0.5,
+        jitter=0.1,
+    ),
+    "none": AugmentConfig(rotate_degrees=0.0, hflip=0.0),
+}
+
+
+def jpeg_recompress(image: Image.Image, quality: int) -> Image.Image:
+    """Re-encode as JPEG at `quality` and decode again."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    buffer.seek(0)
+    with Image.open(buffer) as reencoded:
+        return reencoded.convert("RGB")
+
+
+def downscale(image: Image.Image, factor: float) -> Image.Image:
+    """Shrink by `factor` (<1), as a re-posted or thumbnailed copy would be."""
+    width, height = image.size
+    new_size = (max(8, round(width * factor)), max(8, round(height * factor)))
+    return image.resize(new_size, Image.Resampling.BILINEAR)
+
+
+class Augmenter:
+    """A random augmentation drawn from `config` on each call; seeded for reproducibility."""
+
+    def __init__(self, config: AugmentConfig, seed: int) -> None:
+        self.config = config
+        self.rng = random.Random(seed)
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        """Return an augmented copy of an RGB image."""
+        cfg, rng = self.config, self.rng
+        if rng.random() < cfg.crop_prob:
+            image = self._random_crop(image)
+        if rng.random() < cfg.rescale_prob:
+            image = downscale(image, rng.uniform(*cfg.rescale))
+        if cfg.rotate_degrees > 0:
+            angle = rng.uniform(-cfg.rotate_degrees, cfg.rotate_degrees)
+            image = image.rotate(angle, Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+        if rng.random() < cfg.hflip:
+            image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        if cfg.jitter > 0:
+            image = self._colour_jitter(image)
+        if rng.random() < cfg.jpeg_prob:
+            image = jpeg_recompress(image, rng.randint(*cfg.jpeg_quality))
+        return image
+
+    def _random_crop(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        scale = self.rng.uniform(*self.config.crop_scale)
+        crop_w, crop_h = max(8, int(width * scale)), max(8, int(height * scale))
+        left = self.rng.randint(0, width - crop_w)
+        top = self.rng.randint(0, height - crop_h)
+        return image.crop((left, top, left + crop_w, top + crop_h))
+
+    def _colour_jitter(self, image: Image.Image) -> Image.Image:
+        amount = self.config.jitter
+        for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+            image = enhancer(image).enhance(self.rng.uniform(1 - amount, 1 + amount))
+        return image

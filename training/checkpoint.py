@@ -1,0 +1,112 @@
+"""Self-describing checkpoints, loaded with weights_only=True so a tampered file cannot run code."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from training.models import build_model
+from training.preprocess import Preprocess
+
+FORMAT = "fauxscan-checkpoint/1"
+CODE_VERSION = "0.1.0"
+
+
+class CheckpointError(Exception):
+    """The file is not a usable fauxscan checkpoint."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with everything its checkpoint said about it."""
+
+    model: nn.Module
+    preprocess: Preprocess
+    threshold: float
+    version: str
+    meta: dict[str, Any]
+    device: torch.device
+
+
+def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """A short sha256 over the weights, used in the model version string."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:12]
+
+
+def build_checkpoint(
+    model: nn.Module,
+    arch: str,
+    arch_args: dict[str, Any],
+    preprocess: Preprocess,
+    threshold: float,
+    **meta: Any,
+) -> dict[str, Any]:
+    """Assemble the checkpoint dictionary (plain types and tensors only)."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return {
+        "format": FORMAT,
+        "code_version": CODE_VERSION,
+        "arch": arch,
+        "arch_args": arch_args,
+        "preprocess": preprocess.to_dict(),
+        "classes": ["real", "fake"],
+        "threshold": float(threshold),
+        "model_version": f"{arch}-{preprocess.size}-{weights_digest(state)}",
+        "state_dict": state,
+        **meta,
+    }
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
+    """Write atomically so an interrupted save never leaves a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(checkpoint, partial)
+    partial.replace(path)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint dictionary; refuses pickled code and foreign files."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"model file not found: {path}") from None
+    except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        raise CheckpointError(f"refusing to load {path}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} file")
+    return checkpoint
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; call only in the process that runs the model."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_model(path: Path, device: str = "auto") -> LoadedModel:
+    """Rebuild the model from the checkpoint file alone, in eval mode on `device`."""
+    checkpoint = read_checkpoint(path)
+    model = build_model(checkpoint["arch"], checkpoint["arch_args"])
+    model.load_state_dict(checkpoint["state_dict"])
+    target = resolve_device(device)
+    model.to(target).eval()
+    meta = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "train_state")}
+    return LoadedModel(
+        model=model,
+        preprocess=Preprocess.from_dict(checkpoint["preprocess"]),
+        threshold=float(checkpoint["threshold"]),
+        version=str(checkpoint["model_version"]),
+        meta=meta,
+        device=target,
+    )

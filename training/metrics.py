@@ -1,0 +1,113 @@
+"""Detector metrics: ROC AUC, threshold choice, confusion counts, per-stratum accuracy."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
+    """Area under the ROC curve by the rank-sum statistic (ties counted half)."""
+    y = np.asarray(labels)
+    s = np.asarray(scores, dtype=np.float64)
+    positives, negatives = s[y == 1], s[y == 0]
+    if len(positives) == 0 or len(negatives) == 0:
+        return float("nan")
+    order = np.argsort(s, kind="mergesort")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_scores = s[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    rank_sum = ranks[y == 1].sum()
+    n_pos, n_neg = len(positives), len(negatives)
+    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates as the threshold sweeps from high to low."""
+    y = np.asarray(labels)
+    s = np.asarray(scores, dtype=np.float64)
+    thresholds = np.concatenate([[np.inf], np.unique(s)[::-1]])
+    n_pos, n_neg = max(1, int((y == 1).sum())), max(1, int((y == 0).sum()))
+    fpr = np.array([((s >= t) & (y == 0)).sum() / n_neg for t in thresholds])
+    tpr = np.array([((s >= t) & (y == 1)).sum() / n_pos for t in thresholds])
+    return fpr, tpr
+
+
+def choose_threshold(labels: Sequence[int], scores: Sequence[float], rule: str) -> float:
+    """Pick the decision threshold on validation data.
+
+    `fpr:X`: the lowest threshold whose false-positive rate on reals is at most X
+    (most fakes caught within the false-alarm budget). `youden`: maximise TPR - FPR.
+    """
+    y = np.asarray(labels)
+    s = np.asarray(scores, dtype=np.float64)
+    candidates = np.unique(np.concatenate([s, [1.0]]))
+    n_pos, n_neg = max(1, int((y == 1).sum())), max(1, int((y == 0).sum()))
+    fpr = np.array([((s >= t) & (y == 0)).sum() / n_neg for t in candidates])
+    tpr = np.array([((s >= t) & (y == 1)).sum() / n_pos for t in candidates])
+    if rule == "youden":
+        return float(candidates[int(np.argmax(tpr - fpr))])
+    if rule.startswith("fpr:"):
+        allowed = np.flatnonzero(fpr <= float(rule.split(":", 1)[1]))
+        return float(candidates[allowed.min()])
+    raise ValueError(f"unknown threshold rule {rule!r}: use 'youden' or 'fpr:0.05'")
+
+
+def confusion(labels: Sequence[int], scores: Sequence[float], threshold: float) -> dict[str, int]:
+    """Counts of true/false positives/negatives, fake being the positive class."""
+    y = np.asarray(labels)
+    predicted = np.asarray(scores) >= threshold
+    return {
+        "tp": int((predicted & (y == 1)).sum()),
+        "fp": int((predicted & (y == 0)).sum()),
+        "tn": int((~predicted & (y == 0)).sum()),
+        "fn": int((~predicted & (y == 1)).sum()),
+    }
+
+
+def summarize(
+    labels: Sequence[int],
+    scores: Sequence[float],
+    threshold: float,
+    strata: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """The metrics reported by `scanner evaluate` and stored in checkpoints."""
+    counts = confusion(labels, scores, threshold)
+    n = len(labels)
+    tpr = counts["tp"] / max(1, counts["tp"] + counts["fn"])
+    tnr = counts["tn"] / max(1, counts["tn"] + counts["fp"])
+    result: dict[str, Any] = {
+        "n": n,
+        "accuracy": (counts["tp"] + counts["tn"]) / max(1, n),
+        "balanced_accuracy": (tpr + tnr) / 2,
+        "roc_auc": roc_auc(labels, scores),
+        "threshold": threshold,
+        "false_positive_rate": 1 - tnr,
+        "true_positive_rate": tpr,
+        "accuracy_at_0_5": float(np.mean((np.asarray(scores) >= 0.5) == (np.asarray(labels) == 1)))
+        if n
+        else 0.0,
+        "confusion": counts,
+    }
+    if strata is not None:
+        result["per_stratum"] = per_stratum_accuracy(labels, scores, threshold, strata)
+    return result
+
+
+def per_stratum_accuracy(
+    labels: Sequence[int], scores: Sequence[float], threshold: float, strata: Sequence[str]
+) -> dict[str, dict[str, float]]:
+    """Accuracy and count for each stratum (e.g. ciplab's fake_easy, fake_mid, fake_hard)."""
+    hits: dict[str, list[bool]] = defaultdict(list)
+    for label, score, stratum in zip(labels, scores, strata):
+        hits[stratum].append((score >= threshold) == (label == 1))
+    return {k: {"n": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(hits.items())}

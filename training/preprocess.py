@@ -1,0 +1,160 @@
+"""The one preprocessing path (decode, orient, RGB, resize, normalise) for training and inference."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+DEFAULT_MAX_PIXELS = 64_000_000
+HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+class ImageRejected(Exception):
+    """An input that cannot be turned into a model tensor; `code` names why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Preprocessing parameters stored in every checkpoint."""
+
+    size: int = 128
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    resize: str = "shorter-side-center-crop"
+    resample: str = "bilinear"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return plain types for the checkpoint."""
+        data = asdict(self)
+        data["mean"], data["std"] = list(self.mean), list(self.std)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Preprocess:
+        """Rebuild from a checkpoint's dictionary."""
+        return cls(
+            size=int(data["size"]),
+            mean=tuple(data["mean"]),  # type: ignore[arg-type]
+            std=tuple(data["std"]),  # type: ignore[arg-type]
+            resize=data.get("resize", "shorter-side-center-crop"),
+            resample=data.get("resample", "bilinear"),
+            extra=dict(data.get("extra", {})),
+        )
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded RGB image plus what was learnt about the file."""
+
+    image: Image.Image
+    format: str
+    width: int
+    height: int
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any mode (palette, alpha, CMYK, 16-bit, greyscale) to 8-bit RGB."""
+    if image.mode in HIGH_BIT_MODES:
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() if array.size else 0.0
+        scale = 255.0 / peak if peak > 255 else 1.0
+        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        rgba = image.convert("RGBA")
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    return image.convert("RGB") if image.mode != "RGB" else image
+
+
+def decode_image(data: bytes, target_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Decode bytes to an oriented RGB image, reduced towards `target_size` while decoding."""
+    if not data:
+        raise ImageRejected("empty_file", "the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageRejected(
+                    "too_many_pixels",
+                    f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
+                )
+            fmt = image.format or "unknown"
+            image.seek(0)
+            if fmt == "JPEG":
+                image.draft("RGB", (target_size, target_size))
+            image.load()
+            oriented = ImageOps.exif_transpose(image)
+            return DecodedImage(_to_rgb(oriented), fmt, width, height)
+    except ImageRejected:
+        raise
+    except UnidentifiedImageError as exc:
+        raise ImageRejected("not_an_image", "the content is not a recognised image format") from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected("too_many_pixels", f"decompression bomb refused: {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        code = "truncated" if "truncated" in str(exc).lower() else "decode_error"
+        raise ImageRejected(code, f"the image could not be decoded: {exc}") from exc
+    except MemoryError as exc:
+        raise ImageRejected("too_many_pixels", f"the image is too large to decode: {exc}") from exc
+
+
+RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def resize_center_crop(image: Image.Image, size: int, resample: str = "bilinear") -> Image.Image:
+    """Resize the shorter side to `size`, then crop the centre square."""
+    width, height = image.size
+    scale = size / min(width, height)
+    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), RESAMPLE[resample], reducing_gap=3.0)
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_tensor(image: Image.Image, config: Preprocess) -> torch.Tensor:
+    """Turn a size x size RGB image into a normalised CHW float tensor."""
+    array = np.asarray(image, dtype=np.uint8)
+    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(config.mean).view(3, 1, 1)
+    std = torch.tensor(config.std).view(3, 1, 1)
+    return tensor.sub_(mean).div_(std)
+
+
+Augment = Callable[[Image.Image], Image.Image]
+
+
+def preprocess_image(image: Image.Image, config: Preprocess, augment: Augment | None = None) -> torch.Tensor:
+    """Decoded RGB image -> model tensor; training passes an augmentation, inference none."""
+    if augment is not None:
+        image = augment(image)
+    return to_tensor(resize_center_crop(image, config.size, config.resample), config)
+
+
+def preprocess_bytes(
+    data: bytes,
+    config: Preprocess,
+    augment: Augment | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> torch.Tensor:
+    """Bytes -> model tensor: the single path used by training, evaluation and the worker."""
+    decoded = decode_image(data, config.size, max_pixels)
+    return preprocess_image(decoded.image, config, augment)

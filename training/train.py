@@ -1,0 +1,296 @@
+"""Training and evaluation loops, in the shape of pytorch/examples' mnist: train_one_epoch, evaluate, main."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from training.augment import PRESETS, Augmenter, downscale, jpeg_recompress
+from training.checkpoint import build_checkpoint, read_checkpoint, resolve_device, save_checkpoint
+from training.data import (
+    ImageFolderDataset,
+    Sample,
+    find_samples,
+    limit_per_dataset,
+    reseed_worker,
+    split_samples,
+)
+from training.metrics import choose_threshold, summarize
+from training.models import DEFAULT_ARGS, build_model
+from training.plots import plot_confusion, plot_curves, plot_roc
+from training.preprocess import Augment, Preprocess
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; stored in the checkpoint for resuming and provenance."""
+
+    data_dirs: list[str]
+    out: str
+    arch: str = "fauxnet"
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    size: int = 128
+    seed: int = 1
+    val_fraction: float = 0.2
+    augment: str = "robust"
+    schedule: str = "cosine"
+    weight_decay: float = 1e-4
+    threshold_rule: str = "fpr:0.05"
+    max_per_dataset: int = 0
+    workers: int = 1
+    device: str = "auto"
+    arch_args: dict[str, Any] = field(default_factory=dict)
+
+
+def paper_config(data_dirs: list[str], out: str) -> TrainConfig:
+    """Luo's settings: Adam, lr 1e-3 decayed by lr/epochs, 30 epochs, batch 32, rotation+flips, 8:2."""
+    return TrainConfig(
+        data_dirs=data_dirs, out=out, arch="paper-cnn", epochs=30, batch_size=32, lr=1e-3,
+        augment="paper", schedule="keras-decay", weight_decay=0.0,
+    )  # fmt: skip
+
+
+def load_splits(config: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    """Find the samples of every data folder and split them the same way on every run."""
+    samples: list[Sample] = []
+    for directory in config.data_dirs:
+        found = find_samples(Path(directory))
+        if config.max_per_dataset:
+            found = limit_per_dataset(found, config.max_per_dataset, config.seed)
+        samples.extend(found)
+    return split_samples(samples, config.val_fraction, config.seed)
+
+
+def make_loader(
+    samples: list[Sample], preprocess: Preprocess, augment: Augment | None, config: TrainConfig, shuffle: bool
+) -> DataLoader[tuple[torch.Tensor, int]]:
+    """A DataLoader over the shared preprocessing path."""
+    generator = torch.Generator().manual_seed(config.seed)
+    return DataLoader(
+        ImageFolderDataset(samples, preprocess, augment),
+        batch_size=config.batch_size,
+        shuffle=shuffle,
+        num_workers=config.workers,
+        worker_init_fn=reseed_worker,
+        generator=generator,
+        persistent_workers=config.workers > 0,
+    )
+
+
+def keras_decay(lr: float, epochs: int) -> Callable[[int], float]:
+    """Keras' time-based decay with decay = lr / epochs, applied per optimizer step (the paper's)."""
+    decay = lr / epochs
+    return lambda step: 1.0 / (1.0 + decay * step)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """Linear warm-up, then cosine decay to zero."""
+    total, warmup = max(1, total_steps), max(1, warmup_steps)
+    return lambda step: (
+        min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    )
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
+    """Adam with the paper's Keras-style decay, or AdamW with warm-up and cosine decay."""
+    if config.schedule == "keras-decay":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        factor = keras_decay(config.lr, config.epochs)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        total = config.epochs * steps_per_epoch
+        factor = warmup_cosine(total, min(steps_per_epoch, total // 10))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train_one_epoch(
+    model: nn.Module, loader: DataLoader[Any], optimizer: Any, scheduler: Any, device: torch.device,
+    progress: Progress | None = None,
+) -> tuple[float, float]:  # fmt: skip
+    """One pass over the training data; returns mean loss and accuracy."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        optimizer.zero_grad()
+        logits = model(images)
+        loss = nn.functional.cross_entropy(logits, labels)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        total_loss += loss.item() * len(labels)
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+        if progress:
+            progress(len(labels))
+    return total_loss / max(1, seen), correct / max(1, seen)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, loader: DataLoader[Any], device: torch.device, progress: Progress | None = None
+) -> tuple[float, list[float], list[int]]:
+    """Mean loss, fake-class scores and labels over a loader."""
+    model.eval()
+    total_loss, scores, labels = 0.0, [], []
+    for images, batch_labels in loader:
+        images, batch_labels = images.to(device), batch_labels.to(device)
+        logits = model(images)
+        total_loss += nn.functional.cross_entropy(logits, batch_labels, reduction="sum").item()
+        scores.extend(torch.softmax(logits, 1)[:, 1].tolist())
+        labels.extend(batch_labels.tolist())
+        if progress:
+            progress(len(batch_labels))
+    return total_loss / max(1, len(labels)), scores, labels
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python and torch."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def data_summary(train: list[Sample], val: list[Sample]) -> dict[str, Any]:
+    """Counts per dataset and class for the checkpoint."""
+    summary: dict[str, Any] = {}
+    for side, samples in (("train", train), ("val", val)):
+        for sample in samples:
+            entry = summary.setdefault(sample.dataset, {}).setdefault(side, {"real": 0, "fake": 0})
+            entry["real" if sample.label == 0 else "fake"] += 1
+    return summary
+
+
+def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any = None) -> dict[str, Any]:
+    """Train, choose the threshold on validation, write checkpoint, metrics JSON and plots."""
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    train, val = load_splits(config)
+    if not train or not val:
+        raise ValueError("need images of both classes for training and validation")
+    preprocess = Preprocess(size=config.size)
+    arch_args = config.arch_args or dict(DEFAULT_ARGS[config.arch])
+    if config.arch == "paper-cnn":
+        arch_args["input_size"] = config.size
+    model = build_model(config.arch, arch_args).to(device)
+    augment = Augmenter(PRESETS[config.augment], config.seed)
+    train_loader = make_loader(train, preprocess, augment, config, shuffle=True)
+    val_loader = make_loader(val, preprocess, None, config, shuffle=False)
+    optimizer, scheduler = make_optimizer(model, config, len(train_loader))
+    history: list[dict[str, float]] = []
+    start_epoch = 1
+    if resume is not None:
+        state = read_checkpoint(resume)
+        model.load_state_dict(state["state_dict"])
+        optimizer.load_state_dict(state["train_state"]["optimizer"])
+        scheduler.load_state_dict(state["train_state"]["scheduler"])
+        history = list(state["train_state"]["history"])
+        start_epoch = int(state["train_state"]["epoch"]) + 1
+    val_scores: list[float] = []
+    val_labels: list[int] = []
+    for epoch in range(start_epoch, config.epochs + 1):
+        started = time.perf_counter()
+        tick = (
+            progress_factory(f"epoch {epoch}/{config.epochs}", len(train) + len(val))
+            if progress_factory
+            else None
+        )
+        train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, scheduler, device, tick)
+        val_loss, val_scores, val_labels = evaluate(model, val_loader, device, tick)
+        val_acc = summarize(val_labels, val_scores, 0.5)["accuracy"]
+        history.append({
+            "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
+            "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - started,
+        })  # fmt: skip
+        _write_outputs(model, config, arch_args, preprocess, history, val, val_scores, val_labels,
+                       optimizer, scheduler, epoch, train)  # fmt: skip
+    if not val_scores:
+        _, val_scores, val_labels = evaluate(model, val_loader, device)
+    return _final_metrics(config, history, val, val_scores, val_labels)
+
+
+def _final_metrics(
+    config: TrainConfig,
+    history: list[dict[str, float]],
+    val: list[Sample],
+    scores: list[float],
+    labels: list[int],
+) -> dict[str, Any]:
+    threshold = choose_threshold(labels, scores, config.threshold_rule)
+    metrics = summarize(labels, scores, threshold, [s.stratum for s in val])
+    metrics["per_dataset"] = per_dataset_metrics(val, scores, threshold)
+    metrics["threshold_rule"] = config.threshold_rule
+    metrics["history"] = history
+    return metrics
+
+
+def per_dataset_metrics(samples: list[Sample], scores: list[float], threshold: float) -> dict[str, Any]:
+    """Metrics for each dataset at the shared threshold."""
+    result = {}
+    for name in sorted({s.dataset for s in samples}):
+        idx = [i for i, s in enumerate(samples) if s.dataset == name]
+        labels = [samples[i].label for i in idx]
+        result[name] = summarize(
+            labels, [scores[i] for i in idx], threshold, [samples[i].stratum for i in idx]
+        )
+    return result
+
+
+def _write_outputs(
+    model: nn.Module, config: TrainConfig, arch_args: dict[str, Any], preprocess: Preprocess,
+    history: list[dict[str, float]], val: list[Sample], scores: list[float], labels: list[int],
+    optimizer: Any, scheduler: Any, epoch: int, train: list[Sample],
+) -> None:  # fmt: skip
+    metrics = _final_metrics(config, history, val, scores, labels)
+    out = Path(config.out)
+    checkpoint = build_checkpoint(
+        model, config.arch, arch_args, preprocess, metrics["threshold"],
+        threshold_rule=config.threshold_rule,
+        metrics={k: v for k, v in metrics.items() if k != "history"},
+        data=data_summary(train, val),
+        train_config=asdict(config),
+        train_state={"epoch": epoch, "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "history": history},
+    )  # fmt: skip
+    save_checkpoint(checkpoint, out)
+    metrics["model_version"] = checkpoint["model_version"]
+    out.with_suffix(".json").write_text(json.dumps(metrics, indent=2) + "\n")
+    plot_dir = out.with_name(out.stem + "_plots")
+    plot_curves(history, plot_dir)
+    plot_confusion(metrics["confusion"], plot_dir)
+    plot_roc(labels, scores, metrics["roc_auc"], plot_dir)
+
+
+def strip_for_release(source: Path, target: Path) -> None:
+    """Drop optimizer state from a checkpoint so the shipped file stays small."""
+    checkpoint = read_checkpoint(source)
+    checkpoint.pop("train_state", None)
+    save_checkpoint(checkpoint, target)
+
+
+def degrader(jpeg_quality: int | None, scale: float | None) -> Augment | None:
+    """A deterministic degradation for robustness evaluation: downscale, then JPEG re-encode."""
+    if jpeg_quality is None and scale is None:
+        return None
+
+    def apply(image: Any) -> Any:
+        if scale is not None:
+            image = downscale(image, scale)
+        if jpeg_quality is not None:
+            image = jpeg_recompress(image, jpeg_quality)
+        return image
+
+    return apply

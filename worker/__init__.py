@@ -1,0 +1,8 @@
+"""Celery workers for fauxscan: `celery -A worker worker` or `scanner worker`."""
+
+from scanner.settings import Settings
+from worker.app import create_app
+
+app = create_app(Settings.from_env())
+
+__all__ = ["app"]

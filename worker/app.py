@@ -1,0 +1,38 @@
+"""The Celery application: JSON only, late acks, one prefetched batch, results kept in SQL."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from scanner.settings import Settings
+
+SOFT_TIME_LIMIT = 600
+HARD_TIME_LIMIT = 660
+VISIBILITY_TIMEOUT = 3 * 3600
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app bound to the settings' broker; tasks live in worker.tasks."""
+    app = Celery(
+        "fauxscan", broker=settings.broker_url or "redis://127.0.0.1:6379/0", include=["worker.tasks"]
+    )
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_default_queue=settings.queue,
+        task_soft_time_limit=SOFT_TIME_LIMIT,
+        task_time_limit=HARD_TIME_LIMIT,
+        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=3,
+        worker_max_memory_per_child=4_000_000,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+    )
+    return app

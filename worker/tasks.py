@@ -1,0 +1,59 @@
+"""Thin Celery tasks: ids in, a plain scan function called, nothing returned (results are in SQL)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from celery import Task
+from celery.signals import worker_process_init
+from celery.utils.log import get_task_logger
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from scanner.scan import ScanContext, scan_batch
+from scanner.settings import Settings
+from worker import app
+
+logger = get_task_logger(__name__)
+TRANSIENT = (OperationalError, DBAPIError, ConnectionError, TimeoutError)
+
+
+@worker_process_init.connect
+def limit_torch_threads(**_: Any) -> None:
+    """Give each prefork child a share of the cores so children x threads ~ cores (fast, no model load)."""
+    settings = Settings.from_env()
+    concurrency = int(os.environ.get("SCANNER_WORKER_CONCURRENCY", "1"))
+    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // max(1, concurrency))
+    torch.set_num_threads(threads)
+
+
+class ScanTask(Task):  # type: ignore[misc]
+    """Holds one ScanContext per worker process, created on the first task (after any fork)."""
+
+    _ctx: ScanContext | None = None
+
+    @property
+    def ctx(self) -> ScanContext:
+        """The process's scan context; the model loads lazily inside it."""
+        if self._ctx is None:
+            self._ctx = ScanContext.create(Settings.from_env())
+        return self._ctx
+
+
+@app.task(
+    base=ScanTask,
+    bind=True,
+    name="fauxscan.scan_batch",
+    ignore_result=True,
+    acks_late=True,
+    autoretry_for=TRANSIENT,
+    retry_backoff=2,
+    retry_backoff_max=120,
+    retry_jitter=True,
+    max_retries=8,
+)
+def scan_batch_task(self: ScanTask, job_id: int, item_ids: list[int]) -> None:
+    """Scan one batch of a job's items."""
+    logger.info("job %s: scanning %d items", job_id, len(item_ids))
+    scan_batch(self.ctx, job_id, item_ids)
