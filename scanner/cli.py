@@ -47,9 +47,7 @@ def _read_from_file(source: str) -> list[str]:
 @app.command()
 def submit(
     paths: Annotated[list[str] | None, typer.Argument(help="Files, directories and http(s) URLs.")] = None,
-    from_file: Annotated[
-        str | None, typer.Option(help="File with one path or URL per line ('-': stdin).")
-    ] = None,
+    from_file: Annotated[str | None, typer.Option(help="File with one path or URL per line ('-': stdin).")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for the job to finish (distributed mode).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
@@ -123,10 +121,7 @@ def status(job_id: JobId, as_json: Annotated[bool, typer.Option("--json")] = Fal
         typer.echo(f"  skipped ({skipped['reason']}): {skipped['path']}")
     for worker in data["workers"]:
         rate = worker["images_per_second"]
-        typer.echo(
-            f"  worker {worker['worker']}: {worker['items']} items"
-            + (f", {rate:.1f} images/s" if rate else "")
-        )
+        typer.echo(f"  worker {worker['worker']}: {worker['items']} items" + (f", {rate:.1f} images/s" if rate else ""))
 
 
 @app.command()
@@ -211,12 +206,8 @@ def info() -> None:
 @app.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes (CPU); GPU workers use 1.")] = 1,
-    queues: Annotated[
-        str | None, typer.Option(help="Comma-separated queues (default: SCANNER_QUEUE).")
-    ] = None,
-    pool: Annotated[
-        str | None, typer.Option(help="prefork, solo or threads (default: solo on CUDA).")
-    ] = None,
+    queues: Annotated[str | None, typer.Option(help="Comma-separated queues (default: SCANNER_QUEUE).")] = None,
+    pool: Annotated[str | None, typer.Option(help="prefork, solo or threads (default: solo on CUDA).")] = None,
     loglevel: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Start a Celery worker with the same settings (needs SCANNER_BROKER_URL)."""

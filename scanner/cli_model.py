@@ -75,9 +75,7 @@ def evaluate(
     data_dirs: DataDirs,
     model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped model).")] = None,
     split: Annotated[str, typer.Option(help="all, or val: the checkpoint's own validation split.")] = "all",
-    jpeg_quality: Annotated[
-        int | None, typer.Option(help="Re-encode each image at this JPEG quality.")
-    ] = None,
+    jpeg_quality: Annotated[int | None, typer.Option(help="Re-encode each image at this JPEG quality.")] = None,
     scale: Annotated[float | None, typer.Option(help="Downscale each image by this factor first.")] = None,
     batch_size: Annotated[int, typer.Option()] = 64,
     workers: Annotated[int, typer.Option()] = 1,

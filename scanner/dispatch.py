@@ -25,9 +25,7 @@ def run_embedded(settings: Settings, sessions: Any, job_id: int, advance: Advanc
             for index, batch in enumerate(batches):
                 current = pending.result() if pending else prepare_batch(ctx, job_id, batch)
                 pending = (
-                    ahead.submit(prepare_batch, ctx, job_id, batches[index + 1])
-                    if index + 1 < len(batches)
-                    else None
+                    ahead.submit(prepare_batch, ctx, job_id, batches[index + 1]) if index + 1 < len(batches) else None
                 )
                 complete_batch(ctx, current)
                 if advance:
@@ -48,7 +46,5 @@ def enqueue_distributed(settings: Settings, sessions: Any, job_id: int) -> int:
     batches = list(chunks(ids, settings.batch_size))
     with app.producer_or_acquire() as producer:
         for batch in batches:
-            app.send_task(
-                "fauxscan.scan_batch", args=[job_id, batch], queue=settings.queue, producer=producer
-            )
+            app.send_task("fauxscan.scan_batch", args=[job_id, batch], queue=settings.queue, producer=producer)
     return len(batches)

@@ -66,16 +66,12 @@ def create_job(
             session.execute(insert(Item), [_item_row(job_id, spec) for spec in part])
     for skipped in chunks(expansion.skipped, INSERT_CHUNK):
         with sessions.begin() as session:
-            session.execute(
-                insert(Skipped), [{"job_id": job_id, "path": s.path, "reason": s.reason} for s in skipped]
-            )
+            session.execute(insert(Skipped), [{"job_id": job_id, "path": s.path, "reason": s.reason} for s in skipped])
     return job_id
 
 
 def queued_item_ids(session: Session, job_id: int) -> list[int]:
     """Ids of the job's items that still wait for a verdict, in submit order."""
     return list(
-        session.scalars(
-            select(Item.id).where(Item.job_id == job_id, Item.status == "queued").order_by(Item.id)
-        )
+        session.scalars(select(Item.id).where(Item.job_id == job_id, Item.status == "queued").order_by(Item.id))
     )

@@ -60,9 +60,7 @@ def worker_throughput(session: Session, job_id: int) -> list[dict[str, Any]]:
     result = []
     for worker, count, first, last in rows:
         span = (last - first).total_seconds() if first and last else 0.0
-        result.append(
-            {"worker": worker, "items": count, "images_per_second": count / span if span > 0 else None}
-        )
+        result.append({"worker": worker, "items": count, "images_per_second": count / span if span > 0 else None})
     return result
 
 

@@ -115,9 +115,7 @@ def complete_batch(ctx: ScanContext, batch: PreparedBatch) -> None:
     scores = ctx.runner.score([batch.to_score[h] for h in hashes]) if hashes else []
     loaded = ctx.runner.loaded
     with ctx.sessions.begin() as session:
-        record_batch(
-            session, batch.items, dict(zip(hashes, scores)), loaded.version, loaded.threshold, ctx.worker
-        )
+        record_batch(session, batch.items, dict(zip(hashes, scores)), loaded.version, loaded.threshold, ctx.worker)
     with ctx.sessions.begin() as session:
         finish_job_if_complete(session, batch.job_id)
 

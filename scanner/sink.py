@@ -13,9 +13,7 @@ from scanner.db import Item, Job, Verdict, utcnow
 from scanner.loader import LoadedItem
 
 
-def insert_ignoring_conflicts(
-    session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]
-) -> None:
+def insert_ignoring_conflicts(session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
     """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite."""
     if not rows:
         return
@@ -29,9 +27,7 @@ def existing_verdicts(session: Session, hashes: Iterable[str], model_version: st
     wanted = sorted(set(hashes))
     if not wanted:
         return {}
-    rows = session.scalars(
-        select(Verdict).where(Verdict.model_version == model_version, Verdict.sha256.in_(wanted))
-    )
+    rows = session.scalars(select(Verdict).where(Verdict.model_version == model_version, Verdict.sha256.in_(wanted)))
     return {verdict.sha256: verdict for verdict in rows}
 
 
@@ -77,16 +73,12 @@ def record_batch(
                 error_code=loaded.error_code or "internal_error",
                 error_message=loaded.error_message or "no verdict was produced",
             )
-        session.execute(
-            update(Item).where(Item.id == loaded.item_id, Item.status == "queued").values(**values)
-        )
+        session.execute(update(Item).where(Item.id == loaded.item_id, Item.status == "queued").values(**values))
 
 
 def job_counts(session: Session, job_id: int) -> dict[str, int]:
     """Live counts of a job's items by outcome, flagged included."""
-    rows = session.execute(
-        select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)
-    ).all()
+    rows = session.execute(select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)).all()
     by_status = {status: count for status, count in rows}
     flagged = session.scalar(
         select(func.count())

@@ -9,14 +9,12 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
+from training.preprocess import has_image_magic
+
 IMAGE_SUFFIXES = {
     ".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
     ".ppm", ".pgm", ".pbm", ".ico", ".jp2", ".jfif",
 }  # fmt: skip
-MAGIC_PREFIXES = (
-    b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
-    b"\x00\x00\x01\x00", b"\x00\x00\x00\x0cjP  ", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6",
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -54,9 +52,7 @@ def looks_like_image(path: Path) -> bool:
             head = handle.read(16)
     except OSError:
         return True  # unreadable: let the scan stage record why
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return True
-    return any(head.startswith(prefix) for prefix in MAGIC_PREFIXES)
+    return has_image_magic(head)
 
 
 def is_url(argument: str) -> bool:
@@ -116,7 +112,7 @@ def expand_sources(arguments: Iterable[str]) -> Expansion:
             items.setdefault(uri, ItemSpec(uri, "file", "not_found", f"no such file: {argument}"))
         else:
             items.setdefault(uri, ItemSpec(uri, "file"))
-    return Expansion(list(items.values()), skipped)
+    return Expansion(list(items.values()), [s for s in skipped if s.path not in items])
 
 
 def read_source_list(handle: TextIO) -> list[str]:

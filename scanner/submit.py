@@ -120,9 +120,7 @@ def _queued_count(sessions: Any, job_id: int) -> int:
         return int(job_status(session, job_id)["queued"])
 
 
-def follow_job(
-    sessions: Any, job_id: int, queued: int, progress: ProgressFactory | None, poll: float = 0.5
-) -> None:
+def follow_job(sessions: Any, job_id: int, queued: int, progress: ProgressFactory | None, poll: float = 0.5) -> None:
     """Poll SQL until the job is finished, advancing a progress bar."""
     advance = progress("scanning", queued) if progress and queued else None
     remaining = queued

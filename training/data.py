@@ -36,9 +36,7 @@ def _manifest_groups(root: Path) -> dict[str, str]:
     if not manifest.is_file():
         return {}
     with manifest.open(newline="") as handle:
-        return {
-            row["file"]: row["near_dup_group"] for row in csv.DictReader(handle) if row.get("near_dup_group")
-        }
+        return {row["file"]: row["near_dup_group"] for row in csv.DictReader(handle) if row.get("near_dup_group")}
 
 
 def stratum_of(path: Path, label: int) -> str:

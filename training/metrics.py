@@ -93,9 +93,7 @@ def summarize(
         "threshold": threshold,
         "false_positive_rate": 1 - tnr,
         "true_positive_rate": tpr,
-        "accuracy_at_0_5": float(np.mean((np.asarray(scores) >= 0.5) == (np.asarray(labels) == 1)))
-        if n
-        else 0.0,
+        "accuracy_at_0_5": float(np.mean((np.asarray(scores) >= 0.5) == (np.asarray(labels) == 1))) if n else 0.0,
         "confusion": counts,
     }
     if strata is not None:

@@ -14,6 +14,17 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 DEFAULT_MAX_PIXELS = 64_000_000
 HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+MAGIC_PREFIXES = (
+    b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+    b"\x00\x00\x01\x00", b"\x00\x00\x00\x0cjP  ", b"P1", b"P2", b"P3", b"P4", b"P5", b"P6",
+)  # fmt: skip
+
+
+def has_image_magic(head: bytes) -> bool:
+    """True when the first bytes carry the signature of an image format."""
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    return any(head.startswith(prefix) for prefix in MAGIC_PREFIXES)
 
 
 class ImageRejected(Exception):
@@ -71,7 +82,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         array = np.asarray(image, dtype=np.float64)
         peak = array.max() if array.size else 0.0
         scale = 255.0 / peak if peak > 255 else 1.0
-        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), "L")
+        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -106,6 +117,8 @@ def decode_image(data: bytes, target_size: int, max_pixels: int = DEFAULT_MAX_PI
     except ImageRejected:
         raise
     except UnidentifiedImageError as exc:
+        if has_image_magic(data[:16]):
+            raise ImageRejected("decode_error", "the image header is corrupt") from exc
         raise ImageRejected("not_an_image", "the content is not a recognised image format") from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected("too_many_pixels", f"decompression bomb refused: {exc}") from exc

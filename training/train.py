@@ -100,9 +100,7 @@ def keras_decay(lr: float, epochs: int) -> Callable[[int], float]:
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """Linear warm-up, then cosine decay to zero."""
     total, warmup = max(1, total_steps), max(1, warmup_steps)
-    return lambda step: (
-        min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-    )
+    return lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, steps_per_epoch: int) -> tuple[Any, Any]:
@@ -203,11 +201,7 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     val_labels: list[int] = []
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
-        tick = (
-            progress_factory(f"epoch {epoch}/{config.epochs}", len(train) + len(val))
-            if progress_factory
-            else None
-        )
+        tick = progress_factory(f"epoch {epoch}/{config.epochs}", len(train) + len(val)) if progress_factory else None
         train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, scheduler, device, tick)
         val_loss, val_scores, val_labels = evaluate(model, val_loader, device, tick)
         val_acc = summarize(val_labels, val_scores, 0.5)["accuracy"]
@@ -243,9 +237,7 @@ def per_dataset_metrics(samples: list[Sample], scores: list[float], threshold: f
     for name in sorted({s.dataset for s in samples}):
         idx = [i for i, s in enumerate(samples) if s.dataset == name]
         labels = [samples[i].label for i in idx]
-        result[name] = summarize(
-            labels, [scores[i] for i in idx], threshold, [samples[i].stratum for i in idx]
-        )
+        result[name] = summarize(labels, [scores[i] for i in idx], threshold, [samples[i].stratum for i in idx])
     return result
 
 

@@ -13,9 +13,7 @@ VISIBILITY_TIMEOUT = 3 * 3600
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app bound to the settings' broker; tasks live in worker.tasks."""
-    app = Celery(
-        "fauxscan", broker=settings.broker_url or "redis://127.0.0.1:6379/0", include=["worker.tasks"]
-    )
+    app = Celery("fauxscan", broker=settings.broker_url or "redis://127.0.0.1:6379/0", include=["worker.tasks"])
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

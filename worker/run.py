@@ -7,9 +7,7 @@ import os
 from scanner.settings import Settings
 
 
-def worker_argv(
-    settings: Settings, concurrency: int, queues: str | None, pool: str | None, loglevel: str
-) -> list[str]:
+def worker_argv(settings: Settings, concurrency: int, queues: str | None, pool: str | None, loglevel: str) -> list[str]:
     """Arguments for `app.worker_main`: GPU workers run one solo process, CPU workers prefork."""
     gpu = settings.device.startswith("cuda")
     chosen_pool = pool or ("solo" if gpu else "prefork")

@@ -1,0 +1,178 @@
+"""Training package: splits, the shared preprocessing path, checkpoints, one epoch, evaluate's JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from scanner.cli import app
+from scanner.loader import decode_item, read_item
+from scanner.settings import Settings
+from tests.conftest import tiny_config
+from tests.imaging import encode, noisy_image
+from training.checkpoint import CheckpointError, load_model, read_checkpoint
+from training.data import ImageFolderDataset, Sample, find_samples, split_samples
+from training.metrics import choose_threshold, roc_auc
+from training.models import build_model
+from training.preprocess import Preprocess, preprocess_bytes
+from training.train import TrainConfig, evaluate, make_loader, make_optimizer, train_one_epoch
+
+
+def _samples_with_groups() -> list[Sample]:
+    samples = []
+    for index in range(200):
+        label = index % 2
+        group = f"g{index // 4}" if index < 80 else f"solo{index}"
+        samples.append(Sample(Path(f"/x/{index}.jpg"), label, "set", group, "real" if label == 0 else "fake"))
+    return samples
+
+
+def test_split_keeps_near_duplicate_groups_on_one_side() -> None:
+    train, val = split_samples(_samples_with_groups(), 0.2, seed=3)
+    train_groups = {s.group for s in train}
+    val_groups = {s.group for s in val}
+    assert not train_groups & val_groups
+    assert 30 <= len(val) <= 50
+    assert {s.label for s in val} == {0, 1}
+    again = split_samples(_samples_with_groups(), 0.2, seed=3)
+    assert [s.path for s in again[1]] == [s.path for s in val]
+
+
+def test_manifest_groups_are_read(tmp_path: Path) -> None:
+    for label in ("real", "fake"):
+        (tmp_path / label).mkdir()
+        for index in range(3):
+            noisy_image(index).save(
+                tmp_path / label / f"easy_{index}.jpg" if label == "fake" else tmp_path / label / f"r{index}.jpg"
+            )
+    (tmp_path / "manifest.csv").write_text("file,label,near_dup_group\nreal/r0.jpg,real,g1\nfake/easy_0.jpg,fake,g1\n")
+    samples = {s.path.name: s for s in find_samples(tmp_path)}
+    assert samples["r0.jpg"].group == samples["easy_0.jpg"].group
+    assert samples["r1.jpg"].group != samples["r0.jpg"].group
+    assert samples["easy_1.jpg"].stratum == "fake_easy"
+    with pytest.raises(FileNotFoundError):
+        find_samples(tmp_path / "real")
+
+
+def test_preprocessing_is_identical_in_training_and_inference(tmp_path: Path) -> None:
+    path = tmp_path / "face.jpg"
+    path.write_bytes(encode(noisy_image(5, 90), "JPEG", quality=90))
+    config = Preprocess(size=32)
+    sample = Sample(path, 1, "t", "g", "fake")
+    training_tensor = ImageFolderDataset([sample], config, augment=None)[0][0]
+    settings = Settings(database_url="sqlite://", broker_url=None, model_path=path)
+    loaded, data = read_item(1, str(path), "file", settings)
+    assert data is not None
+    inference_tensor = decode_item(loaded, data, config, settings.max_pixels).tensor
+    assert inference_tensor is not None
+    assert torch.equal(training_tensor, inference_tensor)
+    assert training_tensor.shape == (3, 32, 32)
+
+
+def test_checkpoint_round_trips(tiny_model: Path) -> None:
+    loaded = load_model(tiny_model, "cpu")
+    meta = read_checkpoint(tiny_model)
+    assert meta["arch"] == "paper-cnn" and meta["classes"] == ["real", "fake"]
+    assert loaded.preprocess.size == 32
+    assert loaded.version == meta["model_version"]
+    assert 0.0 <= loaded.threshold <= 1.0
+    assert "accuracy" in meta["metrics"] and meta["train_config"]["seed"] == 1
+    rebuilt = build_model(meta["arch"], meta["arch_args"])
+    rebuilt.load_state_dict(meta["state_dict"])
+    batch = torch.stack([preprocess_bytes(encode(noisy_image(1)), loaded.preprocess)])
+    with torch.inference_mode():
+        assert torch.allclose(rebuilt.eval()(batch), loaded.model(batch))
+
+
+class _Exploit:
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, ("touch /tmp/fauxscan-pwned",))
+
+
+def test_checkpoint_refuses_pickled_code(tmp_path: Path) -> None:
+    marker = Path("/tmp/fauxscan-pwned")
+    marker.unlink(missing_ok=True)
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "fauxscan-checkpoint/1", "payload": _Exploit()}, path)
+    with pytest.raises(CheckpointError, match="refusing"):
+        read_checkpoint(path)
+    assert not marker.exists()
+    plain = tmp_path / "plain.pkl"
+    plain.write_bytes(pickle.dumps({"format": "something-else"}))
+    with pytest.raises(CheckpointError):
+        read_checkpoint(plain)
+
+
+def test_one_epoch_lowers_the_loss(toy_data: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    config = tiny_config(toy_data, tmp_path / "x.pt")
+    model = build_model("paper-cnn", {"input_size": config.size, "width": 8})
+    preprocess = Preprocess(size=config.size)
+    samples = find_samples(toy_data)
+    loader = make_loader(samples, preprocess, None, config, shuffle=True)
+    eval_loader = make_loader(samples, preprocess, None, config, shuffle=False)
+    before, _, _ = evaluate(model, eval_loader, torch.device("cpu"))
+    optimizer, scheduler = make_optimizer(
+        model, TrainConfig(data_dirs=[], out="", lr=1e-3, epochs=1, schedule="keras-decay"), len(loader)
+    )
+    train_one_epoch(model, loader, optimizer, scheduler, torch.device("cpu"))
+    after, _, _ = evaluate(model, eval_loader, torch.device("cpu"))
+    assert after < before
+
+
+def test_metrics_and_threshold_rules() -> None:
+    labels = [0, 0, 0, 0, 1, 1, 1, 1]
+    scores = [0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9]
+    assert roc_auc(labels, scores) == pytest.approx(15 / 16)
+    assert choose_threshold(labels, scores, "fpr:0.0") == pytest.approx(0.7)
+    assert choose_threshold(labels, scores, "youden") in (0.4, 0.7)
+    with pytest.raises(ValueError):
+        choose_threshold(labels, scores, "magic")
+
+
+def test_train_and_evaluate_commands(toy_data: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    out = tmp_path / "paper.pt"
+    result = runner.invoke(
+        app, ["train", str(toy_data), "--arch", "paper-cnn", "--epochs", "1", "--size", "32", "--out", str(out),
+              "--workers", "0", "--device", "cpu"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in (tmp_path / "paper_plots").iterdir()} == {
+        "loss.png",
+        "accuracy.png",
+        "confusion.png",
+        "roc.png",
+    }
+    stored = read_checkpoint(out)
+    assert stored["train_config"]["schedule"] == "keras-decay" and stored["train_config"]["batch_size"] == 32
+    resumed = runner.invoke(app, ["train", str(toy_data), "--out", str(out), "--resume", str(out), "--epochs", "2"])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(json.loads(out.with_suffix(".json").read_text())["history"]) == 2
+    evaluated = runner.invoke(app, ["evaluate", str(toy_data), "--model", str(out), "--json", "--workers", "0"])
+    assert evaluated.exit_code == 0, evaluated.output
+    metrics = json.loads(evaluated.stdout)
+    for key in ("n", "accuracy", "balanced_accuracy", "roc_auc", "threshold", "confusion", "per_stratum"):
+        assert key in metrics
+    assert metrics["n"] == 48
+    assert set(metrics["confusion"]) == {"tp", "fp", "tn", "fn"}
+    assert sum(metrics["confusion"].values()) == 48
+
+
+def test_evaluate_reports_errors_cleanly(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path), "--model", str(tmp_path / "none.pt")])
+    assert result.exit_code == 1
+    assert "not found" in result.stderr
+
+
+def test_tiny_model_learns_the_toy_task(tiny_model: Path, toy_data: Path) -> None:
+    from training.evaluate import run_evaluation
+
+    metrics = run_evaluation([str(toy_data)], tiny_model, device="cpu", workers=0)
+    assert metrics["roc_auc"] > 0.9
