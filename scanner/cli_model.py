@@ -27,6 +27,9 @@ def train(
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     size: Annotated[int, typer.Option(help="Input size in pixels.")] = 128,
+    max_side: Annotated[
+        int | None, typer.Option(help="Keep native pixels up to this shorter side, then centre-crop.")
+    ] = None,
     seed: Annotated[int, typer.Option()] = 1,
     augment: Annotated[str | None, typer.Option(help="paper, robust or none.")] = None,
     threshold_rule: Annotated[str, typer.Option(help="fpr:0.05 or youden.")] = "fpr:0.05",
@@ -38,7 +41,7 @@ def train(
     """Train a detector on labelled image folders."""
     config = _train_config(data_dirs, out, arch, resume)
     overrides = {
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment,
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment, "max_side": max_side,
         "device": device or Settings.from_env().device,
     }  # fmt: skip
     if resume is None:

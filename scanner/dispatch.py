@@ -38,7 +38,7 @@ def run_embedded(settings: Settings, sessions: Any, job_id: int, advance: Advanc
 
 def enqueue_distributed(settings: Settings, sessions: Any, job_id: int) -> int:
     """Send one Celery task per batch of queued item ids; returns the number of tasks sent."""
-    from worker.app import create_app
+    from worker.celery_app import create_app
 
     app = create_app(settings)
     with sessions() as session:

@@ -104,7 +104,7 @@ def probe_header(loaded: LoadedItem, data: bytes, max_pixels: int) -> LoadedItem
 def decode_item(loaded: LoadedItem, data: bytes, preprocess: Preprocess, max_pixels: int) -> LoadedItem:
     """Decode and preprocess with the training package's single path; a bad image fails alone."""
     try:
-        decoded = decode_image(data, preprocess.size, max_pixels)
+        decoded = decode_image(data, preprocess.decode_side, max_pixels)
         loaded.format, loaded.width, loaded.height = decoded.format, decoded.width, decoded.height
         loaded.tensor = preprocess_image(decoded.image, preprocess)
     except ImageRejected as exc:

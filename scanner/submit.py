@@ -65,7 +65,7 @@ def open_database(settings: Settings) -> Any:
 
 def check_broker(settings: Settings) -> None:
     """Fail fast with a clear message when the broker cannot be reached."""
-    from worker.app import create_app
+    from worker.celery_app import create_app
 
     app = create_app(settings)
     try:

@@ -99,6 +99,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "SCANNER_HTTP_BACKOFF": str(settings.http_backoff),
         "SCANNER_TORCH_THREADS": str(settings.torch_threads),
         "SCANNER_QUEUE": settings.queue,
+        "SCANNER_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
     }
     if settings.broker_url:
         env["SCANNER_BROKER_URL"] = settings.broker_url

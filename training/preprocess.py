@@ -41,11 +41,17 @@ class Preprocess:
     """Preprocessing parameters stored in every checkpoint."""
 
     size: int = 128
+    max_side: int = 0
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    resize: str = "shorter-side-center-crop"
+    resize: str = "clamp-shorter-side-center-crop"
     resample: str = "bilinear"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def decode_side(self) -> int:
+        """The shorter side the image is brought to before the centre crop (at most)."""
+        return max(self.size, self.max_side)
 
     def to_dict(self) -> dict[str, Any]:
         """Return plain types for the checkpoint."""
@@ -58,9 +64,10 @@ class Preprocess:
         """Rebuild from a checkpoint's dictionary."""
         return cls(
             size=int(data["size"]),
+            max_side=int(data.get("max_side", 0)),
             mean=tuple(data["mean"]),  # type: ignore[arg-type]
             std=tuple(data["std"]),  # type: ignore[arg-type]
-            resize=data.get("resize", "shorter-side-center-crop"),
+            resize=data.get("resize", "clamp-shorter-side-center-crop"),
             resample=data.get("resample", "bilinear"),
             extra=dict(data.get("extra", {})),
         )
@@ -132,10 +139,17 @@ def decode_image(data: bytes, target_size: int, max_pixels: int = DEFAULT_MAX_PI
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
-def resize_center_crop(image: Image.Image, size: int, resample: str = "bilinear") -> Image.Image:
-    """Resize the shorter side to `size`, then crop the centre square."""
+def resize_center_crop(image: Image.Image, size: int, max_side: int = 0, resample: str = "bilinear") -> Image.Image:
+    """Bring the shorter side into [size, max_side] (keeping native pixels when it already is), crop the centre.
+
+    With max_side <= size this is the classic "resize shorter side to size, centre crop". With a larger
+    max_side, mid-sized images keep their native resolution, so local traces (splice seams, resampling,
+    generator noise) are not averaged away by downscaling.
+    """
     width, height = image.size
-    scale = size / min(width, height)
+    shorter = min(width, height)
+    target = min(max(shorter, size), max(size, max_side))
+    scale = target / shorter
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     if (new_w, new_h) != (width, height):
         image = image.resize((new_w, new_h), RESAMPLE[resample], reducing_gap=3.0)
@@ -159,7 +173,7 @@ def preprocess_image(image: Image.Image, config: Preprocess, augment: Augment | 
     """Decoded RGB image -> model tensor; training passes an augmentation, inference none."""
     if augment is not None:
         image = augment(image)
-    return to_tensor(resize_center_crop(image, config.size, config.resample), config)
+    return to_tensor(resize_center_crop(image, config.size, config.max_side, config.resample), config)
 
 
 def preprocess_bytes(
@@ -169,5 +183,5 @@ def preprocess_bytes(
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:
     """Bytes -> model tensor: the single path used by training, evaluation and the worker."""
-    decoded = decode_image(data, config.size, max_pixels)
+    decoded = decode_image(data, config.decode_side, max_pixels)
     return preprocess_image(decoded.image, config, augment)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -44,6 +45,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 1e-3
     size: int = 128
+    max_side: int = 256
     seed: int = 1
     val_fraction: float = 0.2
     augment: str = "robust"
@@ -60,7 +62,7 @@ def paper_config(data_dirs: list[str], out: str) -> TrainConfig:
     """Luo's settings: Adam, lr 1e-3 decayed by lr/epochs, 30 epochs, batch 32, rotation+flips, 8:2."""
     return TrainConfig(
         data_dirs=data_dirs, out=out, arch="paper-cnn", epochs=30, batch_size=32, lr=1e-3,
-        augment="paper", schedule="keras-decay", weight_decay=0.0,
+        augment="paper", schedule="keras-decay", weight_decay=0.0, max_side=0,
     )  # fmt: skip
 
 
@@ -179,7 +181,7 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     train, val = load_splits(config)
     if not train or not val:
         raise ValueError("need images of both classes for training and validation")
-    preprocess = Preprocess(size=config.size)
+    preprocess = Preprocess(size=config.size, max_side=config.max_side)
     arch_args = config.arch_args or dict(DEFAULT_ARGS[config.arch])
     if config.arch == "paper-cnn":
         arch_args["input_size"] = config.size
@@ -209,11 +211,19 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
             "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
             "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - started,
         })  # fmt: skip
+        print(_epoch_line(history[-1]), file=sys.stderr, flush=True)
         _write_outputs(model, config, arch_args, preprocess, history, val, val_scores, val_labels,
                        optimizer, scheduler, epoch, train)  # fmt: skip
     if not val_scores:
         _, val_scores, val_labels = evaluate(model, val_loader, device)
     return _final_metrics(config, history, val, val_scores, val_labels)
+
+
+def _epoch_line(row: dict[str, float]) -> str:
+    return (
+        f"epoch {row['epoch']}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
+        f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | {row['seconds']:.0f} s"
+    )
 
 
 def _final_metrics(

@@ -8,7 +8,6 @@ from scanner.settings import Settings
 
 SOFT_TIME_LIMIT = 600
 HARD_TIME_LIMIT = 660
-VISIBILITY_TIMEOUT = 3 * 3600
 
 
 def create_app(settings: Settings) -> Celery:
@@ -26,7 +25,7 @@ def create_app(settings: Settings) -> Celery:
         task_default_queue=settings.queue,
         task_soft_time_limit=SOFT_TIME_LIMIT,
         task_time_limit=HARD_TIME_LIMIT,
-        broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=3,
         worker_max_memory_per_child=4_000_000,
