@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,15 +56,20 @@ def looks_like_image(path: Path) -> bool:
     return has_image_magic(head)
 
 
+URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
+
+
 def is_url(argument: str) -> bool:
     """True for anything with a URL scheme (http, https, ftp, file, ...)."""
-    scheme = urlsplit(argument).scheme
-    return len(scheme) > 1 and "://" in argument
+    return bool(URL_PATTERN.match(argument))
 
 
 def url_spec(argument: str) -> ItemSpec:
-    """An item for a URL; schemes other than http(s) are recorded as errors."""
-    scheme = urlsplit(argument).scheme.lower()
+    """An item for a URL; malformed URLs and schemes other than http(s) are recorded as errors."""
+    try:
+        scheme = urlsplit(argument).scheme.lower()
+    except ValueError as exc:
+        return ItemSpec(argument, "url", "invalid_url", f"malformed URL: {exc}")
     if scheme not in ("http", "https"):
         return ItemSpec(argument, "url", "unsupported_scheme", f"scheme {scheme!r} is not http or https")
     return ItemSpec(argument, "url")

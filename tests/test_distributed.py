@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import psycopg
 import pytest
@@ -154,3 +154,18 @@ def _wait_until(condition, timeout: float = 120) -> None:  # type: ignore[no-unt
             return
         time.sleep(0.2)
     raise TimeoutError("condition not met in time")
+
+
+def test_urls_are_fetched_by_the_workers(pg_settings: Settings, workers: list, tmp_path: Path) -> None:
+    from tests.httpserver import EXPECTED, HostileServer
+    from tests.test_hostile import URL_LIMITS, check_url_outcomes
+
+    settings = pg_settings.with_overrides(**URL_LIMITS)
+    worker = WorkerProcess(settings, tmp_path, "urls")
+    workers.append(worker)
+    worker.wait_ready()
+    with HostileServer() as server:
+        result = submit(settings, [server.url(path) for path in EXPECTED], wait=True)
+        check_url_outcomes(settings, result.summary["job_id"], server)
+    assert {w["worker"].split(":")[1] for w in result.summary["workers"]} == {str(p) for p in worker.children()}
+    purge_queue(settings)
