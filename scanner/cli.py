@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -143,13 +144,16 @@ def report(
     flagged_only: Annotated[bool, typer.Option(help="Only items labelled fake.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="table, csv, json, jsonl or html.")] = "table",
     output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+    explain: Annotated[bool, typer.Option(help="HTML: add Grad-CAM heatmaps for flagged items.")] = False,
+    max_thumbnails: Annotated[int, typer.Option(help="HTML: thumbnails for at most this many items.")] = 2000,
 ) -> None:
     """Per-item results of a job: uri, status, score, label, threshold, model version, error."""
     from scanner import reports
 
     if fmt not in ("table", "csv", "json", "jsonl", "html"):
         fail(f"unknown format {fmt!r}: use table, csv, json, jsonl or html")
-    with _sessions(load_settings())() as session:
+    settings = load_settings()
+    with _sessions(settings)() as session:
         try:
             rows = reports.report_rows(session, job_id, flagged_only)
             status = reports.job_status(session, job_id)
@@ -160,12 +164,77 @@ def report(
         "csv": lambda: reports.render_csv(rows),
         "json": lambda: reports.render_json(rows, status),
         "jsonl": lambda: reports.render_jsonl(rows),
+        "html": lambda: _html_report(settings, status, rows, explain, max_thumbnails),
     }[fmt]()
     if output is None:
         typer.echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
         err_console.print(f"wrote {output}")
+
+
+def _html_report(settings: Settings, status: dict, rows: list, explain: bool, max_thumbnails: int) -> str:
+    from scanner.html_report import attach_visuals, render_html
+
+    explain_fn = None
+    if explain:
+        from scanner.explain import explainer
+        from training.checkpoint import CheckpointError, load_model
+
+        try:
+            explain_fn = explainer(load_model(settings.model_path, settings.device))
+        except CheckpointError as exc:
+            fail(str(exc))
+    return render_html(status, attach_visuals(rows, settings, explain_fn, max_thumbnails))
+
+
+@app.command()
+def review(
+    item_id: Annotated[int | None, typer.Argument(help="Item id (from a report).")] = None,
+    decision: Annotated[str | None, typer.Option(help="fake, real or unsure.")] = None,
+    note: Annotated[str | None, typer.Option()] = None,
+    reviewer: Annotated[str | None, typer.Option(help="Default: $USER.")] = None,
+    import_csv: Annotated[
+        Path | None, typer.Option("--import", help="CSV with item_id,decision[,reviewer][,note].")
+    ] = None,
+) -> None:
+    """Record a reviewer decision on an item (never changes the model's verdict)."""
+    from scanner.review import ReviewError, add_decision, import_decisions
+
+    who = reviewer or os.environ.get("USER") or "unknown"
+    sessions = _sessions(load_settings())
+    try:
+        with sessions.begin() as session:
+            if import_csv is not None:
+                with import_csv.open(newline="", encoding="utf-8") as handle:
+                    count = import_decisions(session, handle, who)
+                typer.echo(f"recorded {count} decisions from {import_csv}")
+                return
+            if item_id is None or decision is None:
+                fail("give ITEM_ID and --decision, or --import FILE")
+            add_decision(session, item_id, decision, who, note)
+            typer.echo(f"item {item_id}: {decision} by {who}")
+    except (ReviewError, OSError) as exc:
+        fail(str(exc))
+
+
+@app.command("export-labels")
+def export_labels(
+    job_id: JobId, out: Annotated[Path, typer.Option(help="Folder to write real/ and fake/ into.")]
+) -> None:
+    """Write a job's reviewed images as real/ and fake/ folders that `scanner train` accepts."""
+    from scanner.reports import JobNotFound
+    from scanner.review import export_labels as run_export
+
+    settings = load_settings()
+    with _sessions(settings)() as session:
+        try:
+            result = run_export(session, settings, job_id, out)
+        except JobNotFound as exc:
+            fail(str(exc))
+    typer.echo(f"wrote {result.written['real']} real and {result.written['fake']} fake images to {out}")
+    for problem in result.unreadable:
+        err_console.print(f"not exported (source unavailable): {problem}", highlight=False)
 
 
 @db_app.command("upgrade")

@@ -28,6 +28,10 @@ class PaperCNN(nn.Module):
         )
         self.classifier = nn.Linear(2 * width * (input_size // 4) ** 2, 2)
 
+    def cam_layer(self) -> nn.Module:
+        """The layer whose activations Grad-CAM explains (the last conv block's ReLU)."""
+        return self.features[-2]
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return logits; softmax is applied by the loss and by `predict_scores`."""
         return self.classifier(torch.flatten(self.features(images), 1))
@@ -80,6 +84,10 @@ class FauxNet(nn.Module):
         self.stages = nn.Sequential(*stages)
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(2 * widths[-1], 2)
+
+    def cam_layer(self) -> nn.Module:
+        """The layer whose activations Grad-CAM explains (the last residual stage)."""
+        return self.stages[-1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return logits over (real, fake)."""

@@ -1,0 +1,54 @@
+"""Explanations: Grad-CAM heatmaps of what drove a fake score, overlaid on the region the model saw."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from training.preprocess import Preprocess, resize_center_crop, to_tensor
+
+
+def gradcam(model: nn.Module, tensor: torch.Tensor) -> np.ndarray:
+    """A [0, 1] heatmap (input size) of the regions that raise the fake-class logit."""
+    layer: nn.Module = model.cam_layer()  # type: ignore[operator]
+    captured: dict[str, torch.Tensor] = {}
+    hook = layer.register_forward_hook(lambda _m, _i, output: captured.__setitem__("a", output))
+    try:
+        with torch.enable_grad():
+            batch = tensor.unsqueeze(0).to(next(model.parameters()).device)
+            logit = model(batch)[0, 1]
+            (grads,) = torch.autograd.grad(logit, captured["a"])
+    finally:
+        hook.remove()
+    activations = captured["a"].detach()
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * activations).sum(dim=1, keepdim=True))
+    cam = nn.functional.interpolate(cam, size=tensor.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    peak = float(cam.max())
+    return (cam / peak).cpu().numpy() if peak > 0 else np.zeros(tuple(tensor.shape[-2:]), dtype=np.float32)
+
+
+def colorize(heatmap: np.ndarray) -> np.ndarray:
+    """Map [0, 1] to a transparent-blue -> yellow -> red palette (RGB uint8)."""
+    red = np.clip(heatmap * 2, 0, 1)
+    green = np.clip(2 - heatmap * 2, 0, 1) * np.clip(heatmap * 2, 0, 1)
+    blue = np.clip(1 - heatmap * 3, 0, 1) * 0.4
+    return (np.stack([red, green, blue], axis=-1) * 255).astype(np.uint8)
+
+
+def explain_image(model: nn.Module, image: Image.Image, preprocess: Preprocess, alpha: float = 0.45) -> Image.Image:
+    """The model's view of `image` with its Grad-CAM heatmap blended on top."""
+    crop = resize_center_crop(image, preprocess.size, preprocess.max_side, preprocess.resample)
+    heatmap = gradcam(model, to_tensor(crop, preprocess))
+    overlay = Image.fromarray(colorize(heatmap), "RGB")
+    mask = Image.fromarray((np.clip(heatmap, 0, 1) * 255 * alpha).astype(np.uint8), "L")
+    return Image.composite(overlay, crop, mask)
+
+
+def explainer(loaded: Any) -> Any:
+    """A callable image -> overlay bound to a loaded model."""
+    return lambda image: explain_image(loaded.model, image, loaded.preprocess)

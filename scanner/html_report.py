@@ -1,0 +1,92 @@
+"""A self-contained HTML report: summary, flagged items first with thumbnails and score bars, errors."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from typing import Any
+
+from PIL import Image
+
+from scanner.loader import read_item
+from scanner.settings import Settings
+from training.preprocess import ImageRejected, decode_image
+
+THUMB_SIDE = 112
+PAGE_SIZE = 100
+Explain = Callable[[Image.Image], Image.Image]
+
+
+def jpeg_data_uri(image: Image.Image, side: int = THUMB_SIDE, quality: int = 70) -> str:
+    """A small JPEG of the image as a data: URI."""
+    thumb = image.copy()
+    thumb.thumbnail((side, side))
+    buffer = io.BytesIO()
+    thumb.convert("RGB").save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _visuals(row: dict[str, Any], settings: Settings, explain: Explain | None) -> tuple[str | None, str | None]:
+    loaded, data = read_item(row["item_id"], row["uri"], "url" if "://" in row["uri"] else "file", settings)
+    if data is None or (row["sha256"] and loaded.sha256 != row["sha256"]):
+        return None, None  # the source is gone or changed since the scan: placeholder
+    try:
+        image = decode_image(data, 4 * THUMB_SIDE, settings.max_pixels).image
+    except ImageRejected:
+        return None, None
+    heat = jpeg_data_uri(explain(image)) if explain is not None and row["label"] == "fake" else None
+    return jpeg_data_uri(image), heat
+
+
+def attach_visuals(
+    rows: list[dict[str, Any]], settings: Settings, explain: Explain | None, max_thumbnails: int
+) -> list[dict[str, Any]]:
+    """Add `thumb` (and `heat` for flagged items when explaining) to the first scanned rows."""
+    scanned = [row for row in rows if row["status"] == "done"][:max_thumbnails]
+    workers = 1 if explain is not None else 4  # Grad-CAM shares one model: keep it on one thread
+    with ThreadPoolExecutor(workers) as pool:
+        visuals = list(pool.map(lambda row: _visuals(row, settings, explain), scanned))
+    for row, (thumb, heat) in zip(scanned, visuals):
+        row["thumb"], row["heat"] = thumb, heat
+    return rows
+
+
+def _json_for_script(value: Any) -> str:
+    """JSON that cannot close the <script> element it sits in."""
+    text = json.dumps(value, default=str, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _summary_html(status: dict[str, Any]) -> str:
+    e = html.escape
+    counts = "".join(
+        f"<div class='stat'><b>{e(str(status[key]))}</b><span>{e(label)}</span></div>"
+        for key, label in (("items", "items"), ("done", "scanned"), ("flagged", "flagged"),
+                           ("errors", "errors"), ("skipped", "skipped"))
+    )  # fmt: skip
+    codes = "".join(f"<li><code>{e(code)}</code>: {count}</li>" for code, count in status["errors_by_code"].items())
+    return (
+        f"<h1>fauxscan job {e(str(status['job_id']))}</h1>"
+        f"<p class='meta'>model <code>{e(status['model_version'])}</code>, threshold "
+        f"{status['threshold']:.4f}, {e(status['mode'])}, created {e(str(status['created_at']))}, "
+        f"finished {e(str(status['finished_at'] or 'not yet'))}</p>"
+        f"<div class='stats'>{counts}</div>" + (f"<h3>Errors by code</h3><ul>{codes}</ul>" if codes else "")
+    )
+
+
+def render_html(status: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """The whole report as one HTML document with no external assets."""
+    keep = ("item_id", "uri", "status", "score", "label", "error_code", "error_message", "size_bytes",
+            "width", "height", "decision", "reviewer", "thumb", "heat")  # fmt: skip
+    items = [{k: row.get(k) for k in keep} for row in rows]
+    template = (resources.files("scanner") / "templates" / "report.html").read_text(encoding="utf-8")
+    return (
+        template.replace("{{summary}}", _summary_html(status))
+        .replace("{{page_size}}", str(PAGE_SIZE))
+        .replace("{{data}}", _json_for_script(items))
+    )
