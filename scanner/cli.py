@@ -248,7 +248,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     try:
         upgrade(settings.database_url, revision)
     except SQLAlchemyError as exc:
-        fail(f"migration failed on {safe_url(settings.database_url)}: {type(exc.orig or exc).__name__}")
+        fail(f"migration failed on {safe_url(settings.database_url)}: {type(getattr(exc, 'orig', None) or exc).__name__}")
     typer.echo(f"database {safe_url(settings.database_url)} is at {revision}")
 
 

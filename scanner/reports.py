@@ -115,10 +115,10 @@ def latest_decision_subquery() -> Any:
     return select(ranked.c.item_id, ranked.c.decision, ranked.c.reviewer).where(ranked.c.rank == 1).subquery()
 
 
-def report_query(job_id: int, flagged_only: bool = False) -> Select[Any]:
+def report_query(job_id: int, flagged_only: bool = False) -> Select[Any]:  # type: ignore[type-arg]
     """Items of a job with verdict and latest decision; flagged first by score, then the rest."""
     latest = latest_decision_subquery()
-    query = (
+    query: Any = (
         select(
             Item.id.label("item_id"),
             Item.uri,

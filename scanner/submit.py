@@ -58,7 +58,7 @@ def open_database(settings: Settings) -> Any:
     except SQLAlchemyError as exc:
         engine.dispose()
         raise SetupError(
-            f"cannot use the database at {safe_url(settings.database_url)}: {type(exc.orig or exc).__name__}"
+            f"cannot use the database at {safe_url(settings.database_url)}: {type(getattr(exc, 'orig', None) or exc).__name__}"
         ) from None
     return session_factory(engine)
 

@@ -1,0 +1,102 @@
+"""The `scanner` command through CliRunner and as the installed console script."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from scanner.cli import app
+from scanner.settings import Settings
+from tests.conftest import settings_env
+from tests.imaging import encode, noisy_image, smooth_image
+from tests.workers import SCANNER
+
+
+def image_folder(root: Path) -> Path:
+    """Four images, one of them broken, and a text file."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "a.png").write_bytes(encode(smooth_image(1, 32)))
+    (root / "b.png").write_bytes(encode(noisy_image(2, 32)))
+    (root / "c.jpg").write_bytes(encode(noisy_image(3, 32), "JPEG"))
+    (root / "d.jpg").write_bytes(b"\xff\xd8\xff\xdb broken")
+    (root / "notes.txt").write_text("hello")
+    return root
+
+
+def test_submit_status_jobs_report_with_clirunner(settings: Settings, tmp_path: Path) -> None:
+    env = settings_env(settings)
+    runner = CliRunner()
+    folder = image_folder(tmp_path / "in")
+    submitted = runner.invoke(app, ["submit", str(folder), "--json", "--batch-size", "2"], env=env)
+    assert submitted.exit_code == 0, submitted.output
+    summary = json.loads(submitted.stdout)
+    for key in ("job_id", "items", "done", "errors", "flagged", "skipped"):
+        assert key in summary
+    assert (summary["items"], summary["done"], summary["errors"], summary["skipped"]) == (4, 3, 1, 1)
+    job = str(summary["job_id"])
+    status = runner.invoke(app, ["status", job, "--json"], env=env)
+    assert json.loads(status.stdout)["finished"] is True
+    assert json.loads(status.stdout)["skipped_files"] == [{"path": str(folder / "notes.txt"), "reason": "not_an_image"}]
+    text_status = runner.invoke(app, ["status", job], env=env)
+    assert "notes.txt" in text_status.stdout and "error truncated: 1" in text_status.stdout
+    assert job in runner.invoke(app, ["jobs"], env=env).stdout
+    table = runner.invoke(app, ["report", job], env=env)
+    assert table.exit_code == 0 and "d.jpg" in table.stdout
+    out = tmp_path / "r.csv"
+    assert runner.invoke(app, ["report", job, "--format", "csv", "--output", str(out)], env=env).exit_code == 0
+    assert len(list(csv.DictReader(out.open()))) == 4
+    flagged = runner.invoke(app, ["report", job, "--format", "jsonl", "--flagged-only"], env=env)
+    assert all(json.loads(line)["label"] == "fake" for line in flagged.stdout.splitlines())
+    assert len(flagged.stdout.splitlines()) == summary["flagged"]
+
+
+def test_cli_errors_go_to_stderr_with_exit_code_1(settings: Settings, tmp_path: Path) -> None:
+    env = settings_env(settings)
+    runner = CliRunner()
+    cases = [
+        (["status", "424242"], "no job with id 424242"),
+        (["report", "424242"], "no job with id 424242"),
+        (["report", "1", "--format", "pdf"], "unknown format"),
+        (["submit"], "nothing to scan"),
+        (["submit", str(tmp_path), "--model", str(tmp_path / "missing.pt")], "model file not found"),
+        (["submit", "--from-file", str(tmp_path / "nope.txt")], "cannot read --from-file"),
+    ]
+    for arguments, message in cases:
+        result = runner.invoke(app, arguments, env=env)
+        assert result.exit_code == 1, arguments
+        assert message in result.stderr, (arguments, result.stderr)
+    bad_device = runner.invoke(app, ["info"], env={**env, "SCANNER_DEVICE": "tpu"})
+    assert bad_device.exit_code == 1 and "SCANNER_DEVICE" in bad_device.stderr
+
+
+def test_from_file_and_stdin(settings: Settings, tmp_path: Path) -> None:
+    folder = image_folder(tmp_path / "in")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# a comment\n\n{folder / 'a.png'}\n{folder / 'b.png'}\nftp://example.invalid/x.jpg\n")
+    runner = CliRunner()
+    env = settings_env(settings)
+    from_file = runner.invoke(app, ["submit", "--from-file", str(listing), "--json"], env=env)
+    assert json.loads(from_file.stdout)["items"] == 3
+    from_stdin = runner.invoke(app, ["submit", "--from-file", "-", "--json"], input=f"{folder / 'c.jpg'}\n", env=env)
+    assert json.loads(from_stdin.stdout)["done"] == 1
+
+
+def test_installed_command(settings: Settings, tmp_path: Path) -> None:
+    folder = image_folder(tmp_path / "in")
+    env = {**os.environ, **settings_env(settings)}
+    result = subprocess.run([SCANNER, "submit", str(folder)], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "finished: 3 scanned" in result.stdout and "error truncated: 1" in result.stdout
+    info = subprocess.run([SCANNER, "info"], env=env, capture_output=True, text=True, timeout=60)
+    assert str(settings.model_path) in info.stdout
+    missing = subprocess.run([SCANNER, "status", "999"], env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "no job with id 999" in missing.stderr and missing.stdout == ""
+    report = subprocess.run([SCANNER, "report", "1", "--format", "json"], env=env, capture_output=True, text=True)
+    document = json.load(io.StringIO(report.stdout))
+    assert document["job"]["job_id"] == 1 and len(document["items"]) == 4
