@@ -13,7 +13,7 @@ import typer
 from scanner import cli_model
 from scanner.console import err_console, fail, progress_bar
 from scanner.settings import Settings
-from scanner.submit import SetupError, open_database, safe_url
+from scanner.submit import SetupError, describe_db_error, open_database, safe_url
 from scanner.submit import submit as run_submit
 
 app = typer.Typer(help="fauxscan: find fake, manipulated and AI-generated face images.", no_args_is_help=True)
@@ -248,7 +248,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     try:
         upgrade(settings.database_url, revision)
     except SQLAlchemyError as exc:
-        fail(f"migration failed on {safe_url(settings.database_url)}: {type(getattr(exc, 'orig', None) or exc).__name__}")
+        fail(f"migration failed on {safe_url(settings.database_url)}: {describe_db_error(exc, settings.database_url)}")
     typer.echo(f"database {safe_url(settings.database_url)} is at {revision}")
 
 

@@ -41,6 +41,16 @@ def safe_url(url: str) -> str:
         return url
 
 
+def describe_db_error(exc: Exception, url: str) -> str:
+    """The driver's first message line, with the URL's password (if any) masked."""
+    from sqlalchemy.engine import make_url
+
+    original = getattr(exc, "orig", None) or exc
+    line = (str(original).strip().splitlines() or [type(original).__name__])[0]
+    password = make_url(url).password if "://" in url else None
+    return f"{type(original).__name__}: {line.replace(password, '***') if password else line}"
+
+
 def open_database(settings: Settings) -> Any:
     """Sessions on a reachable database at the newest schema; SQLite is upgraded automatically."""
     engine = make_engine(settings.database_url)
@@ -57,9 +67,8 @@ def open_database(settings: Settings) -> Any:
             )
     except SQLAlchemyError as exc:
         engine.dispose()
-        raise SetupError(
-            f"cannot use the database at {safe_url(settings.database_url)}: {type(getattr(exc, 'orig', None) or exc).__name__}"
-        ) from None
+        reason = describe_db_error(exc, settings.database_url)
+        raise SetupError(f"cannot use the database at {safe_url(settings.database_url)}: {reason}") from None
     return session_factory(engine)
 
 

@@ -1,0 +1,106 @@
+"""Distributed throughput (submit to job finished, 1 and 2 worker processes) against in-process
+decode + model throughput on the same images, measured in the same run.
+
+    .venv/bin/python scripts/bench_distributed.py [--images 1500] [--database-url postgresql+psycopg://...]
+
+Needs the local Redis and PostgreSQL. Each run uses a fresh database and its own queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_embedded import pick_images  # noqa: E402
+
+from scanner.db import upgrade  # noqa: E402
+from scanner.scan import ScanContext, complete_batch, prepare_batch  # noqa: E402
+from scanner.settings import Settings  # noqa: E402
+from scanner.submit import open_database, submit  # noqa: E402
+from tests.workers import WorkerProcess, purge_queue, wait_for_job  # noqa: E402
+
+ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def fresh_database() -> str:
+    """Create an empty, migrated PostgreSQL database for one run."""
+    name = f"fauxscan_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    upgrade(url)
+    return url
+
+
+def in_process(paths: list[Path], settings: Settings) -> float:
+    """Decode + model on this process, batches recorded to SQL as the workers do (no broker)."""
+    from scanner.jobs import chunks, create_job, queued_item_ids
+    from scanner.model import model_identity
+    from scanner.sources import expand_sources
+
+    sessions = open_database(settings)
+    version, threshold = model_identity(settings)
+    job_id = create_job(sessions, ["bench"], expand_sources([str(p) for p in paths]), version, threshold, "bench")
+    ctx = ScanContext.create(settings, sessions)
+    assert ctx.runner.loaded.version  # load before timing, as a warm worker has
+    with sessions() as session:
+        batches = list(chunks(queued_item_ids(session, job_id), settings.batch_size))
+    started = time.perf_counter()
+    for batch in batches:
+        complete_batch(ctx, prepare_batch(ctx, job_id, batch))
+    elapsed = time.perf_counter() - started
+    ctx.close()
+    return len(paths) / elapsed
+
+
+def distributed(paths: list[Path], settings: Settings, processes: int, log_dir: Path) -> float:
+    """Submit to finished with `processes` single-process workers already running."""
+    workers = [WorkerProcess(settings, log_dir, f"bench{processes}-{i}") for i in range(processes)]
+    try:
+        for worker in workers:
+            worker.wait_ready()
+        started = time.perf_counter()
+        job_id = submit(settings, [str(p) for p in paths], wait=False).summary["job_id"]
+        wait_for_job(settings, job_id, timeout=1800)
+        return len(paths) / (time.perf_counter() - started)
+    finally:
+        for worker in workers:
+            worker.stop()
+        purge_queue(settings)
+
+
+def main() -> None:
+    """Print in-process and distributed rates and their ratios."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    parser.add_argument("--images", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+    paths = pick_images(args.data, args.images)
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "fauxscan-bench"
+    log_dir.mkdir(exist_ok=True)
+    base = Settings.from_env().with_overrides(batch_size=args.batch_size, torch_threads=0)
+    local = in_process(paths, base.with_overrides(database_url=fresh_database(), broker_url=None))
+    print(f"images: {len(paths)}; in-process decode+model+SQL: {local:8.1f} images/s")
+    for processes in (1, 2):
+        settings = base.with_overrides(
+            database_url=fresh_database(),
+            broker_url="redis://127.0.0.1:6379/13",
+            queue=f"bench-{uuid.uuid4().hex[:6]}",
+            torch_threads=max(1, (os.cpu_count() or 1) // processes),
+        )
+        rate = distributed(paths, settings, processes, log_dir)
+        ratio = rate / local
+        print(f"distributed, {processes} worker process(es): {rate:8.1f} images/s | ratio {ratio:.2f}x (goal >= 0.8x)")
+
+
+if __name__ == "__main__":
+    main()
