@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -17,6 +17,12 @@ from worker import app
 
 logger = get_task_logger(__name__)
 TRANSIENT = (OperationalError, DBAPIError, ConnectionError, TimeoutError)
+
+
+@celeryd_after_setup.connect
+def remember_concurrency(sender: Any, instance: Any, **_: Any) -> None:
+    """Record the pool size before forking so each child can take its share of the cores."""
+    os.environ.setdefault("SCANNER_WORKER_CONCURRENCY", str(getattr(instance, "concurrency", 1) or 1))
 
 
 @worker_process_init.connect

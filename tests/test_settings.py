@@ -1,0 +1,60 @@
+"""Settings from the environment, worker start-up arguments, and `scanner db upgrade`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from scanner.cli import app
+from scanner.db import current_revision, head_revision, make_engine
+from scanner.settings import SHIPPED_MODEL, Settings
+from scanner.submit import safe_url
+from worker.run import worker_argv
+
+
+def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    settings = Settings.from_env({})
+    assert settings.broker_url is None
+    assert settings.model_path == SHIPPED_MODEL
+    assert settings.database_url.startswith("sqlite:///") and "fauxscan" in settings.database_url
+    assert settings.device == "auto" and not settings.allow_private_urls
+
+
+def test_environment_and_overrides() -> None:
+    env = {"SCANNER_DATABASE_URL": "postgresql+psycopg://a:b@h/db", "SCANNER_BROKER_URL": "redis://h:1/0",
+           "SCANNER_BATCH_SIZE": "16", "SCANNER_ALLOW_PRIVATE_URLS": "yes", "SCANNER_DEVICE": "cuda:1"}  # fmt: skip
+    settings = Settings.from_env(env)
+    assert (settings.batch_size, settings.allow_private_urls, settings.device) == (16, True, "cuda:1")
+    assert settings.with_overrides(batch_size=None, device="cpu").batch_size == 16
+    assert settings.with_overrides(device="cpu").device == "cpu"
+    with pytest.raises(ValueError, match="SCANNER_DEVICE"):
+        Settings.from_env({"SCANNER_DEVICE": "tpu"})
+
+
+def test_secrets_are_masked() -> None:
+    assert safe_url("postgresql+psycopg://scanner:s3cret@db/x") == "postgresql+psycopg://scanner:***@db/x"
+    assert "hunter2" not in safe_url("redis://:hunter2@cache:6379/0")
+
+
+def test_worker_arguments_per_device() -> None:
+    cpu = Settings.from_env({"SCANNER_BROKER_URL": "redis://x"})
+    argv = worker_argv(cpu, 3, None, None, "info")
+    assert "--pool=prefork" in argv and "--concurrency=3" in argv and "--queues=scan" in argv
+    gpu = cpu.with_overrides(device="cuda")
+    argv = worker_argv(gpu, 3, "scan-gpu", None, "info")
+    assert "--pool=solo" in argv and "--concurrency=1" in argv and "--queues=scan-gpu" in argv
+
+
+def test_db_upgrade_command(pg_url: str) -> None:
+    result = CliRunner().invoke(app, ["db", "upgrade"], env={"SCANNER_DATABASE_URL": pg_url})
+    assert result.exit_code == 0, result.output
+    engine = make_engine(pg_url)
+    assert current_revision(engine) == head_revision(pg_url) == "0002"
+    engine.dispose()
+    dead = CliRunner().invoke(
+        app, ["db", "upgrade"], env={"SCANNER_DATABASE_URL": "postgresql+psycopg://u:pw9@127.0.0.1:1/x"}
+    )
+    assert dead.exit_code == 1 and "migration failed" in dead.stderr and "pw9" not in dead.stderr
