@@ -20,7 +20,7 @@ from scanner.db import Item, make_engine, session_factory
 from scanner.loader import LoadedItem, decode_item, probe_header, read_item
 from scanner.model import ModelRunner
 from scanner.settings import Settings
-from scanner.sink import existing_verdicts, finish_job_if_complete, record_batch
+from scanner.sink import existing_verdicts, fail_queued_items, finish_job_if_complete, record_batch
 
 
 def worker_name() -> str:
@@ -123,3 +123,11 @@ def complete_batch(ctx: ScanContext, batch: PreparedBatch) -> None:
 def scan_batch(ctx: ScanContext, job_id: int, item_ids: list[int]) -> None:
     """Scan one batch of items of a job end to end; safe to run twice on the same ids."""
     complete_batch(ctx, prepare_batch(ctx, job_id, item_ids))
+
+
+def give_up_on_batch(ctx: ScanContext, job_id: int, item_ids: list[int], message: str) -> None:
+    """Record the batch's unscanned items as internal errors so the job can still finish."""
+    with ctx.sessions.begin() as session:
+        fail_queued_items(session, item_ids, "internal_error", message, ctx.worker)
+    with ctx.sessions.begin() as session:
+        finish_job_if_complete(session, job_id)

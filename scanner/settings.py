@@ -34,6 +34,7 @@ class Settings:
     batch_size: int = 64
     queue: str = "scan"
     visibility_timeout: int = 3 * 3600
+    task_time_limit: int = 600
     max_file_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 64_000_000
     allow_private_urls: bool = False
@@ -59,6 +60,7 @@ class Settings:
             batch_size=int(env.get("SCANNER_BATCH_SIZE", "64")),
             queue=env.get("SCANNER_QUEUE", "scan"),
             visibility_timeout=int(env.get("SCANNER_VISIBILITY_TIMEOUT", str(3 * 3600))),
+            task_time_limit=int(env.get("SCANNER_TASK_TIME_LIMIT", "600")),
             max_file_bytes=int(env.get("SCANNER_MAX_FILE_BYTES", str(50 * 1024 * 1024))),
             max_pixels=int(env.get("SCANNER_MAX_PIXELS", "64000000")),
             allow_private_urls=_flag(env.get("SCANNER_ALLOW_PRIVATE_URLS")),

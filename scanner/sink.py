@@ -115,3 +115,12 @@ def finish_job_if_complete(session: Session, job_id: int) -> bool:
         .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+def fail_queued_items(session: Session, item_ids: list[int], code: str, message: str, worker: str) -> None:
+    """Mark the still-queued items of a batch as errors (e.g. the batch hit its time limit)."""
+    session.execute(
+        update(Item)
+        .where(Item.id.in_(item_ids), Item.status == "queued")
+        .values(status="error", error_code=code, error_message=message, worker=worker, scanned_at=utcnow())
+    )

@@ -100,6 +100,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "SCANNER_TORCH_THREADS": str(settings.torch_threads),
         "SCANNER_QUEUE": settings.queue,
         "SCANNER_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
+        "SCANNER_TASK_TIME_LIMIT": str(settings.task_time_limit),
     }
     if settings.broker_url:
         env["SCANNER_BROKER_URL"] = settings.broker_url

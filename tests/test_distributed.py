@@ -169,3 +169,24 @@ def test_urls_are_fetched_by_the_workers(pg_settings: Settings, workers: list, t
         check_url_outcomes(settings, result.summary["job_id"], server)
     assert {w["worker"].split(":")[1] for w in result.summary["workers"]} == {str(p) for p in worker.children()}
     purge_queue(settings)
+
+
+def test_a_batch_over_its_time_limit_fails_alone(pg_settings: Settings, workers: list, tmp_path: Path) -> None:
+    from tests.httpserver import HostileServer
+
+    settings = pg_settings.with_overrides(task_time_limit=2, http_timeout=10.0, http_retries=0, batch_size=2)
+    worker = WorkerProcess(settings, tmp_path, "limit")
+    workers.append(worker)
+    worker.wait_ready()
+    with HostileServer() as server:
+        urls = [server.url("slow"), server.url("slow?2"), server.url("good.png"), server.url("good.jpg")]
+        result = submit(settings, urls, wait=True)
+    engine = make_engine(settings.database_url)
+    with engine.connect() as connection:
+        rows = dict(
+            connection.execute(select(Item.uri, Item.error_code).where(Item.job_id == result.summary["job_id"])).all()
+        )
+    engine.dispose()
+    assert result.summary["finished"]
+    assert rows == {urls[0]: "internal_error", urls[1]: "internal_error", urls[2]: None, urls[3]: None}
+    purge_queue(settings)

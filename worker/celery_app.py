@@ -6,9 +6,6 @@ from celery import Celery
 
 from scanner.settings import Settings
 
-SOFT_TIME_LIMIT = 600
-HARD_TIME_LIMIT = 660
-
 
 def create_app(settings: Settings) -> Celery:
     """A Celery app bound to the settings' broker; tasks live in worker.tasks."""
@@ -23,8 +20,8 @@ def create_app(settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_default_queue=settings.queue,
-        task_soft_time_limit=SOFT_TIME_LIMIT,
-        task_time_limit=HARD_TIME_LIMIT,
+        task_soft_time_limit=settings.task_time_limit,
+        task_time_limit=settings.task_time_limit + 60,
         broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=3,

@@ -7,16 +7,17 @@ from typing import Any
 
 import torch
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import celeryd_after_setup, worker_process_init
 from celery.utils.log import get_task_logger
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from scanner.scan import ScanContext, scan_batch
+from scanner.scan import ScanContext, give_up_on_batch, scan_batch
 from scanner.settings import Settings
 from worker import app
 
 logger = get_task_logger(__name__)
-TRANSIENT = (OperationalError, DBAPIError, ConnectionError, TimeoutError)
+TRANSIENT = (OperationalError, InterfaceError, DisconnectionError, ConnectionError, TimeoutError)
 
 
 @celeryd_after_setup.connect
@@ -62,4 +63,9 @@ class ScanTask(Task):  # type: ignore[misc]
 def scan_batch_task(self: ScanTask, job_id: int, item_ids: list[int]) -> None:
     """Scan one batch of a job's items."""
     logger.info("job %s: scanning %d items", job_id, len(item_ids))
-    scan_batch(self.ctx, job_id, item_ids)
+    try:
+        scan_batch(self.ctx, job_id, item_ids)
+    except SoftTimeLimitExceeded:
+        limit = self.ctx.settings.task_time_limit
+        logger.error("job %s: batch exceeded %s s; its unscanned items become errors", job_id, limit)
+        give_up_on_batch(self.ctx, job_id, item_ids, f"the batch exceeded the {limit} s time limit")
