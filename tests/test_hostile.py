@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from scanner.db import Item, Job, Skipped, make_engine
 from scanner.errors import ERROR_CODES, ItemError
@@ -154,3 +154,45 @@ def test_fuzzed_files_each_get_one_row(settings: Settings, tmp_path: Path) -> No
     assert summary["finished"] and summary["items"] == 300 and summary["queued"] == 0
     assert summary["done"] + summary["errors"] == 300
     assert set(summary["errors_by_code"]) <= set(ERROR_CODES) - {"internal_error"}
+
+
+def test_permission_denied_is_an_error_row(tmp_path: Path) -> None:
+    import site
+    import subprocess
+    import sys
+
+    folder = tmp_path / "private"
+    folder.mkdir()
+    secret = folder / "secret.png"
+    secret.write_bytes(encode(noisy_image(9, 32)))
+    secret.chmod(0)
+    folder.chmod(0o755)
+    tmp_path.chmod(0o755)
+    snippet = (
+        "import sys; from pathlib import Path; from scanner.loader import read_file\n"
+        "from scanner.errors import ItemError\n"
+        "try:\n    read_file(Path(sys.argv[1]), 10**6)\nexcept ItemError as exc:\n    print(exc.code)"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    if os.geteuid() == 0:  # root reads everything: run the same code as an unprivileged user
+        command = ["/usr/bin/python3", "-c", snippet, str(secret)]
+        env = {"PYTHONPATH": os.pathsep.join([str(repo), *site.getsitepackages()]), "HOME": "/tmp"}
+        result = subprocess.run(command, capture_output=True, text=True, user="nobody", env=env, cwd="/", timeout=120)
+    else:
+        result = subprocess.run([sys.executable, "-c", snippet, str(secret)], capture_output=True, text=True, cwd=repo)
+    assert result.stdout.strip() == "permission_denied", result.stderr[-2000:]
+
+
+def test_directory_with_thousands_of_files(settings: Settings, tmp_path: Path) -> None:
+    if "postgresql" in settings.database_url:
+        pytest.skip("the walk is the same on both databases; once on SQLite is enough")
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for index in range(2500):
+        (folder / f"note_{index:04d}.txt").write_text("x")
+    for index in range(120):
+        (folder / f"img_{index:04d}.png").write_bytes(encode(noisy_image(index, 16)))
+    summary = submit(settings.with_overrides(batch_size=64), [str(folder)], wait=True).summary
+    assert (summary["items"], summary["done"], summary["skipped"]) == (120, 120, 2500)
+    with open_database(settings)() as session:
+        assert session.scalar(select(func.count()).select_from(Skipped)) == 2500
