@@ -31,7 +31,7 @@ def train(
         int | None, typer.Option(help="Keep native pixels up to this shorter side, then centre-crop.")
     ] = None,
     seed: Annotated[int, typer.Option()] = 1,
-    augment: Annotated[str | None, typer.Option(help="paper, robust or none.")] = None,
+    augment: Annotated[str | None, typer.Option(help="paper, robust, robust-light or none.")] = None,
     threshold_rule: Annotated[str, typer.Option(help="fpr:0.05 or youden.")] = "fpr:0.05",
     max_per_dataset: Annotated[int, typer.Option(help="Cap images per folder (0: all).")] = 0,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 1,

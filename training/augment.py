@@ -39,6 +39,16 @@ PRESETS: dict[str, AugmentConfig] = {
         crop_prob=0.5,
         jitter=0.1,
     ),
+    "robust-light": AugmentConfig(
+        rotate_degrees=5.0,
+        hflip=0.5,
+        jpeg_prob=0.6,
+        jpeg_quality=(70, 98),
+        rescale_prob=0.25,
+        crop_prob=0.5,
+        crop_scale=(0.8, 1.0),
+        jitter=0.05,
+    ),
     "none": AugmentConfig(rotate_degrees=0.0, hflip=0.0),
 }
 
