@@ -8,7 +8,6 @@ Needs the local Redis and PostgreSQL. Each run uses a fresh database and its own
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -19,7 +18,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_embedded import pick_images  # noqa: E402
+from bench_embedded import parse_args  # noqa: E402
 
 from scanner.db import upgrade  # noqa: E402
 from scanner.scan import ScanContext, complete_batch, prepare_batch  # noqa: E402
@@ -79,12 +78,7 @@ def distributed(paths: list[Path], settings: Settings, processes: int, log_dir: 
 
 def main() -> None:
     """Print in-process and distributed rates and their ratios."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
-    parser.add_argument("--images", type=int, default=1500)
-    parser.add_argument("--batch-size", type=int, default=64)
-    args = parser.parse_args()
-    paths = pick_images(args.data, args.images)
+    args, paths = parse_args(__doc__)
     log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "fauxscan-bench"
     log_dir.mkdir(exist_ok=True)
     base = Settings.from_env().with_overrides(batch_size=args.batch_size, torch_threads=0)

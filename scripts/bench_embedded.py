@@ -44,14 +44,19 @@ def decode_only(paths: list[Path], settings: Settings, threads: int) -> float:
     return len(paths) / (time.perf_counter() - started)
 
 
-def main() -> None:
-    """Print both rates and their ratio."""
-    parser = argparse.ArgumentParser(description=__doc__)
+def parse_args(description: str | None) -> tuple[argparse.Namespace, list[Path]]:
+    """The options both benchmarks share, and the sampled image paths."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--images", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
-    paths = pick_images(args.data, args.images)
+    return args, pick_images(args.data, args.images)
+
+
+def main() -> None:
+    """Print both rates and their ratio."""
+    args, paths = parse_args(__doc__)
     with tempfile.TemporaryDirectory() as tmp:
         settings = Settings.from_env().with_overrides(
             database_url=f"sqlite:///{tmp}/bench.db", broker_url=None, batch_size=args.batch_size
