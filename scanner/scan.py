@@ -11,6 +11,7 @@ import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import torch
@@ -80,33 +81,45 @@ def _read_all(ctx: ScanContext, rows: list[Any]) -> list[tuple[LoadedItem, bytes
     return list(ctx.pool.map(read, rows))
 
 
-def prepare_batch(ctx: ScanContext, job_id: int, item_ids: list[int]) -> PreparedBatch:
-    """Read, hash and decode the batch's still-queued items; reuse verdicts that already exist."""
+def _queued_rows(ctx: ScanContext, item_ids: list[int]) -> list[Any]:
     with ctx.sessions() as session:
-        rows = session.execute(
-            select(Item.id, Item.uri, Item.kind).where(Item.id.in_(item_ids), Item.status == "queued")
-        ).all()
-        read = _read_all(ctx, list(rows))
-        known = existing_verdicts(session, [i.sha256 for i, _ in read if i.sha256], ctx.runner.loaded.version)
+        return list(
+            session.execute(
+                select(Item.id, Item.uri, Item.kind).where(Item.id.in_(item_ids), Item.status == "queued")
+            ).all()
+        )
+
+
+def _decode_new_content(ctx: ScanContext, read: list[tuple[LoadedItem, bytes | None]], known: set[str]) -> None:
+    """Decode the first item of each content without a verdict; only read headers for the rest."""
     preprocess, limit = ctx.runner.loaded.preprocess, ctx.settings.max_pixels
-    first_of: dict[str, int] = {}
-    jobs = []
-    for index, (loaded, data) in enumerate(read):
+    first_of: dict[str, LoadedItem] = {}
+    work: list[tuple[LoadedItem, Callable[[], LoadedItem]]] = []
+    for loaded, data in read:
         if data is None or loaded.sha256 is None:
             continue
         if loaded.sha256 in known or loaded.sha256 in first_of:
-            jobs.append((loaded, lambda ld=loaded, d=data: probe_header(ld, d, limit)))
+            work.append((loaded, partial(probe_header, loaded, data, limit)))
         else:
-            first_of[loaded.sha256] = index
-            jobs.append((loaded, lambda ld=loaded, d=data: decode_item(ld, d, preprocess, limit)))
-    list(ctx.pool.map(lambda job: _guarded(job[0].item_id, job[1]), jobs))
-    items = [loaded for loaded, _ in read]
-    for loaded in items:
+            first_of[loaded.sha256] = loaded
+            work.append((loaded, partial(decode_item, loaded, data, preprocess, limit)))
+    list(ctx.pool.map(lambda job: _guarded(job[0].item_id, job[1]), work))
+    for loaded, _ in read:  # a copy of content that failed to decode fails the same way
         first = first_of.get(loaded.sha256 or "")
-        if first is not None and items[first].error_code and loaded.error_code is None:
-            loaded.fail(items[first].error_code or "decode_error", items[first].error_message or "")
-    to_score = {i.sha256: i.tensor for i in items if i.sha256 and i.tensor is not None}
-    return PreparedBatch(job_id, items, to_score)  # type: ignore[arg-type]
+        if first is not None and first.error_code and loaded.error_code is None:
+            loaded.fail(first.error_code, first.error_message or "")
+
+
+def prepare_batch(ctx: ScanContext, job_id: int, item_ids: list[int]) -> PreparedBatch:
+    """Read, hash and decode the batch's still-queued items; reuse verdicts that already exist."""
+    read = _read_all(ctx, _queued_rows(ctx, item_ids))
+    with ctx.sessions() as session:
+        hashes = [loaded.sha256 for loaded, _ in read if loaded.sha256]
+        known = set(existing_verdicts(session, hashes, ctx.runner.loaded.version))
+    _decode_new_content(ctx, read, known)
+    items = [loaded for loaded, _ in read]
+    to_score = {i.sha256: i.tensor for i in items if i.sha256 is not None and i.tensor is not None}
+    return PreparedBatch(job_id, items, to_score)
 
 
 def complete_batch(ctx: ScanContext, batch: PreparedBatch) -> None:
