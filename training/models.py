@@ -75,7 +75,7 @@ class FauxNet(nn.Module):
     plus max pooling lets a small local anomaly drive the score.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (24, 48, 96, 160), dropout: float = 0.2) -> None:
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), dropout: float = 0.2) -> None:
         super().__init__()
         self.stem = nn.Sequential(_conv_bn(3, widths[0], 1), _conv_bn(widths[0], widths[0], 2))
         stages: list[nn.Module] = []
@@ -103,7 +103,7 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 
 DEFAULT_ARGS: dict[str, dict[str, Any]] = {
     "paper-cnn": {"width": 32},
-    "fauxnet": {"widths": [24, 48, 96, 160], "dropout": 0.2},
+    "fauxnet": {"widths": [16, 32, 64, 128], "dropout": 0.2},
 }
 
 
