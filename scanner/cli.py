@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from scanner import cli_model
 from scanner.console import err_console, fail, progress_bar
@@ -65,6 +66,13 @@ def submit(
             result = run_submit(settings, arguments, wait, new_task)
     except SetupError as exc:
         fail(str(exc))
+    except SQLAlchemyError as exc:
+        fail(
+            f"database error during the scan ({describe_db_error(exc, settings.database_url)}); "
+            "finished batches are saved: run the same command again to resume"
+        )
+    except KeyboardInterrupt:
+        fail("interrupted: finished batches are saved; run the same command again to resume")
     summary = result.summary
     if as_json:
         typer.echo(json.dumps({k: v for k, v in summary.items() if k != "skipped_files"}))
@@ -240,7 +248,6 @@ def export_labels(
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply database migrations (PostgreSQL or SQLite)."""
-    from sqlalchemy.exc import SQLAlchemyError
 
     from scanner.db import upgrade
 

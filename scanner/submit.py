@@ -7,15 +7,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from scanner.db import current_revision, head_revision, make_engine, session_factory, upgrade
+from scanner.db import Job, current_revision, head_revision, make_engine, session_factory, upgrade
 from scanner.dispatch import enqueue_distributed, run_embedded
 from scanner.jobs import create_job, find_resumable_job, sources_key
 from scanner.model import model_identity
 from scanner.reports import job_status
 from scanner.settings import Settings
+from scanner.sink import job_counts
 from scanner.sources import expand_sources
 from training.checkpoint import CheckpointError
 
@@ -113,7 +114,13 @@ def submit(
         job_id = resumed_id
     queued = _queued_count(sessions, job_id)
     if settings.broker_url:
-        enqueue_distributed(settings, sessions, job_id)
+        try:
+            enqueue_distributed(settings, sessions, job_id)
+        except Exception as exc:  # noqa: BLE001 - kombu raises transport-specific errors
+            raise SetupError(
+                f"job {job_id} is recorded but could not be fully enqueued ({type(exc).__name__}); "
+                "run the same command again to resume it"
+            ) from None
         if wait:
             follow_job(sessions, job_id, queued, progress)
     else:
@@ -126,7 +133,7 @@ def submit(
 
 def _queued_count(sessions: Any, job_id: int) -> int:
     with sessions() as session:
-        return int(job_status(session, job_id)["queued"])
+        return job_counts(session, job_id)["queued"]
 
 
 def follow_job(sessions: Any, job_id: int, queued: int, progress: ProgressFactory | None, poll: float = 0.5) -> None:
@@ -135,11 +142,12 @@ def follow_job(sessions: Any, job_id: int, queued: int, progress: ProgressFactor
     remaining = queued
     while True:
         with sessions() as session:
-            status = job_status(session, job_id)
-        if advance and status["queued"] < remaining:
-            advance(remaining - status["queued"])
-            remaining = status["queued"]
-        if status["finished"]:
+            counts = job_counts(session, job_id)
+            finished = session.scalar(select(Job.finished_at).where(Job.id == job_id)) is not None
+        if advance and counts["queued"] < remaining:
+            advance(remaining - counts["queued"])
+            remaining = counts["queued"]
+        if finished:
             return
         time.sleep(poll)
 
