@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from scanner.settings import Settings
 from training.checkpoint import LoadedModel, load_model, read_checkpoint
-from training.models import predict_scores
 
 
 def model_identity(settings: Settings) -> tuple[str, float]:
@@ -21,6 +22,7 @@ class ModelRunner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self._loaded: LoadedModel | None = None
+        self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def loaded(self) -> LoadedModel:
@@ -29,15 +31,31 @@ class ModelRunner:
             if self.settings.torch_threads > 0:
                 torch.set_num_threads(self.settings.torch_threads)
             self._loaded = load_model(self.settings.model_path, self.settings.device)
+            self._forward = optimized_forward(self._loaded) if self.settings.jit else self._loaded.model
         return self._loaded
 
     @torch.inference_mode()
     def score(self, tensors: list[torch.Tensor]) -> list[float]:
         """Fake-class probabilities for preprocessed images, in batches of `batch_size`."""
         loaded = self.loaded
+        forward = self._forward or loaded.model
         scores: list[float] = []
         step = max(1, self.settings.batch_size)
         for start in range(0, len(tensors), step):
             batch = torch.stack(tensors[start : start + step]).to(loaded.device, non_blocking=True)
-            scores.extend(predict_scores(loaded.model, batch).float().cpu().tolist())
+            scores.extend(torch.softmax(forward(batch), dim=1)[:, 1].float().cpu().tolist())
         return scores
+
+
+def optimized_forward(loaded: LoadedModel) -> Callable[[torch.Tensor], torch.Tensor]:
+    """On CPU, a traced and frozen copy (BatchNorm folded into convolutions, oneDNN kernels): about 2x
+    the eager throughput with the same scores. Elsewhere, or if tracing fails, the eager model."""
+    if loaded.device.type != "cpu":
+        return loaded.model
+    size = loaded.preprocess.size
+    try:
+        with torch.inference_mode():
+            traced = torch.jit.trace(loaded.model, torch.zeros(2, 3, size, size))
+            return torch.jit.optimize_for_inference(traced)
+    except Exception:  # noqa: BLE001 - an architecture that does not trace still runs eagerly
+        return loaded.model

@@ -44,6 +44,7 @@ class Settings:
     http_backoff: float = 0.5
     torch_threads: int = 0
     decode_threads: int = 0
+    jit: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -69,6 +70,7 @@ class Settings:
             http_backoff=float(env.get("SCANNER_HTTP_BACKOFF", "0.5")),
             torch_threads=int(env.get("SCANNER_TORCH_THREADS", "0")),
             decode_threads=int(env.get("SCANNER_DECODE_THREADS", "0")),
+            jit=env.get("SCANNER_JIT", "1") not in ("0", "false", "no", "off"),
         )
 
     def with_overrides(self, **overrides: Any) -> Settings:

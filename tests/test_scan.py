@@ -191,3 +191,15 @@ def test_dead_database_is_a_clear_setup_error(tiny_model: Path) -> None:
         submit(settings, ["/nonexistent"], wait=True)
     assert "cannot use the database" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+def test_frozen_cpu_model_scores_like_the_eager_one(tiny_model: Path, tmp_path: Path) -> None:
+    from scanner.model import ModelRunner
+    from tests.conftest import make_settings
+    from training.preprocess import preprocess_bytes
+
+    settings = make_settings(f"sqlite:///{tmp_path / 'x.db'}", tiny_model)
+    frozen, eager = ModelRunner(settings), ModelRunner(settings.with_overrides(jit=False))
+    tensors = [preprocess_bytes(encode(noisy_image(i, 32)), frozen.loaded.preprocess) for i in range(12)]
+    assert frozen._forward is not frozen.loaded.model  # really traced and frozen
+    assert frozen.score(tensors) == pytest.approx(eager.score(tensors), abs=1e-5)
