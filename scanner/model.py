@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -54,7 +55,8 @@ def optimized_forward(loaded: LoadedModel) -> Callable[[torch.Tensor], torch.Ten
         return loaded.model
     size = loaded.preprocess.size
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript still runs; eager is the fallback
             traced = torch.jit.trace(loaded.model, torch.zeros(2, 3, size, size))
             return torch.jit.optimize_for_inference(traced)
     except Exception:  # noqa: BLE001 - an architecture that does not trace still runs eagerly
