@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy import and_, bindparam, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -58,22 +58,34 @@ def record_batch(
     )
     verdicts = existing_verdicts(session, [i.sha256 for i in loaded_items if i.sha256], model_version)
     now = utcnow()
-    for loaded in loaded_items:
-        values: dict[str, Any] = {
-            "sha256": loaded.sha256, "size_bytes": loaded.size_bytes, "format": loaded.format,
-            "width": loaded.width, "height": loaded.height, "final_url": loaded.final_url,
-            "http_status": loaded.http_status, "worker": worker, "scanned_at": now,
-        }  # fmt: skip
-        verdict = verdicts.get(loaded.sha256 or "")
-        if loaded.error_code is None and verdict is not None:
-            values.update(status="done", verdict_id=verdict.id)
-        else:
-            values.update(
-                status="error",
-                error_code=loaded.error_code or "internal_error",
-                error_message=loaded.error_message or "no verdict was produced",
-            )
-        session.execute(update(Item).where(Item.id == loaded.item_id, Item.status == "queued").values(**values))
+    rows = [_item_values(loaded, verdicts.get(loaded.sha256 or ""), worker, now) for loaded in loaded_items]
+    if rows:
+        session.execute(ITEM_RESULT.execution_options(synchronize_session=False), rows)
+
+
+ITEM_COLUMNS = ("status", "error_code", "error_message", "verdict_id", "sha256", "size_bytes", "format", "width",
+                "height", "final_url", "http_status", "worker", "scanned_at")  # fmt: skip
+ITEMS = Item.__table__
+ITEM_RESULT = (
+    update(ITEMS)  # type: ignore[arg-type]
+    .where(ITEMS.c.id == bindparam("item_id"), ITEMS.c.status == "queued")
+    .values({name: bindparam(f"new_{name}") for name in ITEM_COLUMNS})
+)
+
+
+def _item_values(loaded: LoadedItem, verdict: Verdict | None, worker: str, now: Any) -> dict[str, Any]:
+    """Bind parameters of ITEM_RESULT for one item: done with its verdict, or an error."""
+    done = loaded.error_code is None and verdict is not None
+    values = {
+        "status": "done" if done else "error",
+        "error_code": None if done else loaded.error_code or "internal_error",
+        "error_message": None if done else loaded.error_message or "no verdict was produced",
+        "verdict_id": verdict.id if done and verdict is not None else None,
+        "sha256": loaded.sha256, "size_bytes": loaded.size_bytes, "format": loaded.format,
+        "width": loaded.width, "height": loaded.height, "final_url": loaded.final_url,
+        "http_status": loaded.http_status, "worker": worker, "scanned_at": now,
+    }  # fmt: skip
+    return {"item_id": loaded.item_id, **{f"new_{k}": v for k, v in values.items()}}
 
 
 def job_counts(session: Session, job_id: int) -> dict[str, int]:
