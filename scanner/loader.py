@@ -91,7 +91,7 @@ def read_item(item_id: int, uri: str, kind: str, settings: Settings) -> tuple[Lo
     return loaded, data
 
 
-def probe_header(loaded: LoadedItem, data: bytes, max_pixels: int) -> LoadedItem:
+def probe_header(loaded: LoadedItem, data: bytes) -> LoadedItem:
     """Fill format and dimensions from the header only (for content that already has a verdict)."""
     try:
         with Image.open(io.BytesIO(data)) as image:

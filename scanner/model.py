@@ -9,6 +9,7 @@ import torch
 
 from scanner.settings import Settings
 from training.checkpoint import LoadedModel, load_model, read_checkpoint
+from training.models import predict_scores
 
 
 def model_identity(settings: Settings) -> tuple[str, float]:
@@ -44,7 +45,7 @@ class ModelRunner:
         step = max(1, self.settings.batch_size)
         for start in range(0, len(tensors), step):
             batch = torch.stack(tensors[start : start + step]).to(loaded.device, non_blocking=True)
-            scores.extend(torch.softmax(forward(batch), dim=1)[:, 1].float().cpu().tolist())
+            scores.extend(predict_scores(forward, batch).float().cpu().tolist())
         return scores
 
 

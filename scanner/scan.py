@@ -99,7 +99,7 @@ def _decode_new_content(ctx: ScanContext, read: list[tuple[LoadedItem, bytes | N
         if data is None or loaded.sha256 is None:
             continue
         if loaded.sha256 in known or loaded.sha256 in first_of:
-            work.append((loaded, partial(probe_header, loaded, data, limit)))
+            work.append((loaded, partial(probe_header, loaded, data)))
         else:
             first_of[loaded.sha256] = loaded
             work.append((loaded, partial(decode_item, loaded, data, preprocess, limit)))

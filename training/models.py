@@ -117,6 +117,6 @@ def build_model(arch: str, arch_args: dict[str, Any]) -> nn.Module:
     return ARCHITECTURES[arch](**args)
 
 
-def predict_scores(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+def predict_scores(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
     """Return the softmax probability of the fake class for a batch."""
     return torch.softmax(model(images), dim=1)[:, 1]
