@@ -32,7 +32,7 @@ def jpeg_data_uri(image: Image.Image, side: int = THUMB_SIDE, quality: int = 70)
 
 
 def _visuals(row: dict[str, Any], settings: Settings, explain: Explain | None) -> tuple[str | None, str | None]:
-    loaded, data = read_item(row["item_id"], row["uri"], "url" if "://" in row["uri"] else "file", settings)
+    loaded, data = read_item(row["item_id"], row["uri"], row["kind"], settings)
     if data is None or (row["sha256"] and loaded.sha256 != row["sha256"]):
         return None, None  # the source is gone or changed since the scan: placeholder
     try:

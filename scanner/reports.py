@@ -16,7 +16,7 @@ from scanner.db import Decision, Item, Job, Skipped, Verdict
 from scanner.sink import job_counts
 
 REPORT_FIELDS = [
-    "item_id", "uri", "status", "score", "label", "threshold", "model_version", "error_code",
+    "item_id", "uri", "kind", "status", "score", "label", "threshold", "model_version", "error_code",
     "error_message", "sha256", "size_bytes", "format", "width", "height", "final_url", "http_status",
     "decision", "reviewer",
 ]  # fmt: skip
@@ -122,6 +122,7 @@ def report_query(job_id: int, flagged_only: bool = False) -> Select[Any]:  # typ
         select(
             Item.id.label("item_id"),
             Item.uri,
+            Item.kind,
             Item.status,
             Verdict.score,
             Verdict.label,
