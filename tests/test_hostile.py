@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from scanner.db import Item, Job, Skipped, make_engine
+from scanner.db import Item, Job, Skipped
 from scanner.errors import ERROR_CODES, ItemError
 from scanner.fetch import FetchPolicy, address_blocked, fetch_url
 from scanner.jobs import create_job
@@ -20,17 +20,9 @@ from scanner.sources import expand_sources
 from scanner.submit import open_database, submit
 from tests.httpserver import EXPECTED, HostileServer
 from tests.imaging import corruptions, encode, noisy_image
+from tests.test_scan import items_by_uri
 
 URL_LIMITS = {"http_timeout": 1.0, "http_retries": 1, "max_file_bytes": 1_000_000}
-
-
-def items_by_uri(settings: Settings, job_id: int) -> dict[str, Item]:
-    """The job's items keyed by uri."""
-    engine = make_engine(settings.database_url)
-    with engine.connect() as connection:
-        rows = {row.uri: row for row in connection.execute(select(Item).where(Item.job_id == job_id))}
-    engine.dispose()
-    return rows
 
 
 def check_url_outcomes(settings: Settings, job_id: int, server: HostileServer) -> None:

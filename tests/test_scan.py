@@ -52,13 +52,13 @@ def build_mixed_folder(root: Path) -> dict[str, str | None]:
     return expected
 
 
-def item_rows(settings: Settings, job_id: int) -> dict[str, Item]:
-    """Items of a job keyed by uri."""
+def items_by_uri(settings: Settings, job_id: int) -> dict[str, Item]:
+    """The job's items keyed by uri."""
     engine = make_engine(settings.database_url)
     with engine.connect() as connection:
-        rows = connection.execute(select(Item).where(Item.job_id == job_id)).all()
+        rows = {row.uri: row for row in connection.execute(select(Item).where(Item.job_id == job_id))}
     engine.dispose()
-    return {row.uri: row for row in rows}
+    return rows
 
 
 def test_schema_comes_from_migrations(settings: Settings) -> None:
@@ -80,7 +80,7 @@ def test_submit_mixed_folder(settings: Settings, tmp_path: Path) -> None:
     result = submit(settings, [str(folder), str(missing), str(folder / "README.txt")], wait=True)
     summary = result.summary
     assert summary["finished"] and summary["queued"] == 0
-    items = item_rows(settings, summary["job_id"])
+    items = items_by_uri(settings, summary["job_id"])
     by_name = {
         Path(uri).relative_to(folder).as_posix(): row for uri, row in items.items() if uri.startswith(str(folder))
     }

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from scanner.settings import Settings
 
 
@@ -12,7 +10,6 @@ def worker_argv(settings: Settings, concurrency: int, queues: str | None, pool: 
     gpu = settings.device.startswith("cuda")
     chosen_pool = pool or ("solo" if gpu else "prefork")
     processes = 1 if chosen_pool == "solo" else max(1, concurrency)
-    os.environ["SCANNER_WORKER_CONCURRENCY"] = str(processes)
     return [
         "worker",
         f"--loglevel={loglevel}",
