@@ -53,7 +53,7 @@ def submit(
     wait: Annotated[bool, typer.Option(help="Wait for the job to finish (distributed mode).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
-    model: Annotated[Path | None, typer.Option(help="Checkpoint to use.")] = None,
+    model: Annotated[str | None, typer.Option(help="A model name from `scanner models`, or a checkpoint path.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
 ) -> None:
     """Scan images: record a job, scan it, print a summary."""
@@ -277,6 +277,24 @@ def info() -> None:
         typer.echo(f"          unusable: {exc}")
     typer.echo(f"device:   {settings.device}")
     typer.echo(f"batch:    {settings.batch_size}")
+
+
+@app.command()
+def models(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False) -> None:
+    """List the shipped models: name, version, input policy, speed and validation metrics."""
+    from scanner.model_catalog import describe_models
+
+    rows = describe_models()
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for row in rows:
+        mark = " (default)" if row["default"] else ""
+        typer.echo(f"{row['name']}{mark}: {row['version']}")
+        typer.echo(f"    {row['summary']}")
+        typer.echo(f"    input: {row['input']}")
+        typer.echo(f"    speed: {row['speed_text']}")
+        typer.echo(f"    validation: {row['metrics_text']}")
 
 
 @app.command()

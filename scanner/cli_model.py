@@ -9,8 +9,10 @@ from typing import Annotated
 import typer
 
 from scanner.console import err_console, fail, progress_bar
+from scanner.registry import resolve_model
 from scanner.settings import Settings
 from training.checkpoint import CheckpointError, read_checkpoint
+from training.models import ARCHITECTURES
 from training.train import TrainConfig, paper_config
 from training.train import main as train_main
 
@@ -22,7 +24,9 @@ DataDirs = Annotated[
 def train(
     data_dirs: DataDirs,
     out: Annotated[Path, typer.Option(help="Checkpoint to write (metrics .json and _plots/ beside it).")],
-    arch: Annotated[str, typer.Option(help="paper-cnn (Luo's model and settings) or fauxnet.")] = "fauxnet",
+    arch: Annotated[
+        str, typer.Option(help="paper-cnn (Luo's model and settings), fauxnet or effnet-lite0 (ImageNet-initialised).")
+    ] = "fauxnet",
     epochs: Annotated[int | None, typer.Option(help="Epochs (paper-cnn default 30).")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
     lr: Annotated[float | None, typer.Option()] = None,
@@ -32,7 +36,14 @@ def train(
     ] = None,
     seed: Annotated[int, typer.Option()] = 1,
     augment: Annotated[str | None, typer.Option(help="paper, robust, robust-light or none.")] = None,
-    threshold_rule: Annotated[str, typer.Option(help="fpr:0.05 or youden.")] = "fpr:0.05",
+    threshold_rule: Annotated[
+        str, typer.Option(help="fpr:0.05, source-fpr:0.05 (at most 5% on every source's reals) or youden.")
+    ] = "fpr:0.05",
+    views: Annotated[
+        str, typer.Option(help="center (one centre crop) or faces (whole image + face crops).")
+    ] = "center",
+    balance: Annotated[bool, typer.Option(help="Sample every dataset, and every class in it, equally.")] = False,
+    samples_per_epoch: Annotated[int, typer.Option(help="Images drawn per epoch when balancing (0: all).")] = 0,
     max_per_dataset: Annotated[int, typer.Option(help="Cap images per folder (0: all).")] = 0,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 1,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
@@ -45,8 +56,12 @@ def train(
         "device": device or Settings.from_env().device,
     }  # fmt: skip
     if resume is None:
-        overrides.update(size=size, seed=seed, threshold_rule=threshold_rule,
-                         max_per_dataset=max_per_dataset, workers=workers)  # fmt: skip
+        overrides.update(
+            size=size, seed=seed, threshold_rule=threshold_rule, max_per_dataset=max_per_dataset,
+            workers=workers, views=views, balance=balance, samples_per_epoch=samples_per_epoch,
+        )  # fmt: skip
+    if views not in ("center", "faces"):
+        fail("--views must be 'center' or 'faces'")
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
@@ -69,14 +84,14 @@ def _train_config(data_dirs: list[Path], out: Path, arch: str, resume: Path | No
         return TrainConfig(**{**stored, "data_dirs": dirs, "out": str(out)})
     if arch == "paper-cnn":
         return paper_config(dirs, str(out))
-    if arch != "fauxnet":
-        fail(f"unknown architecture {arch!r}: choose paper-cnn or fauxnet")
+    if arch not in ARCHITECTURES:
+        fail(f"unknown architecture {arch!r}: choose one of {', '.join(sorted(ARCHITECTURES))}")
     return TrainConfig(data_dirs=dirs, out=str(out), arch=arch)
 
 
 def evaluate(
     data_dirs: DataDirs,
-    model: Annotated[Path | None, typer.Option(help="Checkpoint (default: the shipped model).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model name or checkpoint (default: the shipped default).")] = None,
     split: Annotated[str, typer.Option(help="all, or val: the checkpoint's own validation split.")] = "all",
     jpeg_quality: Annotated[int | None, typer.Option(help="Re-encode each image at this JPEG quality.")] = None,
     scale: Annotated[float | None, typer.Option(help="Downscale each image by this factor first.")] = None,
@@ -88,7 +103,7 @@ def evaluate(
     from training.evaluate import run_evaluation
 
     settings = Settings.from_env()
-    model_path = model or settings.model_path
+    model_path = resolve_model(model) if model else settings.model_path
     if split not in ("all", "val"):
         fail("--split must be 'all' or 'val'")
     try:
@@ -111,12 +126,21 @@ def evaluate(
 
 
 def _print_metrics(metrics: dict) -> None:
-    typer.echo(f"model {metrics['model_version']}  n={metrics['n']}  threshold={metrics['threshold']:.4f}")
-    rows = {"all": metrics, **metrics["per_dataset"]}
+    typer.echo(f"model {metrics['model_version']}  threshold {metrics['threshold']:.4f}  split {metrics['split']}")
+    typer.echo(f"{'folder':32s} {'n':>6} {'real':>6} {'fake':>6} {'AUC':>6} {'acc':>6} {'FPR':>6} {'TPR':>6}")
+    rows = {**metrics["per_dataset"], "pooled": metrics}
     for name, row in rows.items():
+        counts = row["confusion"]
+        reals, fakes = counts["tn"] + counts["fp"], counts["tp"] + counts["fn"]
+        fpr = row["false_positive_rate"] if reals else None
+        tpr = row["true_positive_rate"] if fakes else None
         typer.echo(
-            f"{name:32s} n={row['n']:6d} acc={row['accuracy']:.4f} bal={row['balanced_accuracy']:.4f} "
-            f"auc={row['roc_auc']:.4f} fpr={row['false_positive_rate']:.4f}"
+            f"{name:32s} {row['n']:6d} {reals:6d} {fakes:6d} {_num(row['roc_auc'])} {_num(row['accuracy'])} "
+            f"{_num(fpr)} {_num(tpr)}"
         )
     for name, row in metrics.get("per_stratum", {}).items():
         typer.echo(f"  stratum {name:22s} n={row['n']:6d} acc={row['accuracy']:.4f}")
+
+
+def _num(value: float | None) -> str:
+    return f"{value:6.3f}" if value is not None else f"{'-':>6}"

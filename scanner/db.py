@@ -104,6 +104,23 @@ class Verdict(Base):
     label: Mapped[str] = mapped_column(String(8))
     threshold: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    whole_score: Mapped[float | None] = mapped_column(Float)
+    face_count: Mapped[int | None] = mapped_column(Integer)
+
+
+class Face(Base):
+    """One face found in an image content and the model's score for its crop (boxes in image pixels)."""
+
+    __tablename__ = "faces"
+    __table_args__ = (UniqueConstraint("verdict_id", "rank", name="uq_faces_verdict_id_rank"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    verdict_id: Mapped[int] = mapped_column(ForeignKey("verdicts.id", ondelete="CASCADE"))
+    rank: Mapped[int] = mapped_column(Integer)
+    x: Mapped[int] = mapped_column(Integer)
+    y: Mapped[int] = mapped_column(Integer)
+    w: Mapped[int] = mapped_column(Integer)
+    h: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
 
 
 class Skipped(Base):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -9,7 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from training.preprocess import Preprocess, resize_center_crop, to_tensor
+from training.faces import Box
+from training.preprocess import Preprocess, to_tensor
+from training.views import view_images
 
 
 def gradcam(model: nn.Module, tensor: torch.Tensor) -> np.ndarray:
@@ -40,15 +43,27 @@ def colorize(heatmap: np.ndarray) -> np.ndarray:
     return (np.stack([red, green, blue], axis=-1) * 255).astype(np.uint8)
 
 
-def explain_image(model: nn.Module, image: Image.Image, preprocess: Preprocess, alpha: float = 0.45) -> Image.Image:
-    """The model's view of `image` with its Grad-CAM heatmap blended on top."""
-    crop = resize_center_crop(image, preprocess.size, preprocess.max_side, preprocess.resample)
-    heatmap = gradcam(model, to_tensor(crop, preprocess))
-    overlay = Image.fromarray(colorize(heatmap), "RGB")
+def overlay(model: nn.Module, view: Image.Image, preprocess: Preprocess, alpha: float = 0.45) -> Image.Image:
+    """One model view with its Grad-CAM heatmap blended on top."""
+    heatmap = gradcam(model, to_tensor(view, preprocess))
+    colours = Image.fromarray(colorize(heatmap), "RGB")
     mask = Image.fromarray((np.clip(heatmap, 0, 1) * 255 * alpha).astype(np.uint8), "L")
-    return Image.composite(overlay, crop, mask)
+    return Image.composite(colours, view, mask)
+
+
+def explain_image(
+    model: nn.Module, image: Image.Image, preprocess: Preprocess, boxes: Sequence[Box] = ()
+) -> Image.Image:
+    """Heatmaps of every view the model scored (the whole image, then each face), side by side."""
+    panels = [overlay(model, view, preprocess) for view in view_images(image, preprocess, list(boxes))]
+    strip = Image.new("RGB", (sum(p.width for p in panels) + 4 * (len(panels) - 1), panels[0].height), "white")
+    left = 0
+    for panel in panels:
+        strip.paste(panel, (left, 0))
+        left += panel.width + 4
+    return strip
 
 
 def explainer(loaded: Any) -> Any:
-    """A callable image -> overlay bound to a loaded model."""
-    return lambda image: explain_image(loaded.model, image, loaded.preprocess)
+    """A callable (image, face boxes in that image's pixels) -> heatmap strip, bound to a loaded model."""
+    return lambda image, boxes=(): explain_image(loaded.model, image, loaded.preprocess, boxes)

@@ -11,15 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from scanner.loader import read_item
 from scanner.settings import Settings
+from training.faces import Box
 from training.preprocess import ImageRejected, decode_image
 
 THUMB_SIDE = 112
 PAGE_SIZE = 100
-Explain = Callable[[Image.Image], Image.Image]
+Explain = Callable[[Image.Image, list[Box]], Image.Image]
 
 
 def jpeg_data_uri(image: Image.Image, side: int = THUMB_SIDE, quality: int = 70) -> str:
@@ -31,6 +32,29 @@ def jpeg_data_uri(image: Image.Image, side: int = THUMB_SIDE, quality: int = 70)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def boxes_in(image: Image.Image, row: dict[str, Any]) -> list[Box]:
+    """The row's stored face boxes (upright full-size pixels) scaled to `image`."""
+    full_w, full_h = row.get("width") or image.width, row.get("height") or image.height
+    if (image.width > image.height) != (full_w > full_h):
+        full_w, full_h = full_h, full_w
+    fx, fy = image.width / full_w, image.height / full_h
+    return [
+        Box(round(x * fx), round(y * fy), max(1, round(w * fx)), max(1, round(h * fy)))
+        for x, y, w, h in (face["box"] for face in row.get("faces") or [])
+    ]
+
+
+def draw_boxes(image: Image.Image, boxes: list[Box], scores: list[float], threshold: float) -> Image.Image:
+    """A copy with each face outlined: red when its crop scored at or above the threshold, green below."""
+    marked = image.copy()
+    pen = ImageDraw.Draw(marked)
+    width = max(2, round(max(image.size) / 100))
+    for box, score in zip(boxes, scores):
+        colour = (220, 40, 40) if score >= threshold else (40, 200, 90)
+        pen.rectangle([box.x, box.y, box.x + box.w, box.y + box.h], outline=colour, width=width)
+    return marked
+
+
 def _visuals(row: dict[str, Any], settings: Settings, explain: Explain | None) -> tuple[str | None, str | None]:
     loaded, data = read_item(row["item_id"], row["uri"], row["kind"], settings)
     if data is None or (row["sha256"] and loaded.sha256 != row["sha256"]):
@@ -39,8 +63,10 @@ def _visuals(row: dict[str, Any], settings: Settings, explain: Explain | None) -
         image = decode_image(data, 4 * THUMB_SIDE, settings.max_pixels).image
     except ImageRejected:
         return None, None
-    heat = jpeg_data_uri(explain(image)) if explain is not None and row["label"] == "fake" else None
-    return jpeg_data_uri(image), heat
+    boxes = boxes_in(image, row)
+    heat = jpeg_data_uri(explain(image, boxes), side=4 * THUMB_SIDE) if explain and row["label"] == "fake" else None
+    scores = [face["score"] for face in row.get("faces") or []]
+    return jpeg_data_uri(draw_boxes(image, boxes, scores, row["threshold"] or 0.5)), heat
 
 
 def attach_visuals(
@@ -82,7 +108,7 @@ def _summary_html(status: dict[str, Any]) -> str:
 def render_html(status: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The whole report as one HTML document with no external assets."""
     keep = ("item_id", "uri", "status", "score", "label", "error_code", "error_message", "size_bytes",
-            "width", "height", "decision", "reviewer", "thumb", "heat")  # fmt: skip
+            "width", "height", "decision", "reviewer", "thumb", "heat", "whole_score", "faces")  # fmt: skip
     items = [{k: row.get(k) for k in keep} for row in rows]
     template = (resources.files("scanner") / "templates" / "report.html").read_text(encoding="utf-8")
     return (

@@ -8,18 +8,19 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from scanner.errors import ItemError
 from scanner.fetch import FetchPolicy, fetch_url
 from scanner.settings import Settings
-from training.preprocess import ImageRejected, Preprocess, decode_image, preprocess_image
+from training.faces import Box, FaceFinder
+from training.preprocess import DecodedImage, ImageRejected, Preprocess, decode_image
+from training.views import ImageViews, make_views
 
 
 @dataclass
 class LoadedItem:
-    """What the load stage learnt about one item; `tensor` is set when the model must score it."""
+    """What the load stage learnt about one item; `views` is set when the model must score it."""
 
     item_id: int
     sha256: str | None = None
@@ -29,13 +30,13 @@ class LoadedItem:
     height: int | None = None
     final_url: str | None = None
     http_status: int | None = None
-    tensor: torch.Tensor | None = None
+    views: ImageViews | None = None
     error_code: str | None = None
     error_message: str | None = None
 
     def fail(self, code: str, message: str) -> LoadedItem:
-        """Mark as an error item and drop any tensor."""
-        self.error_code, self.error_message, self.tensor = code, message, None
+        """Mark as an error item and drop any model input."""
+        self.error_code, self.error_message, self.views = code, message, None
         return self
 
 
@@ -101,14 +102,28 @@ def probe_header(loaded: LoadedItem, data: bytes) -> LoadedItem:
     return loaded
 
 
-def decode_item(loaded: LoadedItem, data: bytes, preprocess: Preprocess, max_pixels: int) -> LoadedItem:
-    """Decode and preprocess with the training package's single path; a bad image fails alone."""
+def decode_item(
+    loaded: LoadedItem, data: bytes, preprocess: Preprocess, max_pixels: int, finder: FaceFinder | None = None
+) -> LoadedItem:
+    """Decode, find faces and build the model's views with the training package's path; a bad image fails alone."""
     try:
         decoded = decode_image(data, preprocess.decode_side, max_pixels)
         loaded.format, loaded.width, loaded.height = decoded.format, decoded.width, decoded.height
-        loaded.tensor = preprocess_image(decoded.image, preprocess)
+        loaded.views = make_views(decoded.image, preprocess, finder)
+        loaded.views.boxes = [scale_box(box, decoded) for box in loaded.views.boxes]
     except ImageRejected as exc:
         return loaded.fail(exc.code, exc.message)
     except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on hostile input
         return loaded.fail("decode_error", f"the image could not be decoded: {type(exc).__name__}: {exc}")
     return loaded
+
+
+def scale_box(box: Box, decoded: DecodedImage) -> Box:
+    """A box found on the (possibly draft-reduced) decoded image, in the upright full-size image's pixels."""
+    full_w, full_h = decoded.width, decoded.height
+    if (decoded.image.width > decoded.image.height) != (full_w > full_h):
+        full_w, full_h = full_h, full_w  # EXIF orientation turned the image
+    if decoded.image.size == (full_w, full_h) or not decoded.image.width:
+        return box
+    fx, fy = full_w / decoded.image.width, full_h / decoded.image.height
+    return Box(round(box.x * fx), round(box.y * fy), round(box.w * fx), round(box.h * fy))

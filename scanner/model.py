@@ -9,7 +9,9 @@ import torch
 
 from scanner.settings import Settings
 from training.checkpoint import LoadedModel, load_model, read_checkpoint
+from training.faces import FaceFinder
 from training.models import predict_scores
+from training.views import ImageViews, ViewScores, split_scores
 
 
 def model_identity(settings: Settings) -> tuple[str, float]:
@@ -25,6 +27,7 @@ class ModelRunner:
         self.settings = settings
         self._loaded: LoadedModel | None = None
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self._finder: FaceFinder | None = None
 
     @property
     def loaded(self) -> LoadedModel:
@@ -36,16 +39,32 @@ class ModelRunner:
             self._forward = optimized_forward(self._loaded) if self.settings.jit else self._loaded.model
         return self._loaded
 
+    @property
+    def finder(self) -> FaceFinder | None:
+        """The face finder for face-aware models (None for whole-image models)."""
+        preprocess = self.loaded.preprocess
+        if not preprocess.uses_faces:
+            return None
+        if self._finder is None:
+            self._finder = FaceFinder(preprocess.faces)
+        return self._finder
+
     @torch.inference_mode()
-    def score(self, tensors: list[torch.Tensor]) -> list[float]:
-        """Fake-class probabilities for preprocessed images, in batches of `batch_size`."""
+    def score(self, images: list[ImageViews]) -> list[ViewScores]:
+        """Score every view of every image in model batches of `batch_size` views; one ViewScores per image."""
         loaded = self.loaded
         forward = self._forward or loaded.model
-        scores: list[float] = []
+        if not images:
+            return []
+        views = torch.cat([image.tensors for image in images])
+        flat: list[float] = []
         step = max(1, self.settings.batch_size)
-        for start in range(0, len(tensors), step):
-            batch = torch.stack(tensors[start : start + step]).to(loaded.device, non_blocking=True)
-            scores.extend(predict_scores(forward, batch).float().cpu().tolist())
+        for start in range(0, len(views), step):
+            batch = views[start : start + step].to(loaded.device, non_blocking=True)
+            flat.extend(predict_scores(forward, batch).float().cpu().tolist())
+        scores = split_scores(flat, [len(image.tensors) for image in images])
+        for result, image in zip(scores, images):
+            result.boxes = image.boxes
         return scores
 
 

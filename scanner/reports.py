@@ -12,13 +12,13 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from scanner.db import Decision, Item, Job, Skipped, Verdict
+from scanner.db import Decision, Face, Item, Job, Skipped, Verdict
 from scanner.sink import job_counts
 
 REPORT_FIELDS = [
     "item_id", "uri", "kind", "status", "score", "label", "threshold", "model_version", "error_code",
     "error_message", "sha256", "size_bytes", "format", "width", "height", "final_url", "http_status",
-    "decision", "reviewer",
+    "decision", "reviewer", "whole_score", "face_count", "faces",
 ]  # fmt: skip
 
 
@@ -139,6 +139,9 @@ def report_query(job_id: int, flagged_only: bool = False) -> Select[Any]:  # typ
             Item.http_status,
             latest.c.decision,
             latest.c.reviewer,
+            Verdict.whole_score,
+            Verdict.face_count,
+            Item.verdict_id,
         )  # fmt: skip
         .outerjoin(Verdict, Item.verdict_id == Verdict.id)
         .outerjoin(latest, latest.c.item_id == Item.id)
@@ -151,9 +154,28 @@ def report_query(job_id: int, flagged_only: bool = False) -> Select[Any]:  # typ
 
 
 def report_rows(session: Session, job_id: int, flagged_only: bool = False) -> list[dict[str, Any]]:
-    """The report as dictionaries with REPORT_FIELDS keys."""
+    """The report as dictionaries with REPORT_FIELDS keys; `faces` lists each face's box and score."""
     get_job(session, job_id)
-    return [dict(row._mapping) for row in session.execute(report_query(job_id, flagged_only))]
+    rows = [dict(row._mapping) for row in session.execute(report_query(job_id, flagged_only))]
+    faces = faces_by_verdict(session, {row["verdict_id"] for row in rows if row["verdict_id"] is not None})
+    for row in rows:
+        row["faces"] = faces.get(row.pop("verdict_id"), [])
+    return rows
+
+
+def faces_by_verdict(session: Session, verdict_ids: set[int]) -> dict[int, list[dict[str, Any]]]:
+    """Face boxes ([x, y, w, h] in image pixels) and scores of the given verdicts, largest face first."""
+    result: dict[int, list[dict[str, Any]]] = {}
+    wanted = sorted(verdict_ids)
+    for start in range(0, len(wanted), 1000):
+        query = (
+            select(Face).where(Face.verdict_id.in_(wanted[start : start + 1000])).order_by(Face.verdict_id, Face.rank)
+        )
+        for face in session.scalars(query):
+            result.setdefault(face.verdict_id, []).append(
+                {"box": [face.x, face.y, face.w, face.h], "score": face.score}
+            )
+    return result
 
 
 def _cell(value: Any) -> str:
@@ -168,8 +190,12 @@ def render_csv(rows: Iterable[dict[str, Any]]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS)
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _defuse(row.get(k)) for k in REPORT_FIELDS})
+        writer.writerow({k: _defuse(_csv_value(row.get(k))) for k in REPORT_FIELDS})
     return buffer.getvalue()
+
+
+def _csv_value(value: Any) -> Any:
+    return json.dumps(value) if isinstance(value, list) else value
 
 
 def _defuse(value: Any) -> Any:

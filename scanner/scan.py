@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import torch
 from sqlalchemy import select
 
 from scanner.db import Item, make_engine, session_factory
@@ -22,6 +21,7 @@ from scanner.loader import LoadedItem, decode_item, probe_header, read_item
 from scanner.model import ModelRunner
 from scanner.settings import Settings
 from scanner.sink import existing_verdicts, fail_queued_items, finish_job_if_complete, record_batch
+from training.views import ImageViews
 
 
 def worker_name() -> str:
@@ -61,7 +61,7 @@ class PreparedBatch:
 
     job_id: int
     items: list[LoadedItem]
-    to_score: dict[str, torch.Tensor]
+    to_score: dict[str, ImageViews]
 
 
 def _guarded(item_id: int, work: Callable[[], LoadedItem]) -> LoadedItem:
@@ -92,7 +92,7 @@ def _queued_rows(ctx: ScanContext, item_ids: list[int]) -> list[Any]:
 
 def _decode_new_content(ctx: ScanContext, read: list[tuple[LoadedItem, bytes | None]], known: set[str]) -> None:
     """Decode the first item of each content without a verdict; only read headers for the rest."""
-    preprocess, limit = ctx.runner.loaded.preprocess, ctx.settings.max_pixels
+    preprocess, limit, finder = ctx.runner.loaded.preprocess, ctx.settings.max_pixels, ctx.runner.finder
     first_of: dict[str, LoadedItem] = {}
     work: list[tuple[LoadedItem, Callable[[], LoadedItem]]] = []
     for loaded, data in read:
@@ -102,7 +102,7 @@ def _decode_new_content(ctx: ScanContext, read: list[tuple[LoadedItem, bytes | N
             work.append((loaded, partial(probe_header, loaded, data)))
         else:
             first_of[loaded.sha256] = loaded
-            work.append((loaded, partial(decode_item, loaded, data, preprocess, limit)))
+            work.append((loaded, partial(decode_item, loaded, data, preprocess, limit, finder)))
     list(ctx.pool.map(lambda job: _guarded(job[0].item_id, job[1]), work))
     for loaded, _ in read:  # a copy of content that failed to decode fails the same way
         first = first_of.get(loaded.sha256 or "")
@@ -118,7 +118,7 @@ def prepare_batch(ctx: ScanContext, job_id: int, item_ids: list[int]) -> Prepare
         known = set(existing_verdicts(session, hashes, ctx.runner.loaded.version))
     _decode_new_content(ctx, read, known)
     items = [loaded for loaded, _ in read]
-    to_score = {i.sha256: i.tensor for i in items if i.sha256 is not None and i.tensor is not None}
+    to_score = {i.sha256: i.views for i in items if i.sha256 is not None and i.views is not None}
     return PreparedBatch(job_id, items, to_score)
 
 

@@ -10,7 +10,8 @@ from typing import Any
 
 from platformdirs import user_data_dir
 
-SHIPPED_MODEL = Path(__file__).parent / "model" / "fauxnet-default.pt"
+from scanner.registry import resolve_model
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -56,7 +57,7 @@ class Settings:
         return cls(
             database_url=env.get("SCANNER_DATABASE_URL") or default_database_url(),
             broker_url=env.get("SCANNER_BROKER_URL") or None,
-            model_path=Path(env.get("SCANNER_MODEL") or SHIPPED_MODEL),
+            model_path=resolve_model(env.get("SCANNER_MODEL")),
             device=device,
             batch_size=int(env.get("SCANNER_BATCH_SIZE", "64")),
             queue=env.get("SCANNER_QUEUE", "scan"),
@@ -74,5 +75,8 @@ class Settings:
         )
 
     def with_overrides(self, **overrides: Any) -> Settings:
-        """A copy with the given non-None fields replaced (how CLI flags apply)."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        """A copy with the given non-None fields replaced (how CLI flags apply); a model may be given by name."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if "model_path" in changes:
+            changes["model_path"] = resolve_model(changes["model_path"])
+        return replace(self, **changes)

@@ -9,8 +9,9 @@ from sqlalchemy import and_, bindparam, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from scanner.db import Item, Job, Verdict, utcnow
+from scanner.db import Face, Item, Job, Verdict, utcnow
 from scanner.loader import LoadedItem
+from training.views import ViewScores
 
 
 def insert_ignoring_conflicts(session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
@@ -34,33 +35,40 @@ def existing_verdicts(session: Session, hashes: Iterable[str], model_version: st
 def record_batch(
     session: Session,
     loaded_items: list[LoadedItem],
-    new_scores: dict[str, float],
+    new_scores: dict[str, ViewScores],
     model_version: str,
     threshold: float,
     worker: str,
 ) -> None:
-    """Upsert new verdicts, then mark each still-queued item done or error (a redelivery writes nothing)."""
+    """Upsert new verdicts and their faces, then mark each still-queued item done or error (a redelivery
+    writes nothing)."""
     insert_ignoring_conflicts(
         session,
         Verdict,
-        [
-            {
-                "sha256": sha,
-                "model_version": model_version,
-                "score": score,
-                "label": "fake" if score >= threshold else "real",
-                "threshold": threshold,
-                "created_at": utcnow(),
-            }
-            for sha, score in sorted(new_scores.items())
-        ],  # fmt: skip
+        [_verdict_values(sha, scored, model_version, threshold) for sha, scored in sorted(new_scores.items())],
         ["sha256", "model_version"],
     )
     verdicts = existing_verdicts(session, [i.sha256 for i in loaded_items if i.sha256], model_version)
+    face_rows = [
+        {"verdict_id": verdicts[sha].id, "rank": rank, "x": box.x, "y": box.y, "w": box.w, "h": box.h, "score": score}
+        for sha, scored in sorted(new_scores.items())
+        if sha in verdicts
+        for rank, (box, score) in enumerate(zip(scored.boxes, scored.faces))
+    ]
+    insert_ignoring_conflicts(session, Face, face_rows, ["verdict_id", "rank"])
     now = utcnow()
     rows = [_item_values(loaded, verdicts.get(loaded.sha256 or ""), worker, now) for loaded in loaded_items]
     if rows:
         session.execute(ITEM_RESULT.execution_options(synchronize_session=False), rows)
+
+
+def _verdict_values(sha: str, scored: ViewScores, model_version: str, threshold: float) -> dict[str, Any]:
+    score = scored.score
+    return {
+        "sha256": sha, "model_version": model_version, "score": score,
+        "label": "fake" if score >= threshold else "real", "threshold": threshold, "created_at": utcnow(),
+        "whole_score": scored.whole, "face_count": len(scored.faces),
+    }  # fmt: skip
 
 
 ITEM_COLUMNS = ("status", "error_code", "error_message", "verdict_id", "sha256", "size_bytes", "format", "width",

@@ -11,7 +11,7 @@ import time
 import torch
 
 from scanner.model import optimized_forward
-from scanner.settings import SHIPPED_MODEL
+from scanner.registry import default_model_path
 from training.checkpoint import load_model, resolve_device
 from training.models import DEFAULT_ARGS, build_model
 
@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     print(f"device {device}, torch threads {torch.get_num_threads()}")
-    shipped = load_model(SHIPPED_MODEL, "cpu")
+    shipped = load_model(default_model_path(), "cpu")
     print(f"shipped model {shipped.version}: input {shipped.preprocess.size} px")
     for batch in args.batch:
         rate = images_per_second(shipped.model, shipped.preprocess.size, batch, device, args.seconds)

@@ -12,7 +12,7 @@ import pytest
 
 from scanner.db import upgrade
 from scanner.settings import Settings
-from tests.imaging import write_dataset
+from tests.imaging import write_dataset, write_face_dataset
 from training.train import TrainConfig
 from training.train import main as train_main
 
@@ -40,6 +40,25 @@ def tiny_model(toy_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     """A checkpoint trained on the toy task in a few seconds."""
     out = tmp_path_factory.mktemp("model") / "tiny.pt"
     train_main(tiny_config(toy_data, out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def face_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real/ + fake/ folder of drawn faces (clean real, noisy fake) that the face finder detects."""
+    return write_face_dataset(tmp_path_factory.mktemp("faces"), per_class=12)
+
+
+@pytest.fixture(scope="session")
+def face_model(face_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny face-aware checkpoint (whole image + face crops at 32 px), trained for two epochs."""
+    out = tmp_path_factory.mktemp("face-model") / "faces.pt"
+    config = TrainConfig(
+        data_dirs=[str(face_data)], out=str(out), arch="fauxnet", epochs=2, batch_size=8, lr=3e-3, size=32,
+        max_side=160, augment="none", workers=0, device="cpu", threshold_rule="source-fpr:0.05", views="faces",
+        balance=True, arch_args={"widths": [4, 8], "dropout": 0.0},
+    )  # fmt: skip
+    train_main(config)
     return out
 
 

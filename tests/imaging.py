@@ -101,3 +101,42 @@ def corruptions(seed: int, count: int) -> list[bytes]:
             data[: rng.randint(2, 12)] = bytes(rng.randrange(256) for _ in range(rng.randint(2, 12)))
         result.append(bytes(data))
     return result
+
+
+def drawn_face(seed: int, size: int = 160, noisy: bool = False) -> Image.Image:
+    """A simple drawn face (skin oval, eyes, brows, nose, mouth) that OpenCV's frontal cascade finds."""
+    from PIL import ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    scale = size / 256 * rng.uniform(0.75, 0.95)
+    cx, cy = size / 2 + rng.uniform(-8, 8), size / 2 + rng.uniform(-8, 8)
+    image = Image.new("RGB", (size, size), tuple(int(v) for v in rng.integers(60, 160, 3)))
+    pen = ImageDraw.Draw(image)
+
+    def oval(x0: float, y0: float, x1: float, y1: float, fill: tuple[int, int, int]) -> None:
+        pen.ellipse([cx + x0 * scale, cy + y0 * scale, cx + x1 * scale, cy + y1 * scale], fill=fill)
+
+    oval(-60, -80, 60, 85, (225, 185, 160))
+    oval(-40, -30, -12, -14, (40, 30, 30))
+    oval(12, -30, 40, -14, (40, 30, 30))
+    for x0, x1 in ((-45, -8), (8, 45)):
+        pen.rectangle([cx + x0 * scale, cy - 45 * scale, cx + x1 * scale, cy - 38 * scale], fill=(60, 40, 30))
+    oval(-8, -5, 8, 22, (200, 150, 130))
+    oval(-26, 35, 26, 50, (120, 50, 50))
+    image = image.filter(ImageFilter.GaussianBlur(2 * size / 256))
+    if noisy:
+        array = np.asarray(image, dtype=np.int16) + rng.integers(-60, 60, (size, size, 3))
+        image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), "RGB")
+    return image
+
+
+def write_face_dataset(root: Path, per_class: int, size: int = 160) -> Path:
+    """A real/ + fake/ folder of drawn faces: clean ones are real, noisy ones fake."""
+    for label in ("real", "fake"):
+        folder = root / label
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(per_class):
+            drawn_face(index + (1000 if label == "fake" else 0), size, noisy=label == "fake").save(
+                folder / f"{label}_{index:03d}.png"
+            )
+    return root

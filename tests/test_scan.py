@@ -197,9 +197,13 @@ def test_frozen_cpu_model_scores_like_the_eager_one(tiny_model: Path, tmp_path: 
     from scanner.model import ModelRunner
     from tests.conftest import make_settings
     from training.preprocess import preprocess_bytes
+    from training.views import ImageViews
 
     settings = make_settings(f"sqlite:///{tmp_path / 'x.db'}", tiny_model)
     frozen, eager = ModelRunner(settings), ModelRunner(settings.with_overrides(jit=False))
-    tensors = [preprocess_bytes(encode(noisy_image(i, 32)), frozen.loaded.preprocess) for i in range(12)]
+    images = [
+        ImageViews(preprocess_bytes(encode(noisy_image(i, 32)), frozen.loaded.preprocess)[None]) for i in range(12)
+    ]
     assert frozen._forward is not frozen.loaded.model  # really traced and frozen
-    assert frozen.score(tensors) == pytest.approx(eager.score(tensors), abs=1e-5)
+    frozen_scores = [result.score for result in frozen.score(images)]
+    assert frozen_scores == pytest.approx([result.score for result in eager.score(images)], abs=1e-5)

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from scanner.cli import app
 from scanner.db import current_revision, head_revision, make_engine
-from scanner.settings import SHIPPED_MODEL, Settings
+from scanner.registry import default_model_path
+from scanner.settings import Settings
 from scanner.submit import safe_url
 from worker.run import worker_argv
 
@@ -18,7 +19,7 @@ def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     settings = Settings.from_env({})
     assert settings.broker_url is None
-    assert settings.model_path == SHIPPED_MODEL
+    assert settings.model_path == default_model_path()
     assert settings.database_url.startswith("sqlite:///") and "fauxscan" in settings.database_url
     assert settings.device == "auto" and not settings.allow_private_urls
 
@@ -52,7 +53,7 @@ def test_db_upgrade_command(pg_url: str) -> None:
     result = CliRunner().invoke(app, ["db", "upgrade"], env={"SCANNER_DATABASE_URL": pg_url})
     assert result.exit_code == 0, result.output
     engine = make_engine(pg_url)
-    assert current_revision(engine) == head_revision(pg_url) == "0002"
+    assert current_revision(engine) == head_revision(pg_url) == "0003"
     engine.dispose()
     dead = CliRunner().invoke(
         app, ["db", "upgrade"], env={"SCANNER_DATABASE_URL": "postgresql+psycopg://u:pw9@127.0.0.1:1/x"}

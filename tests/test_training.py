@@ -21,7 +21,7 @@ from training.data import ImageFolderDataset, Sample, find_samples, split_sample
 from training.metrics import choose_threshold, roc_auc
 from training.models import build_model
 from training.preprocess import Preprocess, preprocess_bytes
-from training.train import TrainConfig, evaluate, make_loader, make_optimizer, train_one_epoch
+from training.train import TrainConfig, evaluate, make_eval_loader, make_loader, make_optimizer, train_one_epoch
 
 
 def _samples_with_groups() -> list[Sample]:
@@ -69,9 +69,9 @@ def test_preprocessing_is_identical_in_training_and_inference(tmp_path: Path) ->
     settings = Settings(database_url="sqlite://", broker_url=None, model_path=path)
     loaded, data = read_item(1, str(path), "file", settings)
     assert data is not None
-    inference_tensor = decode_item(loaded, data, config, settings.max_pixels).tensor
-    assert inference_tensor is not None
-    assert torch.equal(training_tensor, inference_tensor)
+    views = decode_item(loaded, data, config, settings.max_pixels).views
+    assert views is not None and len(views.tensors) == 1 and not views.boxes
+    assert torch.equal(training_tensor, views.tensors[0])
     assert training_tensor.shape == (3, 32, 32)
 
 
@@ -116,7 +116,7 @@ def test_one_epoch_lowers_the_loss(toy_data: Path, tmp_path: Path) -> None:
     preprocess = Preprocess(size=config.size)
     samples = find_samples(toy_data)
     loader = make_loader(samples, preprocess, None, config, shuffle=True)
-    eval_loader = make_loader(samples, preprocess, None, config, shuffle=False)
+    eval_loader = make_eval_loader(samples, preprocess, None, 16, 0)
     before, _, _ = evaluate(model, eval_loader, torch.device("cpu"))
     optimizer, scheduler = make_optimizer(
         model, TrainConfig(data_dirs=[], out="", lr=1e-3, epochs=1, schedule="keras-decay"), len(loader)

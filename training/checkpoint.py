@@ -13,7 +13,8 @@ from torch import nn
 from training.models import build_model
 from training.preprocess import Preprocess
 
-FORMAT = "fauxscan-checkpoint/1"
+FORMAT = "fauxscan-checkpoint/2"  # 2: face-aware preprocessing ("views", "faces"); older code must refuse it
+READABLE_FORMATS = ("fauxscan-checkpoint/1", FORMAT)
 CODE_VERSION = "0.1.0"
 
 
@@ -82,8 +83,13 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"model file not found: {path}") from None
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
         raise CheckpointError(f"refusing to load {path}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} file")
+    if not isinstance(checkpoint, dict) or not str(checkpoint.get("format", "")).startswith("fauxscan-checkpoint/"):
+        raise CheckpointError(f"{path} is not a fauxscan checkpoint")
+    if checkpoint["format"] not in READABLE_FORMATS:
+        raise CheckpointError(
+            f"{path} is a {checkpoint['format']} file; this fauxscan reads {' and '.join(READABLE_FORMATS)}: "
+            "upgrade fauxscan to use it"
+        )
     return checkpoint
 
 

@@ -10,9 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from training.preprocess import Augment, Preprocess, preprocess_bytes
+from training.faces import Box, FaceFinder
+from training.preprocess import Augment, Preprocess, decode_image
+from training.views import find_faces, make_views, training_view
 
 CLASSES = ("real", "fake")
 LAYOUTS = (("real", "fake"), ("training_real", "training_fake"))
@@ -46,15 +49,17 @@ def stratum_of(path: Path, label: int) -> str:
 
 
 def find_samples(root: Path) -> list[Sample]:
-    """List the labelled images of a `real/`+`fake/` (or Kaggle `training_*`) folder."""
+    """List the labelled images of a `real/`+`fake/` (or Kaggle `training_*`) folder; one class may be absent."""
     for real_dir, fake_dir in LAYOUTS:
-        if (root / real_dir).is_dir() and (root / fake_dir).is_dir():
+        if (root / real_dir).is_dir() or (root / fake_dir).is_dir():
             break
     else:
-        raise FileNotFoundError(f"{root} has neither real/ + fake/ nor training_real/ + training_fake/")
+        raise FileNotFoundError(f"{root} has neither real/ nor fake/ (nor training_real/, training_fake/)")
     groups = _manifest_groups(root)
     samples = []
     for label, sub in enumerate((real_dir, fake_dir)):
+        if not (root / sub).is_dir():
+            continue
         for path in sorted((root / sub).rglob("*")):
             if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
                 continue
@@ -102,29 +107,81 @@ def limit_per_dataset(samples: list[Sample], limit: int, seed: int) -> list[Samp
     return kept
 
 
+def balanced_weights(samples: list[Sample]) -> list[float]:
+    """Sampling weights that give every dataset the same share and, within it, every class the same share."""
+    counts: dict[tuple[str, int], int] = defaultdict(int)
+    for sample in samples:
+        counts[(sample.dataset, sample.label)] += 1
+    classes_of: dict[str, int] = defaultdict(int)
+    for dataset, _ in counts:
+        classes_of[dataset] += 1
+    return [1.0 / (classes_of[s.dataset] * counts[(s.dataset, s.label)]) for s in samples]
+
+
 class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
-    """Samples as (tensor, label) through the shared preprocessing path, bytes cached in memory."""
+    """Training samples as (one view tensor, label); bytes and face boxes cached per process."""
 
     def __init__(self, samples: list[Sample], preprocess: Preprocess, augment: Augment | None) -> None:
         self.samples = samples
         self.preprocess = preprocess
         self.augment = augment
+        self.rng = random.Random(0)
+        self.finder = FaceFinder(preprocess.faces)
         self._bytes: dict[int, bytes] = {}
+        self._boxes: dict[int, list[Box]] = {}
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def image(self, index: int) -> Image.Image:
+        """The decoded RGB image of sample `index`."""
+        data = self._bytes.get(index)
+        if data is None:
+            data = self.samples[index].path.read_bytes()
+            self._bytes[index] = data
+        return decode_image(data, self.preprocess.decode_side).image
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.image(index)
+        if index not in self._boxes:
+            self._boxes[index] = find_faces(image, self.preprocess, self.finder)
+        tensor = training_view(image, self._boxes[index], self.preprocess, self.augment, self.rng)
+        return tensor, self.samples[index].label
+
+
+class ViewsDataset(Dataset[tuple[torch.Tensor, int]]):
+    """Evaluation samples as (all views of the image, label), after an optional degradation."""
+
+    def __init__(self, samples: list[Sample], preprocess: Preprocess, degrade: Augment | None) -> None:
+        self.samples = samples
+        self.preprocess = preprocess
+        self.degrade = degrade
+        self.finder = FaceFinder(preprocess.faces)
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        data = self._bytes.get(index)
-        if data is None:
-            data = self.samples[index].path.read_bytes()
-            self._bytes[index] = data
-        return preprocess_bytes(data, self.preprocess, self.augment), self.samples[index].label
+        image = decode_image(self.samples[index].path.read_bytes(), self.preprocess.decode_side).image
+        if self.degrade is not None:
+            image = self.degrade(image)
+        return make_views(image, self.preprocess, self.finder).tensors, self.samples[index].label
+
+
+def collate_views(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, list[int], torch.Tensor]:
+    """Concatenate every image's views; `counts` says how many rows belong to each image."""
+    return (
+        torch.cat([views for views, _ in batch]),
+        [len(views) for views, _ in batch],
+        torch.tensor([label for _, label in batch]),
+    )
 
 
 def reseed_worker(worker_id: int) -> None:
     """DataLoader worker init: give each worker its own augmentation stream."""
     info = torch.utils.data.get_worker_info()
-    rng = getattr(getattr(info.dataset, "augment", None), "rng", None) if info else None
-    if info is not None and rng is not None:
-        rng.seed(info.seed)
+    if info is None:
+        return
+    for rng in (getattr(info.dataset, "rng", None), getattr(getattr(info.dataset, "augment", None), "rng", None)):
+        if rng is not None:
+            rng.seed(info.seed + (1 if rng is getattr(info.dataset, "rng", None) else 0))

@@ -1,14 +1,17 @@
-"""Evaluate a checkpoint on labelled folders, optionally on degraded copies of the images."""
+"""Evaluate a checkpoint on labelled folders (one class may be missing), optionally on degraded copies."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-from training.checkpoint import load_model, read_checkpoint
+from training.augment import downscale, jpeg_recompress
+from training.checkpoint import LoadedModel, load_model, read_checkpoint
 from training.data import Sample, find_samples
 from training.metrics import summarize
-from training.train import TrainConfig, degrader, evaluate, load_splits, make_loader, per_dataset_metrics
+from training.preprocess import Augment
+from training.train import TrainConfig, evaluate, load_splits, make_eval_loader, per_dataset_metrics
 
 
 def select_samples(data_dirs: list[str], model_path: Path, split: str) -> list[Sample]:
@@ -22,21 +25,54 @@ def select_samples(data_dirs: list[str], model_path: Path, split: str) -> list[S
     return load_splits(config)[1]
 
 
+def degrader(jpeg_quality: int | None, scale: float | None) -> Augment | None:
+    """A deterministic degradation for robustness evaluation: downscale, then JPEG re-encode."""
+    if jpeg_quality is None and scale is None:
+        return None
+
+    def apply(image: Any) -> Any:
+        if scale is not None:
+            image = downscale(image, scale)
+        if jpeg_quality is not None:
+            image = jpeg_recompress(image, jpeg_quality)
+        return image
+
+    return apply
+
+
+def score_samples(
+    loaded: LoadedModel, samples: list[Sample], degrade: Augment | None = None, batch_size: int = 64, workers: int = 1
+) -> list[float]:
+    """Image scores exactly as the scanner computes them (whole image and faces, the highest view)."""
+    loader = make_eval_loader(samples, loaded.preprocess, degrade, batch_size, workers)
+    return evaluate(loaded.model, loader, loaded.device)[1]
+
+
 def run_evaluation(
     data_dirs: list[str], model_path: Path, split: str = "all", device: str = "auto", batch_size: int = 64,
     jpeg_quality: int | None = None, scale: float | None = None, workers: int = 1,
 ) -> dict[str, Any]:  # fmt: skip
-    """Score every selected image and summarise at the checkpoint's stored threshold."""
+    """Score every selected image; one row per folder plus pooled figures, at the stored threshold."""
     loaded = load_model(model_path, device)
     samples = select_samples(data_dirs, model_path, split)
     if not samples:
         raise ValueError("no labelled images found")
-    config = TrainConfig(data_dirs=data_dirs, out="", batch_size=batch_size, workers=workers)
-    loader = make_loader(samples, loaded.preprocess, degrader(jpeg_quality, scale), config, shuffle=False)
-    _, scores, labels = evaluate(loaded.model, loader, loaded.device)
+    scores = score_samples(loaded, samples, degrader(jpeg_quality, scale), batch_size, workers)
+    labels = [s.label for s in samples]
     metrics = summarize(labels, scores, loaded.threshold, [s.stratum for s in samples])
     metrics["per_dataset"] = per_dataset_metrics(samples, scores, loaded.threshold)
     metrics["model_version"] = loaded.version
     metrics["split"] = split
     metrics["degradation"] = {"jpeg_quality": jpeg_quality, "scale": scale}
-    return metrics
+    return without_nan(metrics)
+
+
+def without_nan(value: Any) -> Any:
+    """NaN (an AUC of a one-class folder) becomes None, so the JSON is standard."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: without_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_nan(v) for v in value]
+    return value

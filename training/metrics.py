@@ -42,12 +42,17 @@ def roc_curve(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarra
     return fpr, tpr
 
 
-def choose_threshold(labels: Sequence[int], scores: Sequence[float], rule: str) -> float:
+def choose_threshold(
+    labels: Sequence[int], scores: Sequence[float], rule: str, sources: Sequence[str] | None = None
+) -> float:
     """Pick the decision threshold on validation data.
 
     `fpr:X`: the lowest threshold whose false-positive rate on reals is at most X
-    (most fakes caught within the false-alarm budget). `youden`: maximise TPR - FPR.
+    (most fakes caught within the false-alarm budget). `source-fpr:X`: the lowest threshold whose
+    false-positive rate is at most X on the reals of every source separately. `youden`: maximise TPR - FPR.
     """
+    if rule.startswith("source-fpr:"):
+        return _per_source_threshold(labels, scores, float(rule.split(":", 1)[1]), sources)
     y = np.asarray(labels)
     s = np.asarray(scores, dtype=np.float64)
     candidates = np.unique(np.concatenate([s, [1.0]]))
@@ -60,6 +65,19 @@ def choose_threshold(labels: Sequence[int], scores: Sequence[float], rule: str) 
         allowed = np.flatnonzero(fpr <= float(rule.split(":", 1)[1]))
         return float(candidates[allowed.min()])
     raise ValueError(f"unknown threshold rule {rule!r}: use 'youden' or 'fpr:0.05'")
+
+
+def _per_source_threshold(
+    labels: Sequence[int], scores: Sequence[float], budget: float, sources: Sequence[str] | None
+) -> float:
+    if sources is None:
+        raise ValueError("the source-fpr rule needs each sample's source")
+    thresholds = [0.0]
+    for source in sorted(set(sources)):
+        reals = [s for s, y, src in zip(scores, labels, sources) if src == source and y == 0]
+        if reals:
+            thresholds.append(choose_threshold([0] * len(reals), reals, f"fpr:{budget}"))
+    return max(thresholds)
 
 
 def confusion(labels: Sequence[int], scores: Sequence[float], threshold: float) -> dict[str, int]:

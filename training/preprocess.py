@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from training.faces import FaceSettings
+
 DEFAULT_MAX_PIXELS = 64_000_000
 HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 MAGIC_PREFIXES = (
@@ -47,6 +49,8 @@ class Preprocess:
     resize: str = "clamp-shorter-side-center-crop"
     resample: str = "bilinear"
     extra: dict[str, Any] = field(default_factory=dict)
+    views: str = "center"
+    faces: FaceSettings = field(default_factory=FaceSettings)
 
     @property
     def decode_side(self) -> int:
@@ -59,6 +63,11 @@ class Preprocess:
         data["mean"], data["std"] = list(self.mean), list(self.std)
         return data
 
+    @property
+    def uses_faces(self) -> bool:
+        """True when the model scores face crops besides the whole image."""
+        return self.views == "faces"
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
         """Rebuild from a checkpoint's dictionary."""
@@ -70,6 +79,8 @@ class Preprocess:
             resize=data.get("resize", "clamp-shorter-side-center-crop"),
             resample=data.get("resample", "bilinear"),
             extra=dict(data.get("extra", {})),
+            views=str(data.get("views", "center")),
+            faces=FaceSettings(**data.get("faces", {})),
         )
 
 

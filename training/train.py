@@ -14,22 +14,26 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from training.augment import PRESETS, Augmenter, downscale, jpeg_recompress
+from training.augment import PRESETS, Augmenter
 from training.checkpoint import build_checkpoint, read_checkpoint, resolve_device, save_checkpoint
 from training.data import (
     ImageFolderDataset,
     Sample,
+    ViewsDataset,
+    balanced_weights,
+    collate_views,
     find_samples,
     limit_per_dataset,
     reseed_worker,
     split_samples,
 )
 from training.metrics import choose_threshold, summarize
-from training.models import DEFAULT_ARGS, build_model
+from training.models import DEFAULT_ARGS, build_model, predict_scores
 from training.plots import plot_confusion, plot_curves, plot_roc
 from training.preprocess import Augment, Preprocess
+from training.views import split_scores
 
 Progress = Callable[[int], None]
 
@@ -56,6 +60,10 @@ class TrainConfig:
     workers: int = 1
     device: str = "auto"
     arch_args: dict[str, Any] = field(default_factory=dict)
+    views: str = "center"
+    balance: bool = False
+    samples_per_epoch: int = 0
+    pretrained: bool = True
 
 
 def paper_config(data_dirs: list[str], out: str) -> TrainConfig:
@@ -79,17 +87,35 @@ def load_splits(config: TrainConfig) -> tuple[list[Sample], list[Sample]]:
 
 def make_loader(
     samples: list[Sample], preprocess: Preprocess, augment: Augment | None, config: TrainConfig, shuffle: bool
-) -> DataLoader[tuple[torch.Tensor, int]]:
-    """A DataLoader over the shared preprocessing path."""
+) -> DataLoader[Any]:
+    """Training: one random view per image, balanced by dataset and class when asked."""
     generator = torch.Generator().manual_seed(config.seed)
+    sampler = None
+    if config.balance and shuffle:
+        count = config.samples_per_epoch or len(samples)
+        sampler = WeightedRandomSampler(balanced_weights(samples), count, replacement=True, generator=generator)
     return DataLoader(
         ImageFolderDataset(samples, preprocess, augment),
         batch_size=config.batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=config.workers,
         worker_init_fn=reseed_worker,
         generator=generator,
         persistent_workers=config.workers > 0,
+    )
+
+
+def make_eval_loader(
+    samples: list[Sample], preprocess: Preprocess, degrade: Augment | None, batch_size: int, workers: int
+) -> DataLoader[Any]:
+    """Evaluation: every view of every image (the scanner's views), in order."""
+    return DataLoader(
+        ViewsDataset(samples, preprocess, degrade),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=collate_views,
     )
 
 
@@ -144,18 +170,19 @@ def train_one_epoch(
 def evaluate(
     model: nn.Module, loader: DataLoader[Any], device: torch.device, progress: Progress | None = None
 ) -> tuple[float, list[float], list[int]]:
-    """Mean loss, fake-class scores and labels over a loader."""
+    """Mean loss, image scores (the highest view score, as the scanner computes it) and labels."""
     model.eval()
-    total_loss, scores, labels = 0.0, [], []
-    for images, batch_labels in loader:
-        images, batch_labels = images.to(device), batch_labels.to(device)
-        logits = model(images)
-        total_loss += nn.functional.cross_entropy(logits, batch_labels, reduction="sum").item()
-        scores.extend(torch.softmax(logits, 1)[:, 1].tolist())
+    scores: list[float] = []
+    labels: list[int] = []
+    for views, counts, batch_labels in loader:
+        flat = predict_scores(model, views.to(device)).float().cpu().tolist()
+        scores.extend(view.score for view in split_scores(flat, counts))
         labels.extend(batch_labels.tolist())
         if progress:
             progress(len(batch_labels))
-    return total_loss / max(1, len(labels)), scores, labels
+    probs = torch.tensor(scores, dtype=torch.float64).clamp(1e-7, 1 - 1e-7)
+    loss = nn.functional.binary_cross_entropy(probs, torch.tensor(labels, dtype=torch.float64)) if labels else 0.0
+    return float(loss), scores, labels
 
 
 def seed_everything(seed: int) -> None:
@@ -181,14 +208,14 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     train, val = load_splits(config)
     if not train or not val:
         raise ValueError("need images of both classes for training and validation")
-    preprocess = Preprocess(size=config.size, max_side=config.max_side)
+    preprocess = Preprocess(size=config.size, max_side=config.max_side, views=config.views)
     arch_args = config.arch_args or dict(DEFAULT_ARGS[config.arch])
     if config.arch == "paper-cnn":
         arch_args["input_size"] = config.size
-    model = build_model(config.arch, arch_args).to(device)
+    model = build_model(config.arch, arch_args, pretrained=config.pretrained and resume is None).to(device)
     augment = Augmenter(PRESETS[config.augment], config.seed)
     train_loader = make_loader(train, preprocess, augment, config, shuffle=True)
-    val_loader = make_loader(val, preprocess, None, config, shuffle=False)
+    val_loader = make_eval_loader(val, preprocess, None, config.batch_size, config.workers)
     optimizer, scheduler = make_optimizer(model, config, len(train_loader))
     history: list[dict[str, float]] = []
     start_epoch = 1
@@ -203,7 +230,8 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     val_labels: list[int] = []
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
-        tick = progress_factory(f"epoch {epoch}/{config.epochs}", len(train) + len(val)) if progress_factory else None
+        total = len(train_loader.sampler) + len(val)  # type: ignore[arg-type]
+        tick = progress_factory(f"epoch {epoch}/{config.epochs}", total) if progress_factory else None
         train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, scheduler, device, tick)
         val_loss, val_scores, val_labels = evaluate(model, val_loader, device, tick)
         val_acc = summarize(val_labels, val_scores, 0.5)["accuracy"]
@@ -233,7 +261,7 @@ def _final_metrics(
     scores: list[float],
     labels: list[int],
 ) -> dict[str, Any]:
-    threshold = choose_threshold(labels, scores, config.threshold_rule)
+    threshold = choose_threshold(labels, scores, config.threshold_rule, [s.dataset for s in val])
     metrics = summarize(labels, scores, threshold, [s.stratum for s in val])
     metrics["per_dataset"] = per_dataset_metrics(val, scores, threshold)
     metrics["threshold_rule"] = config.threshold_rule
@@ -281,18 +309,3 @@ def strip_for_release(source: Path, target: Path) -> None:
     checkpoint = read_checkpoint(source)
     checkpoint.pop("train_state", None)
     save_checkpoint(checkpoint, target)
-
-
-def degrader(jpeg_quality: int | None, scale: float | None) -> Augment | None:
-    """A deterministic degradation for robustness evaluation: downscale, then JPEG re-encode."""
-    if jpeg_quality is None and scale is None:
-        return None
-
-    def apply(image: Any) -> Any:
-        if scale is not None:
-            image = downscale(image, scale)
-        if jpeg_quality is not None:
-            image = jpeg_recompress(image, jpeg_quality)
-        return image
-
-    return apply

@@ -1,0 +1,58 @@
+"""What `scanner models` shows: each registered model with its checkpoint's own description."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scanner.registry import RegisteredModel, registered_models
+from training.checkpoint import CheckpointError, read_checkpoint
+
+
+def _input_policy(preprocess: dict[str, Any]) -> str:
+    size = preprocess.get("size")
+    if preprocess.get("views") == "faces":
+        faces = preprocess.get("faces", {})
+        return f"whole image + up to {faces.get('max_faces', 3)} face crops at {size} px (score: the highest)"
+    return f"centre crop of {size} px (shorter side kept up to {preprocess.get('max_side', 0)} px)"
+
+
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    if not metrics:
+        return "not recorded"
+    fpr = metrics.get("false_positive_rate", float("nan"))
+    return f"AUC {metrics.get('roc_auc', float('nan')):.3f}, FPR {fpr:.3f} at the stored threshold"
+
+
+def _speed_text(speed: dict[str, Any]) -> str:
+    if not speed:
+        return "not measured"
+    return ", ".join(f"{key} {value}" for key, value in speed.items())
+
+
+def describe(model: RegisteredModel) -> dict[str, Any]:
+    """One row of `scanner models`."""
+    try:
+        checkpoint = read_checkpoint(model.path)
+    except CheckpointError as exc:
+        return {"name": model.name, "default": model.default, "version": f"unusable: {exc}", "summary": model.summary,
+                "input": "", "speed": model.speed, "speed_text": _speed_text(model.speed), "metrics": {},
+                "metrics_text": ""}  # fmt: skip
+    metrics = {k: v for k, v in checkpoint.get("metrics", {}).items() if not isinstance(v, dict | list)}
+    return {
+        "name": model.name,
+        "default": model.default,
+        "version": str(checkpoint["model_version"]),
+        "summary": model.summary,
+        "path": str(model.path),
+        "input": _input_policy(checkpoint["preprocess"]),
+        "threshold": float(checkpoint["threshold"]),
+        "speed": model.speed,
+        "speed_text": _speed_text(model.speed),
+        "metrics": metrics,
+        "metrics_text": _metrics_text(metrics),
+    }
+
+
+def describe_models() -> list[dict[str, Any]]:
+    """Every registered model, the default first."""
+    return [describe(model) for model in registered_models()]

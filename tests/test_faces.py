@@ -1,0 +1,190 @@
+"""Face-aware scoring: faces found, the same score on every path, boxes stored and shown, the model registry."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from scanner.cli import app
+from scanner.db import Face, Verdict
+from scanner.html_report import attach_visuals
+from scanner.registry import registered_models, resolve_model
+from scanner.reports import report_rows
+from scanner.settings import Settings
+from scanner.submit import open_database, submit
+from tests.conftest import make_settings, settings_env
+from tests.imaging import drawn_face, smooth_image
+from training.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from training.data import find_samples
+from training.evaluate import score_samples
+from training.faces import Box, FaceFinder, FaceSettings, face_region
+from training.metrics import choose_threshold
+from training.models import predict_scores
+from training.views import make_views
+
+
+def test_face_finder_finds_drawn_faces_and_nothing_in_a_gradient() -> None:
+    finder = FaceFinder(FaceSettings())
+    face = drawn_face(3, size=200)
+    boxes = finder.find(face)
+    assert len(boxes) == 1
+    box = boxes[0]
+    assert 40 <= box.w <= 200 and abs((box.x + box.w / 2) - 100) < 30 and abs((box.y + box.h / 2) - 100) < 30
+    assert finder.find(smooth_image(1, 200)) == []
+    assert finder.find(smooth_image(1, 12)) == []  # too small to hold a face
+
+
+def test_face_region_is_a_square_inside_the_image() -> None:
+    assert face_region(Box(10, 10, 50, 50), 200, 100, 1.6) == (0, 0, 80, 80)
+    left, top, right, bottom = face_region(Box(150, 60, 40, 40), 200, 100, 1.6)
+    assert right - left == bottom - top == 64 and right <= 200 and bottom <= 100
+    assert face_region(Box(0, 0, 90, 90), 120, 60, 2.0) == (15, 0, 75, 60)  # never larger than the image
+
+
+def test_per_source_threshold_keeps_every_source_within_budget() -> None:
+    labels = [0] * 20 + [0] * 20 + [1] * 10
+    scores = [i / 100 for i in range(20)] + [0.5 + i / 100 for i in range(20)] + [0.9] * 10
+    sources = ["a"] * 20 + ["b"] * 20 + ["a"] * 10
+    pooled = choose_threshold(labels, scores, "fpr:0.05")
+    per_source = choose_threshold(labels, scores, "source-fpr:0.05", sources)
+    b_scores = scores[20:40]
+    assert sum(s >= pooled for s in b_scores) / 20 > 0.05  # the pooled rule lets source b run over budget
+    assert sum(s >= per_source for s in b_scores) / 20 <= 0.05
+    with pytest.raises(ValueError, match="source"):
+        choose_threshold(labels, scores, "source-fpr:0.05")
+
+
+def test_training_evaluation_and_scanning_give_the_same_score(
+    face_model: Path, face_data: Path, tmp_path: Path
+) -> None:
+    loaded = load_model(face_model, "cpu")
+    assert loaded.preprocess.uses_faces and read_checkpoint(face_model)["train_config"]["views"] == "faces"
+    samples = find_samples(face_data)[:6]
+    evaluated = score_samples(loaded, samples, batch_size=4, workers=0)
+    finder = FaceFinder(loaded.preprocess.faces)
+    direct = []
+    for sample in samples:
+        image = Image.open(sample.path).convert("RGB")
+        views = make_views(image, loaded.preprocess, finder)
+        assert len(views.tensors) == 1 + len(views.boxes) and views.boxes  # whole image + the face
+        with torch.inference_mode():
+            direct.append(max(predict_scores(loaded.model, views.tensors).tolist()))
+    assert evaluated == pytest.approx(direct, abs=1e-5)
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", face_model)
+    summary = submit(settings, [str(s.path) for s in samples], wait=True).summary
+    with open_database(settings)() as session:
+        scanned = {row["uri"]: row["score"] for row in report_rows(session, summary["job_id"])}
+    assert [scanned[str(s.path)] for s in samples] == pytest.approx(direct, abs=1e-4)
+
+
+def test_face_boxes_are_stored_reported_and_drawn(face_model: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    drawn_face(7, size=240).save(folder / "face.png")
+    smooth_image(2, 120).save(folder / "scene.png")
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", face_model)
+    job_id = submit(settings, [str(folder)], wait=True).summary["job_id"]
+    with open_database(settings)() as session:
+        faces = session.scalars(select(Face)).all()
+        verdicts = {v.id: v for v in session.scalars(select(Verdict))}
+        rows = {Path(row["uri"]).name: row for row in report_rows(session, job_id)}
+    assert len(faces) == 1 and verdicts[faces[0].verdict_id].face_count == 1
+    x, y, w, h = rows["face.png"]["faces"][0]["box"]
+    assert abs(x + w / 2 - 120) < 35 and abs(y + h / 2 - 120) < 35 and w > 50
+    assert rows["face.png"]["score"] == pytest.approx(
+        max(rows["face.png"]["whole_score"], rows["face.png"]["faces"][0]["score"])
+    )
+    assert rows["scene.png"]["faces"] == [] and rows["scene.png"]["face_count"] == 0
+    result = CliRunner().invoke(app, ["report", str(job_id), "--format", "json"], env=settings_env(settings))
+    assert json.loads(result.stdout)["items"][0]["faces"] is not None
+    csv_text = CliRunner().invoke(app, ["report", str(job_id), "--format", "csv"], env=settings_env(settings)).stdout
+    assert '""box""' in csv_text
+    face_row = dict(rows["face.png"], threshold=-1.0)  # every face counts as flagged: drawn red
+    attach_visuals([face_row], settings, None, 10)
+    thumb = Image.open(io.BytesIO(base64.b64decode(face_row["thumb"].split(",", 1)[1]))).convert("RGB")
+    scale = thumb.width / 240
+    red, green, blue = thumb.getpixel((round((x + w / 2) * scale), round(y * scale) + 1))
+    assert red > 150 and green < 120 and blue < 120  # the box's top edge
+
+
+def test_heatmaps_cover_the_whole_image_and_each_face(face_model: Path) -> None:
+    from scanner.explain import explainer
+
+    loaded = load_model(face_model, "cpu")
+    image = drawn_face(5, size=200)
+    boxes = FaceFinder(loaded.preprocess.faces).find(image)
+    strip = explainer(loaded)(image, boxes)
+    size = loaded.preprocess.size
+    assert strip.size == (2 * size + 4, size)
+    assert explainer(loaded)(image, []).size == (size, size)
+
+
+def test_evaluate_takes_several_folders_including_one_class_ones(
+    face_model: Path, face_data: Path, tmp_path: Path
+) -> None:
+    only_real = tmp_path / "only_real"
+    (only_real / "real").mkdir(parents=True)
+    for index in range(3):
+        drawn_face(500 + index).save(only_real / "real" / f"r{index}.png")
+    runner = CliRunner()
+    args = ["evaluate", str(face_data), str(only_real), "--model", str(face_model), "--workers", "0"]
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert any(line.startswith("only_real") and line.split()[3] == "0" for line in lines)  # 0 fakes
+    assert any(line.startswith("pooled") for line in lines)
+    data = json.loads(runner.invoke(app, [*args, "--json"]).stdout)  # standard JSON: no NaN
+    assert data["per_dataset"]["only_real"]["roc_auc"] is None
+    assert data["per_dataset"]["only_real"]["n"] == 3 and data["n"] == 27
+    assert not math.isnan(data["roc_auc"])
+
+
+def test_registry_names_resolve_and_are_listed(tmp_path: Path) -> None:
+    models = registered_models()
+    assert models[0].default and all(model.path.is_file() for model in models)
+    names = [model.name for model in models]
+    assert "fauxnet-fast" in names
+    assert resolve_model("fauxnet-fast").name == "fauxnet-fast.pt"
+    assert resolve_model(None) == models[0].path
+    assert resolve_model("runs/mine.pt") == Path("runs/mine.pt")
+    env = {"SCANNER_MODEL": "fauxnet-fast"}
+    assert Settings.from_env(env).model_path == resolve_model("fauxnet-fast")
+    listed = json.loads(CliRunner().invoke(app, ["models", "--json"]).stdout)
+    assert [row["name"] for row in listed] == names
+    for row in listed:
+        assert re.match(r"^[a-z0-9-]+-\d+-[0-9a-f]{12}$", row["version"]) and row["input"] and row["metrics"]
+    installed = subprocess.run(["scanner", "models"], capture_output=True, text=True, env={"PATH": _venv_path()})
+    assert installed.returncode == 0 and "fauxnet-fast" in installed.stdout and "(default)" in installed.stdout
+    bad = CliRunner().invoke(app, ["evaluate", str(tmp_path), "--model", "no-such-model"])
+    assert bad.exit_code == 1 and "not found" in bad.stderr
+
+
+def test_previous_checkpoint_format_still_loads_and_foreign_ones_fail_clearly(tmp_path: Path) -> None:
+    old = read_checkpoint(resolve_model("fauxnet-fast"))
+    assert "views" not in old["preprocess"]  # written before face-aware scoring existed
+    loaded = load_model(resolve_model("fauxnet-fast"), "cpu")
+    assert not loaded.preprocess.uses_faces
+    views = make_views(drawn_face(1), loaded.preprocess, FaceFinder(loaded.preprocess.faces))
+    assert views.tensors.shape == (1, 3, 128, 128) and views.boxes == []
+    future = dict(old, format="fauxscan-checkpoint/99")
+    save_checkpoint(future, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="fauxscan-checkpoint/99"):
+        read_checkpoint(tmp_path / "future.pt")
+
+
+def _venv_path() -> str:
+    import os
+    import sys
+
+    return f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"

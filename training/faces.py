@@ -1,0 +1,88 @@
+"""Face finding with the Haar cascade that ships inside opencv-python-headless 4.x (no download)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+CASCADE_FILE = "haarcascade_frontalface_default.xml"
+
+
+@dataclass(frozen=True)
+class Box:
+    """A rectangle in the pixel coordinates of the decoded image."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+    @property
+    def area(self) -> int:
+        """Width times height."""
+        return self.w * self.h
+
+    def to_list(self) -> list[int]:
+        """[x, y, w, h] for JSON and SQL."""
+        return [self.x, self.y, self.w, self.h]
+
+
+@dataclass(frozen=True)
+class FaceSettings:
+    """How faces are found and framed; stored in the checkpoint's preprocessing."""
+
+    detect_side: int = 160
+    min_face_fraction: float = 0.12
+    scale_factor: float = 1.2
+    min_neighbors: int = 4
+    widen: float = 1.6
+    max_faces: int = 3
+
+
+class FaceFinder:
+    """Finds frontal faces; one cascade per thread (OpenCV classifiers are not shared safely)."""
+
+    def __init__(self, settings: FaceSettings) -> None:
+        self.settings = settings
+        self._local = threading.local()
+
+    def _cascade(self) -> object:
+        cascade = getattr(self._local, "cascade", None)
+        if cascade is None:
+            import cv2
+
+            cv2.setNumThreads(1)  # decoding already runs one image per thread
+            cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)  # type: ignore[attr-defined]
+            if cascade.empty():
+                raise RuntimeError(f"OpenCV could not load its bundled {CASCADE_FILE}")
+            self._local.cascade = cascade
+        return cascade
+
+    def find(self, image: Image.Image) -> list[Box]:
+        """Face boxes in `image` coordinates, largest first, at most `max_faces`."""
+        cfg = self.settings
+        grey = image.convert("L")
+        scale = min(1.0, cfg.detect_side / max(grey.size))
+        if scale < 1.0:
+            small = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
+            grey = grey.resize(small, Image.Resampling.BILINEAR, reducing_gap=2.0)
+        min_side = max(20, round(cfg.min_face_fraction * min(grey.size)))
+        if min(grey.size) < min_side:
+            return []
+        found = self._cascade().detectMultiScale(  # type: ignore[attr-defined]
+            np.asarray(grey), scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(min_side, min_side)
+        )
+        boxes = [Box(*(round(int(v) / scale) for v in row)) for row in found]
+        return sorted(boxes, key=lambda box: box.area, reverse=True)[: cfg.max_faces]
+
+
+def face_region(box: Box, width: int, height: int, widen: float) -> tuple[int, int, int, int]:
+    """The square around a face, widened by `widen`, moved (not cut) to lie inside the image."""
+    side = min(round(max(box.w, box.h) * widen), width, height)
+    centre_x, centre_y = box.x + box.w / 2, box.y + box.h / 2
+    left = int(min(max(0, round(centre_x - side / 2)), width - side))
+    top = int(min(max(0, round(centre_y - side / 2)), height - side))
+    return left, top, left + side, top + side
