@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from scanner import cli_model
-from scanner.console import err_console, fail, progress_bar
+from scanner.console import echo, fail, progress_bar, say_error
 from scanner.settings import Settings
 from scanner.submit import SetupError, describe_db_error, open_database, safe_url
 from scanner.submit import submit as run_submit
@@ -61,18 +62,38 @@ def submit(
     if not arguments:
         fail("nothing to scan: give paths or URLs, or --from-file")
     settings = load_settings(batch_size=batch_size, model_path=model, device=device)
+    _run_and_print(settings, lambda progress: run_submit(settings, arguments, wait, progress), as_json)
+
+
+@app.command()
+def resume(
+    job_id: JobId,
+    wait: Annotated[bool, typer.Option(help="Wait for the job to finish (distributed mode).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    model: Annotated[str | None, typer.Option(help="The job's model, if not the default.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+) -> None:
+    """Carry on with an unfinished job by id (after Ctrl-C, a crash or a dead worker)."""
+    from scanner.submit import resume as run_resume
+
+    settings = load_settings(batch_size=batch_size, model_path=model, device=device)
+    _run_and_print(settings, lambda progress: run_resume(settings, job_id, wait, progress), as_json)
+
+
+def _run_and_print(settings: Settings, run: Callable[[Any], Any], as_json: bool) -> None:
     try:
         with progress_bar() as new_task:
-            result = run_submit(settings, arguments, wait, new_task)
+            result = run(new_task)
     except SetupError as exc:
         fail(str(exc))
     except SQLAlchemyError as exc:
         fail(
             f"database error during the scan ({describe_db_error(exc, settings.database_url)}); "
-            "finished batches are saved: run the same command again to resume"
+            "finished batches are saved: run the same command again (or `scanner resume JOB`) to resume"
         )
     except KeyboardInterrupt:
-        fail("interrupted: finished batches are saved; run the same command again to resume")
+        fail("interrupted: finished batches are saved; run the same command again (or `scanner resume JOB`)")
     summary = result.summary
     if as_json:
         typer.echo(json.dumps({k: v for k, v in summary.items() if k != "skipped_files"}))
@@ -84,19 +105,19 @@ def _print_summary(summary: dict[str, Any], resumed: bool) -> None:
     verb = "resumed" if resumed else "job"
     if not summary["finished"]:
         job_id = summary["job_id"]
-        typer.echo(f"{verb} {job_id} queued: {summary['items']} items; follow with `scanner status {job_id}`")
+        echo(f"{verb} {job_id} queued: {summary['items']} items; follow with `scanner status {job_id}`")
         return
     rate = summary.get("images_per_second")
-    typer.echo(
+    echo(
         f"{verb} {summary['job_id']} finished: {summary['done']} scanned, {summary['flagged']} flagged, "
         f"{summary['errors']} errors, {summary['skipped']} skipped, {summary['elapsed_seconds']:.1f} s"
         + (f", {rate:.1f} images/s" if rate else "")
     )
     for code, count in summary["errors_by_code"].items():
-        typer.echo(f"  error {code}: {count}")
-    typer.echo(f"model {summary['model_version']}, threshold {summary['threshold']:.4f}")
+        echo(f"  error {code}: {count}")
+    echo(f"model {summary['model_version']}, threshold {summary['threshold']:.4f}")
     if summary["flagged"]:
-        typer.echo(f"flagged items: scanner report {summary['job_id']} --flagged-only")
+        echo(f"flagged items: scanner report {summary['job_id']} --flagged-only")
 
 
 def _sessions(settings: Settings) -> Any:
@@ -120,17 +141,17 @@ def status(job_id: JobId, as_json: Annotated[bool, typer.Option("--json")] = Fal
         typer.echo(json.dumps(data))
         return
     state = "finished" if data["finished"] else f"running ({data['queued']} queued)"
-    typer.echo(
+    echo(
         f"job {job_id}: {state}; {data['items']} items, {data['done']} done, {data['flagged']} flagged, "
         f"{data['errors']} errors, {data['skipped']} skipped"
     )
     for code, count in data["errors_by_code"].items():
-        typer.echo(f"  error {code}: {count}")
+        echo(f"  error {code}: {count}")
     for skipped in data["skipped_files"]:
-        typer.echo(f"  skipped ({skipped['reason']}): {skipped['path']}")
+        echo(f"  skipped ({skipped['reason']}): {skipped['path']}")
     for worker in data["workers"]:
         rate = worker["images_per_second"]
-        typer.echo(f"  worker {worker['worker']}: {worker['items']} items" + (f", {rate:.1f} images/s" if rate else ""))
+        echo(f"  worker {worker['worker']}: {worker['items']} items" + (f", {rate:.1f} images/s" if rate else ""))
 
 
 @app.command()
@@ -140,7 +161,7 @@ def jobs(limit: Annotated[int, typer.Option(help="How many recent jobs.")] = 20)
 
     with _sessions(load_settings())() as session:
         for job in recent_jobs(session, limit):
-            typer.echo(
+            echo(
                 f"{job['job_id']:>6}  {job['created_at'][:19]}  {job['status']:9}  {job['mode']:11}  "
                 f"items={job['items']} done={job['done']} flagged={job['flagged']} errors={job['errors']}"
             )
@@ -163,7 +184,7 @@ def report(
     settings = load_settings()
     with _sessions(settings)() as session:
         try:
-            rows = reports.report_rows(session, job_id, flagged_only)
+            rows = reports.report_rows(session, job_id, flagged_only, redact=fmt != "html")
             status = reports.job_status(session, job_id)
         except reports.JobNotFound as exc:
             fail(str(exc))
@@ -175,10 +196,10 @@ def report(
         "html": lambda: _html_report(settings, status, rows, explain, max_thumbnails),
     }[fmt]()
     if output is None:
-        typer.echo(text, nl=False)
+        echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
-        err_console.print(f"wrote {output}")
+        say_error(f"wrote {output}")
 
 
 def _html_report(settings: Settings, status: dict, rows: list, explain: bool, max_thumbnails: int) -> str:
@@ -210,20 +231,23 @@ def review(
     from scanner.review import ReviewError, add_decision, import_decisions
 
     who = reviewer or os.environ.get("USER") or "unknown"
-    sessions = _sessions(load_settings())
+    settings = load_settings()
+    sessions = _sessions(settings)
     try:
         with sessions.begin() as session:
             if import_csv is not None:
                 with import_csv.open(newline="", encoding="utf-8") as handle:
                     count = import_decisions(session, handle, who)
-                typer.echo(f"recorded {count} decisions from {import_csv}")
+                echo(f"recorded {count} decisions from {import_csv}")
                 return
             if item_id is None or decision is None:
                 fail("give ITEM_ID and --decision, or --import FILE")
             add_decision(session, item_id, decision, who, note)
-            typer.echo(f"item {item_id}: {decision} by {who}")
+            echo(f"item {item_id}: {decision} by {who}")
     except (ReviewError, OSError) as exc:
         fail(str(exc))
+    except SQLAlchemyError as exc:
+        fail(f"the decision was not recorded: {describe_db_error(exc, settings.database_url)}")
 
 
 @app.command("export-labels")
@@ -240,9 +264,9 @@ def export_labels(
             result = run_export(session, settings, job_id, out)
         except JobNotFound as exc:
             fail(str(exc))
-    typer.echo(f"wrote {result.written['real']} real and {result.written['fake']} fake images to {out}")
+    echo(f"wrote {result.written['real']} real and {result.written['fake']} fake images to {out}")
     for problem in result.unreadable:
-        err_console.print(f"not exported (source unavailable): {problem}", highlight=False)
+        say_error(f"not exported (source unavailable): {problem}")
 
 
 @db_app.command("upgrade")
@@ -256,7 +280,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
         upgrade(settings.database_url, revision)
     except SQLAlchemyError as exc:
         fail(f"migration failed on {safe_url(settings.database_url)}: {describe_db_error(exc, settings.database_url)}")
-    typer.echo(f"database {safe_url(settings.database_url)} is at {revision}")
+    echo(f"database {safe_url(settings.database_url)} is at {revision}")
 
 
 @app.command()
@@ -266,17 +290,17 @@ def info() -> None:
     from training.checkpoint import CheckpointError
 
     settings = load_settings()
-    typer.echo(f"database: {safe_url(settings.database_url)}")
+    echo(f"database: {safe_url(settings.database_url)}")
     broker = safe_url(settings.broker_url) if settings.broker_url else "(none: embedded, in-process)"
-    typer.echo(f"broker:   {broker}")
-    typer.echo(f"model:    {settings.model_path}")
+    echo(f"broker:   {broker}")
+    echo(f"model:    {settings.model_path}")
     try:
         version, threshold = model_identity(settings)
-        typer.echo(f"          version {version}, threshold {threshold:.4f}")
+        echo(f"          version {version}, threshold {threshold:.4f}")
     except CheckpointError as exc:
-        typer.echo(f"          unusable: {exc}")
-    typer.echo(f"device:   {settings.device}")
-    typer.echo(f"batch:    {settings.batch_size}")
+        echo(f"          unusable: {exc}")
+    echo(f"device:   {settings.device}")
+    echo(f"batch:    {settings.batch_size}")
 
 
 @app.command()
@@ -290,11 +314,11 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON 
         return
     for row in rows:
         mark = " (default)" if row["default"] else ""
-        typer.echo(f"{row['name']}{mark}: {row['version']}")
-        typer.echo(f"    {row['summary']}")
-        typer.echo(f"    input: {row['input']}")
-        typer.echo(f"    speed: {row['speed_text']}")
-        typer.echo(f"    validation: {row['metrics_text']}")
+        echo(f"{row['name']}{mark}: {row['version']}")
+        echo(f"    {row['summary']}")
+        echo(f"    input: {row['input']}")
+        echo(f"    speed: {row['speed_text']}")
+        echo(f"    validation: {row['metrics_text']}")
 
 
 @app.command()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from scanner.console import err_console, fail, progress_bar
+from scanner.console import echo, fail, progress_bar, say_error
 from scanner.registry import resolve_model
 from scanner.settings import Settings
 from training.checkpoint import CheckpointError, read_checkpoint
@@ -71,7 +71,7 @@ def train(
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         fail(str(exc))
     summary = {k: metrics[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "threshold")}
-    err_console.print(f"wrote {out}: validation {json.dumps(summary)}")
+    say_error(f"wrote {out}: validation {json.dumps(summary)}")
 
 
 def _train_config(data_dirs: list[Path], out: Path, arch: str, resume: Path | None) -> TrainConfig:
@@ -126,20 +126,20 @@ def evaluate(
 
 
 def _print_metrics(metrics: dict) -> None:
-    typer.echo(f"model {metrics['model_version']}  threshold {metrics['threshold']:.4f}  split {metrics['split']}")
-    typer.echo(f"{'folder':32s} {'n':>6} {'real':>6} {'fake':>6} {'AUC':>6} {'acc':>6} {'FPR':>6} {'TPR':>6}")
+    echo(f"model {metrics['model_version']}  threshold {metrics['threshold']:.4f}  split {metrics['split']}")
+    echo(f"{'folder':32s} {'n':>6} {'real':>6} {'fake':>6} {'AUC':>6} {'acc':>6} {'FPR':>6} {'TPR':>6}")
     rows = {**metrics["per_dataset"], "pooled": metrics}
     for name, row in rows.items():
         counts = row["confusion"]
         reals, fakes = counts["tn"] + counts["fp"], counts["tp"] + counts["fn"]
         fpr = row["false_positive_rate"] if reals else None
         tpr = row["true_positive_rate"] if fakes else None
-        typer.echo(
+        echo(
             f"{name:32s} {row['n']:6d} {reals:6d} {fakes:6d} {_num(row['roc_auc'])} {_num(row['accuracy'])} "
             f"{_num(fpr)} {_num(tpr)}"
         )
     for name, row in metrics.get("per_stratum", {}).items():
-        typer.echo(f"  stratum {name:22s} n={row['n']:6d} acc={row['accuracy']:.4f}")
+        echo(f"  stratum {name:22s} n={row['n']:6d} acc={row['accuracy']:.4f}")
 
 
 def _num(value: float | None) -> str:

@@ -8,6 +8,7 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,12 +18,24 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from scanner.safe_text import printable
+
 err_console = Console(stderr=True)
 
 
+def echo(text: object = "", nl: bool = True) -> None:
+    """typer.echo for text that may carry names from users, files or URLs."""
+    typer.echo(printable(text), nl=nl)
+
+
+def say_error(message: object) -> None:
+    """Print to stderr with no Rich markup read from the text and no control characters."""
+    err_console.print(escape(printable(message)), highlight=False, soft_wrap=True)
+
+
 def fail(message: str) -> NoReturn:
-    """Print an error to stderr and exit with code 1."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print an error to stderr and exit with code 1 (the message is never read as markup)."""
+    err_console.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
 
 

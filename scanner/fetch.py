@@ -45,19 +45,40 @@ class _Transient(Exception):
         self.code, self.message, self.status = code, message, status
 
 
+# Never fetched, even with SCANNER_ALLOW_PRIVATE_URLS: cloud metadata and platform endpoints, link-local,
+# and every IANA special-purpose range that is neither a private network nor loopback.
+ALWAYS_BLOCKED = tuple(
+    ipaddress.ip_network(net)
+    for net in (
+        "0.0.0.0/8", "169.254.0.0/16", "192.0.0.0/24", "192.0.2.0/24", "192.31.196.0/24", "192.52.193.0/24",
+        "192.88.99.0/24", "192.175.48.0/24", "198.18.0.0/15", "198.51.100.0/24", "203.0.113.0/24",
+        "224.0.0.0/4", "240.0.0.0/4", "100.100.100.200/32", "168.63.129.16/32",
+        "::/128", "64:ff9b::/96", "64:ff9b:1::/48", "100::/64", "2001::/23", "2001:db8::/32", "2002::/16",
+        "2620:4f:8000::/48", "3fff::/20", "5f00::/16", "fe80::/10", "fec0::/10", "ff00::/8", "fd00:ec2::254/128",
+    )
+)  # fmt: skip
+# Reachable only with SCANNER_ALLOW_PRIVATE_URLS (on-premises sources).
+PRIVATE = tuple(
+    ipaddress.ip_network(net)
+    for net in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8", "::1/128", "fc00::/7")
+)
+
+
 def address_blocked(address: str, allow_private: bool) -> bool:
     """True for addresses a fetch must not reach.
 
-    Always blocked: link-local (cloud metadata), multicast, unspecified and reserved ranges.
-    Blocked unless `allow_private`: loopback, private and other non-global ranges.
+    Always blocked: ALWAYS_BLOCKED (metadata endpoints, link-local, special-purpose ranges), multicast, reserved.
+    Blocked unless `allow_private`: loopback and private networks (PRIVATE). Anything else must be global.
     IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
     """
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    if ip.is_link_local or ip.is_multicast or ip.is_unspecified or ip.is_reserved:
+    if any(ip in net for net in ALWAYS_BLOCKED) or ip.is_multicast or ip.is_unspecified or ip.is_link_local:
         return True
-    return not allow_private and not ip.is_global
+    if any(ip in net for net in PRIVATE):
+        return not allow_private
+    return ip.is_reserved or not ip.is_global
 
 
 def resolve_vetted(host: str, port: int, policy: FetchPolicy) -> str:

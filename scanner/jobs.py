@@ -4,21 +4,35 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from scanner.db import Item, Job, Skipped, utcnow
-from scanner.sources import Expansion
+from scanner.sink import insert_ignoring_conflicts
+from scanner.sources import RAW_PREFIX, Expansion, is_url, path_uri
 
 INSERT_CHUNK = 1000
 
 
 def sources_key(sources: Sequence[str], model_version: str) -> str:
-    """Identifies 'the same submission again' so an interrupted job can be resumed."""
-    return hashlib.sha256(json.dumps([list(sources), model_version]).encode()).hexdigest()
+    """Identifies 'the same submission again' (canonical sources, same model) so an interrupted job resumes."""
+    return hashlib.sha256(json.dumps([list(sources), model_version]).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def canonical_sources(arguments: Sequence[str]) -> list[str]:
+    """Arguments as the job records them: URLs as given, paths absolute and normalised (so `images` typed in two
+    different folders are two different jobs)."""
+    return [arg if is_url(arg) or arg.startswith(RAW_PREFIX) else _canonical_path(arg) for arg in arguments]
+
+
+def _canonical_path(argument: str) -> str:
+    uri, kind = path_uri(Path(os.path.normpath(os.path.abspath(os.path.expanduser(argument)))))
+    return RAW_PREFIX + uri if kind == "rawpath" else uri
 
 
 def chunks(values: Sequence[Any], size: int) -> Iterator[list[Any]]:
@@ -28,7 +42,7 @@ def chunks(values: Sequence[Any], size: int) -> Iterator[list[Any]]:
 
 
 def find_resumable_job(sessions: Any, key: str) -> int | None:
-    """The newest unfinished job with the same sources and model, if any."""
+    """The newest unfinished job with the same sources and model, if any (also one whose creation was cut)."""
     with sessions() as session:
         return session.scalar(
             select(Job.id).where(Job.sources_key == key, Job.finished_at.is_(None)).order_by(Job.id.desc())
@@ -51,23 +65,45 @@ def create_job(
     threshold: float,
     mode: str,
 ) -> int:
-    """Record the job, its items and skipped files; items go in chunks of INSERT_CHUNK rows."""
+    """Record the job (status 'creating'), its items and skipped files in chunks, then mark it 'running'.
+
+    A job still 'creating' was interrupted; `complete_creation` finishes it without losing or doubling items.
+    """
     with sessions.begin() as session:
         job = Job(
             sources=list(sources), sources_key=sources_key(sources, model_version), mode=mode,
-            model_version=model_version, threshold=threshold,
+            model_version=model_version, threshold=threshold, status="creating",
             items_total=len(expansion.items), items_skipped=len(expansion.skipped),
         )  # fmt: skip
         session.add(job)
         session.flush()
         job_id = job.id
+    complete_creation(sessions, job_id, expansion)
+    return job_id
+
+
+def complete_creation(sessions: Any, job_id: int, expansion: Expansion) -> None:
+    """Insert the items not yet recorded (idempotent on job + uri), the skipped files, then mark the job ready."""
     for part in chunks(expansion.items, INSERT_CHUNK):
         with sessions.begin() as session:
-            session.execute(insert(Item), [_item_row(job_id, spec) for spec in part])
+            insert_ignoring_conflicts(session, Item, [_item_row(job_id, spec) for spec in part], ["job_id", "uri"])
+    with sessions.begin() as session:
+        session.execute(delete(Skipped).where(Skipped.job_id == job_id))
     for skipped in chunks(expansion.skipped, INSERT_CHUNK):
         with sessions.begin() as session:
             session.execute(insert(Skipped), [{"job_id": job_id, "path": s.path, "reason": s.reason} for s in skipped])
-    return job_id
+    with sessions.begin() as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "creating")
+            .values(status="running", items_total=len(expansion.items), items_skipped=len(expansion.skipped))
+        )
+
+
+def job_is_ready(sessions: Any, job_id: int) -> bool:
+    """False while the job's items are still being recorded (or their recording was interrupted)."""
+    with sessions() as session:
+        return session.scalar(select(Job.status).where(Job.id == job_id)) != "creating"
 
 
 def queued_item_ids(session: Session, job_id: int) -> list[int]:

@@ -13,6 +13,7 @@ from PIL import Image
 from scanner.errors import ItemError
 from scanner.fetch import FetchPolicy, fetch_url
 from scanner.settings import Settings
+from scanner.sources import local_path, printable_name
 from training.faces import Box, FaceFinder
 from training.preprocess import DecodedImage, ImageRejected, Preprocess, decode_image
 from training.views import ImageViews, make_views
@@ -54,24 +55,25 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
 
 def read_file(path: Path, max_bytes: int) -> bytes:
     """Read a local file within the size limit; failures become ItemError codes."""
+    shown = printable_name(str(path))
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):
-            raise ItemError("not_a_file", f"{path} is not a regular file")
+            raise ItemError("not_a_file", f"{shown} is not a regular file")
         if info.st_size > max_bytes:
             raise ItemError("too_large", f"{info.st_size} bytes exceeds the limit of {max_bytes}")
         with path.open("rb") as handle:
             data = handle.read(max_bytes + 1)
     except FileNotFoundError:
-        raise ItemError("not_found", f"{path} does not exist (or vanished after submit)") from None
+        raise ItemError("not_found", f"{shown} does not exist (or vanished after submit)") from None
     except PermissionError:
-        raise ItemError("permission_denied", f"permission denied reading {path}") from None
+        raise ItemError("permission_denied", f"permission denied reading {shown}") from None
     except IsADirectoryError:
-        raise ItemError("not_a_file", f"{path} is a directory") from None
+        raise ItemError("not_a_file", f"{shown} is a directory") from None
     except OSError as exc:
-        raise ItemError("permission_denied", f"cannot read {path}: {exc.strerror}") from None
+        raise ItemError("permission_denied", f"cannot read {shown}: {exc.strerror}") from None
     if len(data) > max_bytes:
-        raise ItemError("too_large", f"{path} grew past the limit of {max_bytes} bytes")
+        raise ItemError("too_large", f"{shown} grew past the limit of {max_bytes} bytes")
     return data
 
 
@@ -83,7 +85,7 @@ def read_item(item_id: int, uri: str, kind: str, settings: Settings) -> tuple[Lo
             result = fetch_url(uri, fetch_policy(settings))
             data, loaded.final_url, loaded.http_status = result.data, result.final_url, result.status
         else:
-            data = read_file(Path(uri), settings.max_file_bytes)
+            data = read_file(local_path(uri, kind), settings.max_file_bytes)
     except ItemError as exc:
         loaded.http_status = exc.http_status
         return loaded.fail(exc.code, exc.message), None

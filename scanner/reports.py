@@ -8,11 +8,13 @@ import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from scanner.db import Decision, Face, Item, Job, Skipped, Verdict
+from scanner.safe_text import printable
 from scanner.sink import job_counts
 
 REPORT_FIELDS = [
@@ -153,14 +155,43 @@ def report_query(job_id: int, flagged_only: bool = False) -> Select[Any]:  # typ
     return query
 
 
-def report_rows(session: Session, job_id: int, flagged_only: bool = False) -> list[dict[str, Any]]:
-    """The report as dictionaries with REPORT_FIELDS keys; `faces` lists each face's box and score."""
+def report_rows(session: Session, job_id: int, flagged_only: bool = False, redact: bool = True) -> list[dict[str, Any]]:
+    """The report as dictionaries with REPORT_FIELDS keys; `faces` lists each face's box and score.
+
+    URL passwords are masked unless `redact` is False (only for code that must fetch the source again).
+    """
     get_job(session, job_id)
     rows = [dict(row._mapping) for row in session.execute(report_query(job_id, flagged_only))]
     faces = faces_by_verdict(session, {row["verdict_id"] for row in rows if row["verdict_id"] is not None})
     for row in rows:
         row["faces"] = faces.get(row.pop("verdict_id"), [])
+        if redact:
+            redact_row(row)
     return rows
+
+
+def redact_url(uri: str | None) -> str | None:
+    """A URL with its password (if any) replaced by ***; anything else unchanged."""
+    if not uri or "://" not in uri or "@" not in uri:
+        return uri
+    try:
+        parts = urlsplit(uri)
+        password = parts.password
+    except ValueError:
+        return uri
+    if password is None:
+        return uri
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def redact_row(row: dict[str, Any]) -> dict[str, Any]:
+    """Mask URL passwords in a report row's uri and final_url, in place."""
+    for key in ("uri", "final_url"):
+        if key in row:
+            row[key] = redact_url(row[key])
+    return row
 
 
 def faces_by_verdict(session: Session, verdict_ids: set[int]) -> dict[int, list[dict[str, Any]]]:
@@ -220,6 +251,6 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     for row in rows:
         lines.append(
             f"{row['item_id']:>7}  {row['status']:6}  {_cell(row['score']):>6}  {_cell(row['label']):5}  "
-            f"{_cell(row['error_code']):18}  {row['uri']}"
+            f"{_cell(row['error_code']):18}  {printable(row['uri'], keep_newlines=False)}"
         )
     return "\n".join(lines) + "\n"

@@ -17,6 +17,9 @@ from scanner.reports import get_job, latest_decision_subquery
 from scanner.settings import Settings
 
 DECISIONS = ("fake", "real", "unsure")
+MAX_ID = 2**63 - 1  # BIGINT; SQLite and PostgreSQL refuse larger ids with an overflow, not a "not found"
+MAX_REVIEWER = 128  # the column's length
+MAX_NOTE = 10_000
 
 
 class ReviewError(ValueError):
@@ -27,10 +30,14 @@ def add_decision(session: Session, item_id: int, decision: str, reviewer: str, n
     """Record one decision on an item."""
     if decision not in DECISIONS:
         raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
-    if session.get(Item, item_id) is None:
+    if not 1 <= item_id <= MAX_ID or session.get(Item, item_id) is None:
         raise ReviewError(f"no item with id {item_id}")
     if not reviewer.strip():
         raise ReviewError("a reviewer name is required")
+    if len(reviewer.strip()) > MAX_REVIEWER:
+        raise ReviewError(f"the reviewer name is longer than {MAX_REVIEWER} characters")
+    if note is not None and len(note) > MAX_NOTE:
+        raise ReviewError(f"the note is longer than {MAX_NOTE} characters")
     row = Decision(item_id=item_id, decision=decision, reviewer=reviewer.strip(), note=note)
     session.add(row)
     session.flush()

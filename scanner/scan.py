@@ -6,6 +6,7 @@ calls `prepare_batch` and `complete_batch` separately to decode one batch while 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -22,6 +23,8 @@ from scanner.model import ModelRunner
 from scanner.settings import Settings
 from scanner.sink import existing_verdicts, fail_queued_items, finish_job_if_complete, record_batch
 from training.views import ImageViews
+
+LOG = logging.getLogger(__name__)
 
 
 def worker_name() -> str:
@@ -81,13 +84,16 @@ def _read_all(ctx: ScanContext, rows: list[Any]) -> list[tuple[LoadedItem, bytes
     return list(ctx.pool.map(read, rows))
 
 
-def _queued_rows(ctx: ScanContext, item_ids: list[int]) -> list[Any]:
+def _queued_rows(ctx: ScanContext, job_id: int, item_ids: list[int]) -> list[Any]:
+    """The batch's still-queued items; ids that belong to another job are ignored (and logged)."""
     with ctx.sessions() as session:
-        return list(
-            session.execute(
-                select(Item.id, Item.uri, Item.kind).where(Item.id.in_(item_ids), Item.status == "queued")
-            ).all()
-        )
+        rows = session.execute(
+            select(Item.id, Item.uri, Item.kind, Item.job_id, Item.status).where(Item.id.in_(item_ids))
+        ).all()
+    foreign = sorted(row.id for row in rows if row.job_id != job_id)
+    if foreign:
+        LOG.warning("job %s: ignoring %d item ids of other jobs: %s", job_id, len(foreign), foreign[:20])
+    return [row for row in rows if row.job_id == job_id and row.status == "queued"]
 
 
 def _decode_new_content(ctx: ScanContext, read: list[tuple[LoadedItem, bytes | None]], known: set[str]) -> None:
@@ -112,7 +118,7 @@ def _decode_new_content(ctx: ScanContext, read: list[tuple[LoadedItem, bytes | N
 
 def prepare_batch(ctx: ScanContext, job_id: int, item_ids: list[int]) -> PreparedBatch:
     """Read, hash and decode the batch's still-queued items; reuse verdicts that already exist."""
-    read = _read_all(ctx, _queued_rows(ctx, item_ids))
+    read = _read_all(ctx, _queued_rows(ctx, job_id, item_ids))
     with ctx.sessions() as session:
         hashes = [loaded.sha256 for loaded, _ in read if loaded.sha256]
         known = set(existing_verdicts(session, hashes, ctx.runner.loaded.version))

@@ -123,7 +123,7 @@ def finish_job_if_complete(session: Session, job_id: int) -> bool:
     no_queued = ~exists().where(and_(Item.job_id == job_id, Item.status == "queued"))
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.finished_at.is_(None), no_queued)
+        .where(Job.id == job_id, Job.finished_at.is_(None), Job.status != "creating", no_queued)
         .values(
             finished_at=utcnow(),
             status="finished",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
-from urllib.parse import urlsplit
+from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
 from training.preprocess import has_image_magic
 
@@ -45,7 +46,7 @@ class Expansion:
 
 
 def looks_like_image(path: Path) -> bool:
-    """True when the file's first bytes or its extension say image."""
+    """True when the (regular) file's first bytes or its extension say image."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return True
     try:
@@ -56,12 +57,44 @@ def looks_like_image(path: Path) -> bool:
     return has_image_magic(head)
 
 
+def special_file_reason(path: Path) -> str | None:
+    """'fifo', 'socket' or 'device' for files that must never be opened (reading a FIFO blocks forever)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None  # missing or unreadable: the scan stage records why
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    return None
+
+
+def path_uri(path: Path) -> tuple[str, str]:
+    """(uri, kind) for a local path: the absolute path, or for names that are not valid UTF-8 their bytes
+    percent-escaped (kind 'rawpath'), so every name is stored losslessly and shown readably."""
+    text = str(path.absolute())
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return quote_from_bytes(os.fsencode(text), safe="/"), "rawpath"
+    return text, "file"
+
+
+def local_path(uri: str, kind: str) -> Path:
+    """The filesystem path behind a file item's uri (inverse of `path_uri`)."""
+    return Path(os.fsdecode(unquote_to_bytes(uri))) if kind == "rawpath" else Path(uri)
+
+
+RAW_PREFIX = "rawpath:"  # a recorded source whose path is not valid UTF-8, its bytes percent-escaped
 URL_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")
 
 
 def is_url(argument: str) -> bool:
     """True for anything with a URL scheme (http, https, ftp, file, ...)."""
-    return bool(URL_PATTERN.match(argument))
+    return bool(URL_PATTERN.match(argument)) and not argument.startswith(RAW_PREFIX)
 
 
 def url_spec(argument: str) -> ItemSpec:
@@ -78,19 +111,30 @@ def url_spec(argument: str) -> ItemSpec:
 def walk_directory(root: Path) -> Iterator[Path | SkippedFile]:
     """Files under `root`, depth first, sorted; symlinked directories are never entered.
 
-    A symlinked file is followed only when its target lies inside `root`.
+    A symlinked file is followed only when its target lies inside `root`. Directories that cannot be
+    listed and files that are not regular (FIFOs, sockets, devices) come back as SkippedFile with a reason.
     """
     resolved_root = root.resolve()
-    for directory, subdirs, files in os.walk(root, followlinks=False, onerror=None):
+    unreadable: list[OSError] = []
+    for directory, subdirs, files in os.walk(root, followlinks=False, onerror=unreadable.append):
+        yield from (_unlistable(error) for error in unreadable)
+        unreadable.clear()
         subdirs.sort()
         for name in sorted(files):
             path = Path(directory) / name
             if path.is_symlink():
                 target = path.resolve()
                 if not target.is_relative_to(resolved_root) or not target.is_file():
-                    yield SkippedFile(str(path.absolute()), "symlink_outside")
+                    yield SkippedFile(path_uri(path)[0], "symlink_outside")
                     continue
-            yield path
+            reason = special_file_reason(path)
+            yield SkippedFile(path_uri(path)[0], reason) if reason else path
+    yield from (_unlistable(error) for error in unreadable)
+
+
+def _unlistable(error: OSError) -> SkippedFile:
+    reason = "permission_denied" if isinstance(error, PermissionError) else "unreadable_directory"
+    return SkippedFile(path_uri(Path(error.filename or "?"))[0], reason)
 
 
 def expand_sources(arguments: Iterable[str]) -> Expansion:
@@ -102,23 +146,32 @@ def expand_sources(arguments: Iterable[str]) -> Expansion:
             spec = url_spec(argument)
             items.setdefault(spec.uri, spec)
             continue
-        path = Path(argument).expanduser()
+        path = local_path(argument[len(RAW_PREFIX) :], "rawpath") if argument.startswith(RAW_PREFIX) else Path(argument)
+        path = path.expanduser()
         if path.is_dir():
             for found in walk_directory(path):
                 if isinstance(found, SkippedFile):
                     skipped.append(found)
                 elif looks_like_image(found):
-                    uri = str(found.absolute())
-                    items.setdefault(uri, ItemSpec(uri, "file"))
+                    uri, kind = path_uri(found)
+                    items.setdefault(uri, ItemSpec(uri, kind))
                 else:
-                    skipped.append(SkippedFile(str(found.absolute()), "not_an_image"))
+                    skipped.append(SkippedFile(path_uri(found)[0], "not_an_image"))
             continue
-        uri = str(path.absolute())
-        if not path.exists():
-            items.setdefault(uri, ItemSpec(uri, "file", "not_found", f"no such file: {argument}"))
+        uri, kind = path_uri(path)
+        reason = special_file_reason(path)
+        if reason:
+            skipped.append(SkippedFile(uri, reason))
+        elif not path.exists():
+            items.setdefault(uri, ItemSpec(uri, kind, "not_found", f"no such file: {printable_name(argument)}"))
         else:
-            items.setdefault(uri, ItemSpec(uri, "file"))
+            items.setdefault(uri, ItemSpec(uri, kind))
     return Expansion(list(items.values()), [s for s in skipped if s.path not in items])
+
+
+def printable_name(name: str) -> str:
+    """A file name that may hold undecodable bytes, as text that can be stored and printed."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def read_source_list(handle: TextIO) -> list[str]:

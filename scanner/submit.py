@@ -12,7 +12,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from scanner.db import Job, current_revision, head_revision, make_engine, session_factory, upgrade
 from scanner.dispatch import enqueue_distributed, run_embedded
-from scanner.jobs import create_job, find_resumable_job, sources_key
+from scanner.jobs import (
+    canonical_sources,
+    complete_creation,
+    create_job,
+    find_resumable_job,
+    job_is_ready,
+    sources_key,
+)
 from scanner.model import model_identity
 from scanner.reports import job_status
 from scanner.settings import Settings
@@ -96,22 +103,54 @@ class SubmitResult:
 def submit(
     settings: Settings, arguments: Sequence[str], wait: bool, progress: ProgressFactory | None = None
 ) -> SubmitResult:
-    """Record a job for the arguments and scan it (here, or through the broker)."""
+    """Record a job for the arguments (or resume the same unfinished one) and scan it, here or through the broker."""
     started = time.perf_counter()
-    try:
-        model_version, threshold = model_identity(settings)
-    except CheckpointError as exc:
-        raise SetupError(str(exc)) from None
+    model_version, threshold = _model(settings)
     sessions = open_database(settings)
     if settings.broker_url:
         check_broker(settings)
-    resumed_id = find_resumable_job(sessions, sources_key(arguments, model_version))
-    if resumed_id is None:
-        expansion = expand_sources(arguments)
+    sources = canonical_sources(arguments)
+    job_id = find_resumable_job(sessions, sources_key(sources, model_version))
+    resumed = job_id is not None
+    if job_id is None:
         mode = "distributed" if settings.broker_url else "embedded"
-        job_id = create_job(sessions, arguments, expansion, model_version, threshold, mode)
-    else:
-        job_id = resumed_id
+        job_id = create_job(sessions, sources, expand_sources(sources), model_version, threshold, mode)
+    return SubmitResult(_run_job(settings, sessions, job_id, wait, progress, started), resumed)
+
+
+def resume(settings: Settings, job_id: int, wait: bool, progress: ProgressFactory | None = None) -> SubmitResult:
+    """Carry on with an unfinished job by id (its recording finished first if it was cut short)."""
+    started = time.perf_counter()
+    model_version, _ = _model(settings)
+    sessions = open_database(settings)
+    if settings.broker_url:
+        check_broker(settings)
+    with sessions() as session:
+        job = session.get(Job, job_id)
+    if job is None:
+        raise SetupError(f"no job with id {job_id}")
+    if job.model_version != model_version:
+        raise SetupError(
+            f"job {job_id} was submitted with model {job.model_version}; this process has {model_version}: "
+            "choose that model with --model or SCANNER_MODEL"
+        )
+    return SubmitResult(_run_job(settings, sessions, job_id, wait, progress, started), True)
+
+
+def _model(settings: Settings) -> tuple[str, float]:
+    try:
+        return model_identity(settings)
+    except CheckpointError as exc:
+        raise SetupError(str(exc)) from None
+
+
+def _run_job(
+    settings: Settings, sessions: Any, job_id: int, wait: bool, progress: ProgressFactory | None, started: float
+) -> dict[str, Any]:
+    if not job_is_ready(sessions, job_id):  # an interrupted creation: record the missing items first
+        with sessions() as session:
+            sources = list(session.scalar(select(Job.sources).where(Job.id == job_id)) or [])
+        complete_creation(sessions, job_id, expand_sources(sources))
     queued = _queued_count(sessions, job_id)
     if settings.broker_url:
         try:
@@ -128,7 +167,7 @@ def submit(
         run_embedded(settings, sessions, job_id, advance)
     summary = _summary(sessions, job_id, time.perf_counter() - started, queued)
     sessions.kw["bind"].dispose()
-    return SubmitResult(summary, resumed_id is not None)
+    return summary
 
 
 def _queued_count(sessions: Any, job_id: int) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections import Counter
@@ -100,12 +101,20 @@ class HostileHandler(BaseHTTPRequestHandler):
         self._send(200, b"<html><body>not an image</body></html>", "image/jpeg")
 
 
+class _IPv6Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+
+
 class HostileServer:
-    """Context manager running HostileHandler on an ephemeral 127.0.0.1 port."""
+    """Context manager running HostileHandler on an ephemeral port of 127.0.0.1 (or ::1)."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
 
     def __enter__(self) -> HostileServer:
         HostileHandler.hits = Counter()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), HostileHandler)
+        server_class = _IPv6Server if ":" in self.host else ThreadingHTTPServer
+        self.server = server_class((self.host, 0), HostileHandler)
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -113,7 +122,8 @@ class HostileServer:
 
     def url(self, path: str) -> str:
         """Absolute URL of a route."""
-        return f"http://127.0.0.1:{self.server.server_address[1]}/{path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.server.server_address[1]}/{path}"
 
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()

@@ -80,10 +80,36 @@ def test_private_addresses_are_refused_by_default(settings: Settings) -> None:
         ("240.0.0.1", True, True),
         ("127.0.0.1", True, False),
         ("::ffff:192.168.0.1", True, False),
+        ("::1", True, False),
+        ("fd12:3456::1", True, False),
+        ("192.0.0.192", False, True),
+        ("192.0.0.8", True, True),
+        ("fec0::1", False, True),
+        ("168.63.129.16", False, True),
+        ("168.63.129.16", True, True),
+        ("fd00:ec2::254", True, True),
+        ("100.100.100.200", True, True),
+        ("169.254.0.1", True, True),
+        ("::ffff:169.254.169.254", True, True),
+        ("2001:db8::1", True, True),
+        ("64:ff9b::a9fe:a9fe", True, True),
+        ("2002:a9fe:a9fe::1", True, True),
+        ("198.18.0.1", True, True),
+        ("192.88.99.1", False, True),
     ],
 )
 def test_address_policy(address: str, private_allowed: bool, blocked: bool) -> None:
     assert address_blocked(address, private_allowed) is blocked
+
+
+def test_ipv6_loopback_is_fetched_when_private_urls_are_allowed() -> None:
+    with HostileServer("::1") as server:
+        result = fetch_url(server.url("good.png"), FetchPolicy(allow_private=True, timeout=2, retries=0))
+        assert result.status == 200 and result.data.startswith(b"\x89PNG")
+        with pytest.raises(ItemError) as caught:
+            fetch_url(server.url("good.png"), FetchPolicy(allow_private=False, timeout=2, retries=0))
+        assert caught.value.code == "blocked_address"
+        assert server.server.RequestHandlerClass.hits["/good.png"] == 1  # the refused fetch never connected
 
 
 def test_redirect_to_a_blocked_address_is_checked_after_the_redirect() -> None:
@@ -119,13 +145,13 @@ def test_odd_files(settings: Settings, tmp_path: Path) -> None:
     rows = {Path(uri).name: row for uri, row in items_by_uri(settings, job_id).items()}
     assert rows["ok.png"].status == rows["link_in.png"].status == "done"
     assert rows["vanishes.png"].error_code == "not_found"
-    assert rows["pipe.jpg"].error_code == "not_a_file"
+    assert "pipe.jpg" not in rows  # never opened: a FIFO, named or walked, is skipped with its reason
     assert (rows["big.jpg"].status, rows["big.jpg"].width, rows["big.jpg"].height) == ("done", 6000, 4000)
     assert "link_out.png" not in rows and "loop" not in str(list(rows))
     with sessions() as session:
         skipped = {Path(p).name: r for p, r in session.execute(select(Skipped.path, Skipped.reason))}
         assert session.get(Job, job_id).finished_at is not None
-    assert skipped == {"link_out.png": "symlink_outside"}
+    assert skipped == {"link_out.png": "symlink_outside", "pipe.jpg": "fifo"}
 
 
 def test_size_and_pixel_limits(settings: Settings, tmp_path: Path) -> None:

@@ -1,0 +1,217 @@
+"""Faults and hostile input that once lost work, hung, or printed what they should not (issue 10)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from scanner.cli import app
+from scanner.db import Item, Job, Skipped
+from scanner.jobs import canonical_sources, create_job
+from scanner.model import model_identity
+from scanner.reports import report_rows
+from scanner.settings import Settings
+from scanner.sources import Expansion, ItemSpec, expand_sources
+from scanner.submit import open_database, submit
+from tests.conftest import settings_env
+from tests.httpserver import HostileServer
+from tests.imaging import encode, noisy_image, smooth_image
+from tests.workers import SCANNER
+
+
+class _CutAfter(list):  # type: ignore[type-arg]
+    """Items whose second chunk raises KeyboardInterrupt: a submit interrupted while recording its items."""
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        if isinstance(index, slice) and (index.start or 0) >= 1000:
+            raise KeyboardInterrupt
+        return super().__getitem__(index)
+
+
+def test_interrupted_job_creation_resumes_with_every_item(settings: Settings, tmp_path: Path) -> None:
+    paths = [str(tmp_path / f"missing_{index:05d}.png") for index in range(3000)]
+    (tmp_path / "real.png").write_bytes(encode(noisy_image(1, 32)))
+    arguments = [*paths, str(tmp_path / "real.png")]
+    sessions = open_database(settings)
+    version, threshold = model_identity(settings)
+    sources = canonical_sources(arguments)
+    expansion = expand_sources(sources)
+    with pytest.raises(KeyboardInterrupt):
+        create_job(sessions, sources, Expansion(_CutAfter(expansion.items), []), version, threshold, "embedded")
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Item)) == 1000  # the first chunk was written
+        assert session.scalar(select(Job.status)) == "creating"
+    result = submit(settings, arguments, wait=True)
+    assert result.resumed
+    summary = result.summary
+    assert summary["finished"] and summary["items"] == 3001
+    assert (summary["done"], summary["errors_by_code"]) == (1, {"not_found": 3000})
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
+        assert session.scalar(select(func.count(func.distinct(Item.uri)))) == 3001
+
+
+def test_resume_key_is_the_absolute_path_not_the_typed_one(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for side in ("a", "b"):
+        (tmp_path / side / "images").mkdir(parents=True)
+        (tmp_path / side / "images" / f"{side}.png").write_bytes(encode(noisy_image(ord(side), 32)))
+    sessions = open_database(settings)
+    version, threshold = model_identity(settings)
+    monkeypatch.chdir(tmp_path / "a")
+    sources = canonical_sources(["images"])
+    assert sources == [str(tmp_path / "a" / "images")]
+    unfinished = create_job(sessions, sources, expand_sources(sources), version, threshold, "embedded")
+    monkeypatch.chdir(tmp_path / "b")
+    result = submit(settings, ["images"], wait=True)
+    assert not result.resumed and result.summary["job_id"] != unfinished
+    with sessions() as session:
+        uris = list(session.scalars(select(Item.uri).where(Item.job_id == result.summary["job_id"])))
+    assert uris == [str(tmp_path / "b" / "images" / "b.png")]
+
+
+def test_resume_command_finishes_a_job_by_id(settings: Settings, tmp_path: Path) -> None:
+    (tmp_path / "x.png").write_bytes(encode(noisy_image(3, 32)))
+    sessions = open_database(settings)
+    version, threshold = model_identity(settings)
+    sources = canonical_sources([str(tmp_path)])
+    job_id = create_job(sessions, sources, expand_sources(sources), version, threshold, "embedded")
+    env = settings_env(settings)
+    runner = CliRunner()
+    done = runner.invoke(app, ["resume", str(job_id)], env=env)
+    assert done.exit_code == 0, done.output
+    assert f"resumed {job_id} finished: 1 scanned" in done.stdout
+    missing = runner.invoke(app, ["resume", "999999"], env=env)
+    assert missing.exit_code == 1 and "no job with id 999999" in missing.stderr
+    with sessions.begin() as session:
+        session.get(Job, job_id).model_version = "another-model"  # type: ignore[union-attr]
+    other = runner.invoke(app, ["resume", str(job_id)], env=env)
+    assert other.exit_code == 1 and "another-model" in other.stderr
+
+
+def test_non_utf8_file_names_are_stored_losslessly_and_scanned(settings: Settings, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    raw_name = os.fsdecode(b"caf\xe9-\xff.png")
+    (folder / raw_name).write_bytes(encode(noisy_image(4, 32)))
+    (folder / os.fsdecode(b"notes-\xfe.txt")).write_text("x")
+    named = os.fsdecode(os.fsencode(str(tmp_path)) + b"/gone-\xe9.png")
+    summary = submit(settings, [str(folder), named], wait=True).summary
+    assert (summary["done"], summary["errors_by_code"], summary["skipped"]) == (1, {"not_found": 1}, 1)
+    with open_database(settings)() as session:
+        rows = {row["uri"]: row for row in report_rows(session, summary["job_id"])}
+    assert str(folder / "caf%E9-%FF.png") in rows and rows[str(folder / "caf%E9-%FF.png")]["status"] == "done"
+    table = CliRunner().invoke(app, ["report", str(summary["job_id"])], env=settings_env(settings))
+    assert table.exit_code == 0 and "caf%E9-%FF.png" in table.stdout
+    again = submit(settings, [str(folder), named], wait=True)  # the same arguments find the same (finished) work
+    assert again.summary["job_id"] != summary["job_id"] and again.summary["done"] == 1
+
+
+def test_fifo_and_unlistable_directory_are_skipped_with_a_reason(tmp_path: Path, tiny_model: Path) -> None:
+    folder = tmp_path / "in"
+    (folder / "locked").mkdir(parents=True)
+    (folder / "ok.png").write_bytes(encode(noisy_image(5, 32)))
+    (folder / "locked" / "hidden.png").write_bytes(encode(noisy_image(6, 32)))
+    os.mkfifo(folder / "pipe.jpg")
+    os.mkfifo(tmp_path / "named.fifo")
+    (folder / "locked").chmod(0)
+    env = {
+        **os.environ,
+        "SCANNER_DATABASE_URL": f"sqlite:///{tmp_path / 'scan.db'}",
+        "SCANNER_MODEL": str(tiny_model),
+        "SCANNER_DEVICE": "cpu",
+    }
+    command = [SCANNER, "submit", str(folder), str(tmp_path / "named.fifo"), "--json"]
+    if os.geteuid() == 0:  # root lists everything: drop the capabilities that bypass permissions
+        caps = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--inh-caps={caps}", f"--bounding-set={caps}", *command]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        (folder / "locked").chmod(0o755)
+    assert result.returncode == 0, result.stderr[-2000:]
+    status = CliRunner().invoke(app, ["status", "1", "--json"], env=env)
+    skipped = {Path(s["path"]).name: s["reason"] for s in __import__("json").loads(status.stdout)["skipped_files"]}
+    assert skipped == {"pipe.jpg": "fifo", "named.fifo": "fifo", "locked": "permission_denied"}
+
+
+def test_user_text_is_neither_markup_nor_terminal_control(settings: Settings, tmp_path: Path) -> None:
+    env = settings_env(settings)
+    runner = CliRunner()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    hostile = "\x1b]0;pwned\x07[bold]x[red].png"
+    (folder / hostile).write_bytes(encode(smooth_image(7, 32)))
+    job = runner.invoke(app, ["submit", str(folder), "--json"], env=env)
+    assert job.exit_code == 0, job.output
+    job_id = __import__("json").loads(job.stdout)["job_id"]
+    for args in (["report", str(job_id)], ["status", str(job_id)], ["jobs"]):
+        out = runner.invoke(app, args, env=env)
+        assert out.exit_code == 0 and "\x1b" not in out.stdout and "\x07" not in out.stdout, args
+    assert "\\x1b]0;pwned\\x07[bold]x[red].png" in runner.invoke(app, ["report", str(job_id)], env=env).stdout
+    with open_database(settings)() as session:
+        item_id = session.scalar(select(Item.id).where(Item.job_id == job_id))
+    bad = runner.invoke(app, ["review", str(item_id), "--decision", "[/bold]"], env=env)
+    assert bad.exit_code == 1 and "Traceback" not in bad.output and "[/bold]" in bad.stderr
+    missing = runner.invoke(app, ["submit", "--from-file", str(tmp_path / "nope[/x].txt")], env=env)
+    assert missing.exit_code == 1 and "nope[/x].txt" in missing.stderr and len(missing.stderr.splitlines()) <= 2
+    named = runner.invoke(app, ["review", str(item_id), "--decision", "fake", "--reviewer", "\x1b[31mmallory"], env=env)
+    assert named.exit_code == 0 and "\x1b" not in named.stdout
+
+
+def test_review_rejects_bad_ids_and_names_with_one_line(settings: Settings, tmp_path: Path) -> None:
+    env = settings_env(settings)
+    runner = CliRunner()
+    (tmp_path / "x.png").write_bytes(encode(noisy_image(8, 32)))
+    job_id = submit(settings, [str(tmp_path)], wait=True).summary["job_id"]
+    with open_database(settings)() as session:
+        item_id = session.scalar(select(Item.id).where(Item.job_id == job_id))
+    huge = runner.invoke(app, ["review", "99999999999999999999", "--decision", "fake"], env=env)
+    assert huge.exit_code == 1 and huge.stderr.count("\n") == 1 and "no item with id" in huge.stderr
+    long_name = runner.invoke(app, ["review", str(item_id), "--decision", "fake", "--reviewer", "r" * 300], env=env)
+    assert long_name.exit_code == 1 and "longer than 128" in long_name.stderr and "Traceback" not in long_name.output
+    ok = runner.invoke(app, ["review", str(item_id), "--decision", "fake", "--reviewer", "r" * 128], env=env)
+    assert ok.exit_code == 0, ok.output
+
+
+def test_url_passwords_never_reach_a_report(settings: Settings, tmp_path: Path) -> None:
+    env = settings_env(settings)
+    runner = CliRunner()
+    with HostileServer() as server:
+        url = server.url("good.png").replace("http://", "http://alice:s3cr3t@")
+        summary = submit(settings, [url], wait=True).summary
+    assert summary["done"] == 1
+    job = str(summary["job_id"])
+    for fmt in ("table", "csv", "json", "jsonl", "html"):
+        out = runner.invoke(app, ["report", job, "--format", fmt], env=env)
+        assert out.exit_code == 0 and "s3cr3t" not in out.stdout and "alice:***@" in out.stdout, fmt
+
+
+def test_items_of_other_jobs_are_not_scanned(settings: Settings, tmp_path: Path) -> None:
+    from scanner.scan import ScanContext, scan_batch
+
+    (tmp_path / "a.png").write_bytes(encode(noisy_image(9, 32)))
+    (tmp_path / "b.png").write_bytes(encode(noisy_image(10, 32)))
+    sessions = open_database(settings)
+    version, threshold = model_identity(settings)
+    first = create_job(sessions, ["a"], Expansion([ItemSpec(str(tmp_path / "a.png"), "file")], []), version,
+                       threshold, "distributed")  # fmt: skip
+    second = create_job(sessions, ["b"], Expansion([ItemSpec(str(tmp_path / "b.png"), "file")], []), version,
+                        threshold, "distributed")  # fmt: skip
+    with sessions() as session:
+        ids = {job: session.scalar(select(Item.id).where(Item.job_id == job)) for job in (first, second)}
+    ctx = ScanContext.create(settings, sessions)
+    try:
+        scan_batch(ctx, first, [ids[first], ids[second]])
+    finally:
+        ctx.close()
+    with sessions() as session:
+        statuses = {job: session.scalar(select(Item.status).where(Item.id == ids[job])) for job in ids}
+        skipped = session.scalar(select(func.count()).select_from(Skipped))
+    assert statuses == {first: "done", second: "queued"} and skipped == 0
