@@ -123,6 +123,27 @@ class Face(Base):
     score: Mapped[float] = mapped_column(Float)
 
 
+class Batch(Base):
+    """One dispatched batch of a distributed job, leased by the worker that scans it.
+
+    A worker that dies stops renewing its lease; any worker or submitter that sees the lease expired sends the
+    batch again (`lost_count` + 1). A batch lost `SCANNER_MAX_DELIVERIES` times is split to isolate the item that
+    kills its worker.
+    """
+
+    __tablename__ = "batches"
+    __table_args__ = (Index("ix_batches_status_lease_until", "status", "lease_until"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    item_ids: Mapped[list[int]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    deliveries: Mapped[int] = mapped_column(Integer, default=0)
+    lost_count: Mapped[int] = mapped_column(Integer, default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Skipped(Base):
     """A file met while walking a directory that is not an image: counted, never silently dropped."""
 

@@ -6,7 +6,11 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from sqlalchemy import update
+
+from scanner.db import Batch
 from scanner.jobs import chunks, queued_item_ids
+from scanner.leases import Send, create_batches
 from scanner.scan import PreparedBatch, ScanContext, complete_batch, prepare_batch
 from scanner.settings import Settings
 from scanner.sink import finish_job_if_complete
@@ -37,14 +41,31 @@ def run_embedded(settings: Settings, sessions: Any, job_id: int, advance: Advanc
 
 
 def enqueue_distributed(settings: Settings, sessions: Any, job_id: int) -> int:
-    """Send one Celery task per batch of queued item ids; returns the number of tasks sent."""
+    """Record one leased batch per chunk of queued item ids and send one Celery task per batch; returns how many.
+
+    Batches of an earlier run of this job are superseded (never reaped again); their items are in the new ones.
+    """
+    with sessions.begin() as session:
+        session.execute(
+            update(Batch)
+            .where(Batch.job_id == job_id, Batch.status.in_(("queued", "running")))
+            .values(status="superseded", lease_until=None)
+        )
+        batch_ids = create_batches(session, job_id, list(chunks(queued_item_ids(session, job_id), settings.batch_size)))
+    send = celery_sender(settings)
+    for batch_id in batch_ids:
+        send(job_id, batch_id)
+    return len(batch_ids)
+
+
+def celery_sender(settings: Settings) -> Send:
+    """A function that sends one batch message to the workers' queue (JSON: two integers)."""
     from worker.celery_app import create_app
 
     app = create_app(settings)
-    with sessions() as session:
-        ids = queued_item_ids(session, job_id)
-    batches = list(chunks(ids, settings.batch_size))
-    with app.producer_or_acquire() as producer:
-        for batch in batches:
-            app.send_task("fauxscan.scan_batch", args=[job_id, batch], queue=settings.queue, producer=producer)
-    return len(batches)
+
+    def send(job_id: int, batch_id: int) -> None:
+        with app.producer_or_acquire() as producer:
+            app.send_task("fauxscan.scan_batch", args=[job_id, batch_id], queue=settings.queue, producer=producer)
+
+    return send

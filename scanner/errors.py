@@ -21,6 +21,9 @@ ERROR_CODES: dict[str, str] = {
     "unsupported_scheme": "only http:// and https:// URLs and local paths are accepted",
     "invalid_url": "the URL is malformed",
     "internal_error": "an unexpected error occurred while scanning this item",
+    "worker_lost": "scanning this item killed its worker process again and again (isolated from its batch)",
+    "model_mismatch": "the worker holds another model version than the one the job was submitted with",
+    "retries_exhausted": "the batch kept failing on database or broker errors until its retries ran out",
 }
 
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from scanner.db import Item, make_engine, session_factory
+from scanner.db import Item, Job, make_engine, session_factory
+from scanner.leases import Claim, Send, claim_batch, finish_batch, lease_kept, split_batch
 from scanner.loader import LoadedItem, decode_item, probe_header, read_item
 from scanner.model import ModelRunner
 from scanner.settings import Settings
@@ -144,9 +145,57 @@ def scan_batch(ctx: ScanContext, job_id: int, item_ids: list[int]) -> None:
     complete_batch(ctx, prepare_batch(ctx, job_id, item_ids))
 
 
-def give_up_on_batch(ctx: ScanContext, job_id: int, item_ids: list[int], message: str) -> None:
-    """Record the batch's unscanned items as internal errors so the job can still finish."""
+def give_up_on_batch(
+    ctx: ScanContext, job_id: int, item_ids: list[int], message: str, code: str = "internal_error"
+) -> None:
+    """Record the batch's unscanned items as errors with `code` so the job can still finish."""
     with ctx.sessions.begin() as session:
-        fail_queued_items(session, item_ids, "internal_error", message, ctx.worker)
+        fail_queued_items(session, item_ids, code, message, ctx.worker)
     with ctx.sessions.begin() as session:
         finish_job_if_complete(session, job_id)
+
+
+def scan_leased_batch(ctx: ScanContext, job_id: int, batch_id: int, send: Send) -> None:
+    """The distributed unit of work: claim the batch's lease, scan it while renewing the lease, mark it done.
+
+    A batch already done, or held by a live worker, is left alone; one that has lost its worker
+    `max_deliveries` times is split (or, down to one item, recorded as `worker_lost`).
+    """
+    claim = claim_batch(ctx.sessions, job_id, batch_id, ctx.worker, ctx.settings.lease_seconds)
+    if claim is None:
+        LOG.info("job %s: batch %s is done or held by a live worker; nothing to do", job_id, batch_id)
+        return
+    if claim.lost_count >= ctx.settings.max_deliveries:
+        _isolate(ctx, claim, send)
+        return
+    mismatch = _model_mismatch(ctx, job_id)
+    if mismatch:
+        give_up_on_batch(ctx, job_id, claim.item_ids, mismatch, "model_mismatch")
+    else:
+        with lease_kept(ctx.sessions, batch_id, ctx.worker, ctx.settings.lease_seconds):
+            scan_batch(ctx, job_id, claim.item_ids)
+    finish_batch(ctx.sessions, batch_id)
+
+
+def _model_mismatch(ctx: ScanContext, job_id: int) -> str | None:
+    with ctx.sessions() as session:
+        wanted = session.scalar(select(Job.model_version).where(Job.id == job_id))
+    held = ctx.runner.loaded.version
+    if wanted is None or wanted == held:
+        return None
+    LOG.error("job %s wants model %s; this worker holds %s: refusing its batch", job_id, wanted, held)
+    return f"the job was submitted with model {wanted}, this worker ({ctx.worker}) holds {held}"
+
+
+def _isolate(ctx: ScanContext, claim: Claim, send: Send) -> None:
+    """Split a batch that keeps killing workers; a single such item becomes a worker_lost error row."""
+    if len(claim.item_ids) > 1:
+        halves = split_batch(ctx.sessions, claim)
+        LOG.warning("job %s: batch %s lost its worker %d times; split into %s", claim.job_id, claim.batch_id,
+                    claim.lost_count, halves)  # fmt: skip
+        for batch_id in halves:
+            send(claim.job_id, batch_id)
+        return
+    message = f"scanning this item killed the worker process {claim.lost_count} times"
+    give_up_on_batch(ctx, claim.job_id, claim.item_ids, message, "worker_lost")
+    finish_batch(ctx.sessions, claim.batch_id)

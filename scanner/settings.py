@@ -46,6 +46,10 @@ class Settings:
     torch_threads: int = 0
     decode_threads: int = 0
     jit: bool = True
+    lease_seconds: float = 30.0
+    max_deliveries: int = 3
+    stall_timeout: float = 600.0
+    task_retries: int = 8
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -72,6 +76,10 @@ class Settings:
             torch_threads=int(env.get("SCANNER_TORCH_THREADS", "0")),
             decode_threads=int(env.get("SCANNER_DECODE_THREADS", "0")),
             jit=env.get("SCANNER_JIT", "1") not in ("0", "false", "no", "off"),
+            lease_seconds=float(env.get("SCANNER_LEASE_SECONDS", "30")),
+            max_deliveries=int(env.get("SCANNER_MAX_DELIVERIES", "3")),
+            stall_timeout=float(env.get("SCANNER_STALL_TIMEOUT", "600")),
+            task_retries=int(env.get("SCANNER_TASK_RETRIES", "8")),
         )
 
     def with_overrides(self, **overrides: Any) -> Settings:

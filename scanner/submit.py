@@ -11,7 +11,7 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from scanner.db import Job, current_revision, head_revision, make_engine, session_factory, upgrade
-from scanner.dispatch import enqueue_distributed, run_embedded
+from scanner.dispatch import celery_sender, enqueue_distributed, run_embedded
 from scanner.jobs import (
     canonical_sources,
     complete_creation,
@@ -20,6 +20,7 @@ from scanner.jobs import (
     job_is_ready,
     sources_key,
 )
+from scanner.leases import last_seen_workers, reap_expired
 from scanner.model import model_identity
 from scanner.reports import job_status
 from scanner.settings import Settings
@@ -161,7 +162,7 @@ def _run_job(
                 "run the same command again to resume it"
             ) from None
         if wait:
-            follow_job(sessions, job_id, queued, progress)
+            follow_job(settings, sessions, job_id, queued, progress)
     else:
         advance = progress("scanning", queued) if progress and queued else None
         run_embedded(settings, sessions, job_id, advance)
@@ -175,20 +176,41 @@ def _queued_count(sessions: Any, job_id: int) -> int:
         return job_counts(session, job_id)["queued"]
 
 
-def follow_job(sessions: Any, job_id: int, queued: int, progress: ProgressFactory | None, poll: float = 0.5) -> None:
-    """Poll SQL until the job is finished, advancing a progress bar."""
+def follow_job(
+    settings: Settings, sessions: Any, job_id: int, queued: int, progress: ProgressFactory | None, poll: float = 0.5
+) -> None:
+    """Poll SQL until the job is finished, re-sending batches of dead workers; give up after a stall."""
     advance = progress("scanning", queued) if progress and queued else None
-    remaining = queued
+    remaining, last_change, next_reap = queued, time.monotonic(), 0.0
+    send = celery_sender(settings)
     while True:
         with sessions() as session:
             counts = job_counts(session, job_id)
             finished = session.scalar(select(Job.finished_at).where(Job.id == job_id)) is not None
-        if advance and counts["queued"] < remaining:
-            advance(remaining - counts["queued"])
-            remaining = counts["queued"]
+        now = time.monotonic()
+        if counts["queued"] < remaining:
+            if advance:
+                advance(remaining - counts["queued"])
+            remaining, last_change = counts["queued"], now
         if finished:
             return
+        if now >= next_reap:
+            reap_expired(sessions, send)
+            next_reap = now + max(1.0, settings.lease_seconds / 2)
+        if now - last_change > settings.stall_timeout:
+            raise SetupError(stall_message(sessions, job_id, counts["queued"], settings.stall_timeout))
         time.sleep(poll)
+
+
+def stall_message(sessions: Any, job_id: int, queued: int, waited: float) -> str:
+    """Why `submit` stopped following: the job, what remains, and who worked on it last."""
+    seen = last_seen_workers(sessions, job_id)
+    workers = ", ".join(f"{w['worker']} at {w['seen']}" for w in seen[:5]) or "none ever claimed a batch"
+    return (
+        f"job {job_id} made no progress for {waited:.0f} s: {queued} items still queued; workers last seen: "
+        f"{workers}. Check that workers run on this queue, then `scanner resume {job_id}` "
+        "(nothing done is lost)"
+    )
 
 
 def _summary(sessions: Any, job_id: int, elapsed: float, scanned: int) -> dict[str, Any]:

@@ -120,6 +120,14 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "SCANNER_QUEUE": settings.queue,
         "SCANNER_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
         "SCANNER_TASK_TIME_LIMIT": str(settings.task_time_limit),
+        "SCANNER_MAX_FILE_BYTES": str(settings.max_file_bytes),
+        "SCANNER_MAX_PIXELS": str(settings.max_pixels),
+        "SCANNER_DECODE_THREADS": str(settings.decode_threads),
+        "SCANNER_JIT": "1" if settings.jit else "0",
+        "SCANNER_LEASE_SECONDS": str(settings.lease_seconds),
+        "SCANNER_MAX_DELIVERIES": str(settings.max_deliveries),
+        "SCANNER_STALL_TIMEOUT": str(settings.stall_timeout),
+        "SCANNER_TASK_RETRIES": str(settings.task_retries),
     }
     if settings.broker_url:
         env["SCANNER_BROKER_URL"] = settings.broker_url

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +15,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from scanner.cli import app
-from scanner.db import Item, Verdict, make_engine
+from scanner.db import Batch, Item, Job, Verdict, make_engine
 from scanner.settings import Settings
 from scanner.submit import SetupError, submit
 from tests.conftest import PG_ADMIN, make_settings, settings_env
@@ -74,27 +77,74 @@ def test_two_workers_scan_a_job_exactly_once(pg_settings: Settings, workers: lis
     purge_queue(pg_settings)
 
 
-def test_sigkilled_workers_lose_nothing(pg_settings: Settings, workers: list, tmp_path: Path) -> None:
-    settings = pg_settings.with_overrides(batch_size=4, visibility_timeout=5)
+def test_sigkilled_workers_lose_nothing_with_default_settings(
+    pg_settings: Settings, workers: list, tmp_path: Path
+) -> None:
+    defaults = Settings.from_env({})
+    assert (pg_settings.visibility_timeout, pg_settings.lease_seconds) == (
+        defaults.visibility_timeout, defaults.lease_seconds,
+    )  # fmt: skip  # no test override: production timing
+    settings = pg_settings.with_overrides(batch_size=4)
     make_images(tmp_path / "in", distinct=200, duplicates=40)
     first = WorkerProcess(settings, tmp_path, "first")
-    workers.append(first)
+    second = WorkerProcess(settings, tmp_path, "second")
+    workers.extend([first, second])
     first.wait_ready()
     job_id = submit(settings, [str(tmp_path / "in")], wait=False).summary["job_id"]
     _wait_until(lambda: done_count(settings, job_id) >= 20)
-    for child in first.children():  # the pool process dies mid-task: the task is rejected and requeued
-        import os
-        import signal
-
+    for child in first.children():  # the pool process dies mid-task: its batch is taken over at once
         os.kill(child, signal.SIGKILL)
     _wait_until(lambda: done_count(settings, job_id) >= 80)
-    first.kill_hard()  # the whole worker dies: its unacked tasks come back after the visibility timeout
-    assert done_count(settings, job_id) < 240
-    second = WorkerProcess(settings, tmp_path, "second")
-    workers.append(second)
     second.wait_ready()
-    wait_for_job(settings, job_id, timeout=180)
+    first.kill_hard()  # the whole worker dies: its lease runs out and the second worker's reaper re-sends
+    killed_at = time.monotonic()
+    assert done_count(settings, job_id) < 240
+    wait_for_job(settings, job_id, timeout=120)
+    assert time.monotonic() - killed_at <= 120
     assert_exactly_once(settings, job_id, 240, 200)
+    purge_queue(settings)
+
+
+def test_a_batch_that_keeps_killing_workers_is_isolated(pg_settings: Settings, workers: list, tmp_path: Path) -> None:
+    from tests.httpserver import HostileServer
+
+    settings = pg_settings.with_overrides(batch_size=4, lease_seconds=10.0, http_timeout=20.0, http_retries=0)
+    make_images(tmp_path / "in", distinct=7, duplicates=0)
+    worker = WorkerProcess(settings, tmp_path, "poison", concurrency=1)
+    workers.append(worker)
+    worker.wait_ready()
+    server = HostileServer().__enter__()
+    poison_url = server.url("slow")  # slow enough for this test to kill whoever works on it, every time
+    job_id = submit(settings, [str(tmp_path / "in"), poison_url], wait=False).summary["job_id"]
+    engine = make_engine(settings.database_url)
+    with engine.connect() as connection:
+        poison_id = connection.scalar(select(Item.id).where(Item.uri == poison_url))
+    deadline, kills = time.monotonic() + 240, 0
+    hits = server.server.RequestHandlerClass.hits
+    try:
+        while time.monotonic() < deadline:  # whoever starts reading the poison item dies, as on a decoder crash
+            with engine.connect() as connection:
+                if connection.scalar(select(Job.finished_at).where(Job.id == job_id)) is not None:
+                    break
+                holders = connection.execute(
+                    select(Batch.claimed_by, Batch.item_ids).where(Batch.job_id == job_id, Batch.status == "running")
+                ).all()
+            if hits["/slow"] > kills:
+                for holder, item_ids in holders:
+                    if poison_id in item_ids and holder:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(int(holder.rsplit(":", 1)[1]), signal.SIGKILL)
+                        kills += 1
+            time.sleep(0.05)
+        with engine.connect() as connection:
+            rows = dict(connection.execute(select(Item.id, Item.error_code).where(Item.job_id == job_id)).all())
+            finished = connection.scalar(select(Job.finished_at).where(Job.id == job_id))
+    finally:
+        engine.dispose()
+        server.__exit__()
+    assert finished is not None, worker.log_path.read_text()[-3000:]
+    assert rows.pop(poison_id) == "worker_lost" and set(rows.values()) == {None}  # the other 7 were scanned
+    assert kills >= 3
     purge_queue(settings)
 
 
@@ -144,6 +194,56 @@ def test_workers_retry_while_the_database_is_down(pg_settings: Settings, workers
             admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     wait_for_job(pg_settings, job_id, timeout=120)
     assert_exactly_once(pg_settings, job_id, 16, 16)
+    purge_queue(pg_settings)
+
+
+def test_exhausted_retries_become_error_rows(pg_settings: Settings, workers: list, tmp_path: Path) -> None:
+    settings = pg_settings.with_overrides(task_retries=1)
+    make_images(tmp_path / "in", distinct=6, duplicates=0)
+    name = settings.database_url.rsplit("/", 1)[1]
+    job_id = submit(settings, [str(tmp_path / "in")], wait=False).summary["job_id"]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    try:
+        worker = WorkerProcess(settings, tmp_path, "exhausted")
+        workers.append(worker)
+        worker.wait_ready()
+        _wait_until(lambda: b"gave up after 1 retries" in worker.log_path.read_bytes(), timeout=90)
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    wait_for_job(settings, job_id, timeout=120)
+    engine = make_engine(settings.database_url)
+    with engine.connect() as connection:
+        codes = connection.execute(select(Item.error_code).where(Item.job_id == job_id)).scalars().all()
+    engine.dispose()
+    assert codes == ["retries_exhausted"] * 6
+    purge_queue(settings)
+
+
+def test_a_job_nobody_works_on_stops_the_submitter_with_a_clear_message(pg_settings: Settings, tmp_path: Path) -> None:
+    make_images(tmp_path / "in", distinct=3, duplicates=0)
+    settings = pg_settings.with_overrides(stall_timeout=3.0)
+    result = CliRunner().invoke(app, ["submit", str(tmp_path / "in")], env=settings_env(settings))
+    assert result.exit_code == 1
+    assert "made no progress for 3 s: 3 items still queued" in result.stderr and "scanner resume" in result.stderr
+    purge_queue(settings)
+
+
+def test_a_worker_with_another_model_refuses_the_job(
+    pg_settings: Settings, workers: list, tmp_path: Path, face_model: Path
+) -> None:
+    make_images(tmp_path / "in", distinct=4, duplicates=0)
+    job_id = submit(pg_settings, [str(tmp_path / "in")], wait=False).summary["job_id"]
+    other = WorkerProcess(pg_settings.with_overrides(model_path=face_model), tmp_path, "other-model")
+    workers.append(other)
+    other.wait_ready()
+    wait_for_job(pg_settings, job_id, timeout=60)
+    status = CliRunner().invoke(app, ["status", str(job_id), "--json"], env=settings_env(pg_settings))
+    import json
+
+    assert json.loads(status.stdout)["errors_by_code"] == {"model_mismatch": 4}
     purge_queue(pg_settings)
 
 

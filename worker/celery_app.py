@@ -19,6 +19,7 @@ def create_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        worker_disable_prefetch=True,  # a message is taken only by a free process: a dead worker holds no spares
         task_default_queue=settings.queue,
         task_soft_time_limit=settings.task_time_limit,
         task_time_limit=settings.task_time_limit + 60,
@@ -28,5 +29,6 @@ def create_app(settings: Settings) -> Celery:
         worker_max_memory_per_child=4_000_000,
         worker_send_task_events=True,
         task_send_sent_event=True,
+        task_annotations={"fauxscan.scan_batch": {"max_retries": settings.task_retries}},
     )
     return app

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import random
+import threading
+import time
 from typing import Any
 
 import torch
@@ -10,10 +13,14 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import celeryd_after_setup, worker_process_init
 from celery.utils.log import get_task_logger
+from sqlalchemy import select
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from scanner.scan import ScanContext, give_up_on_batch, scan_batch
+from scanner.db import Batch, make_engine, session_factory
+from scanner.leases import finish_batch, reap_expired
+from scanner.scan import ScanContext, give_up_on_batch, scan_leased_batch, worker_name
 from scanner.settings import Settings
+from scanner.sink import fail_queued_items, finish_job_if_complete
 from worker import app
 
 logger = get_task_logger(__name__)
@@ -47,25 +54,78 @@ class ScanTask(Task):  # type: ignore[misc]
             self._ctx = ScanContext.create(Settings.from_env())
         return self._ctx
 
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        """Retries ran out: the batch's unscanned items become error rows so the job can finish."""
+        job_id, batch_id = args[0], args[1]
+        message = f"gave up after {self.max_retries} retries: {type(exc).__name__}: {str(exc)[:300]}"
+        logger.error("job %s: batch %s %s", job_id, batch_id, message)
+        try:
+            record_gave_up(self.ctx.sessions, job_id, batch_id, message)
+        except Exception:  # noqa: BLE001 - the database is still down: the reaper thread records it later
+            logger.warning("job %s: batch %s failure will be recorded when the database is back", job_id, batch_id)
+            PENDING_FAILURES.append((job_id, batch_id, message))
+
+
+# Failures that could not be written yet (the database was down); the reaper thread retries them.
+PENDING_FAILURES: list[tuple[int, int, str]] = []
+
+
+def record_gave_up(sessions: Any, job_id: int, batch_id: int, message: str) -> None:
+    """The batch's still-queued items become retries_exhausted errors; the job finishes if that was the last."""
+    with sessions.begin() as session:
+        item_ids = session.scalar(select(Batch.item_ids).where(Batch.id == batch_id)) or []
+        fail_queued_items(session, list(item_ids), "retries_exhausted", message, worker_name())
+    with sessions.begin() as session:
+        finish_job_if_complete(session, job_id)
+    finish_batch(sessions, batch_id, "failed")
+
+
+def send_batch(job_id: int, batch_id: int) -> None:
+    """Send a batch message to this worker's queue (used by the reaper and for split batches)."""
+    app.send_task("fauxscan.scan_batch", args=[job_id, batch_id], queue=app.conf.task_default_queue)
+
+
+@worker_process_init.connect
+def start_reaper(**_: Any) -> None:
+    """Each worker process re-sends batches whose worker died (a daemon thread, so start-up stays fast)."""
+    settings = Settings.from_env()
+    threading.Thread(target=_reap_forever, args=(settings,), name="reaper", daemon=True).start()
+
+
+def _reap_forever(settings: Settings) -> None:
+    sessions = session_factory(make_engine(settings.database_url))
+    while True:
+        time.sleep(max(1.0, settings.lease_seconds / 2) * random.uniform(0.8, 1.2))
+        try:
+            while PENDING_FAILURES:
+                record_gave_up(sessions, *PENDING_FAILURES[0])
+                PENDING_FAILURES.pop(0)
+            sent = reap_expired(sessions, send_batch)
+            if sent:
+                logger.warning("re-sent %d batches whose worker stopped renewing its lease", sent)
+        except Exception as exc:  # noqa: BLE001 - database or broker away: try again at the next round
+            logger.warning("reaper round failed (%s); trying again", type(exc).__name__)
+
 
 @app.task(
     base=ScanTask,
     bind=True,
     name="fauxscan.scan_batch",
-    ignore_result=True,
-    acks_late=True,
     autoretry_for=TRANSIENT,
     retry_backoff=2,
     retry_backoff_max=120,
     retry_jitter=True,
     max_retries=8,
 )
-def scan_batch_task(self: ScanTask, job_id: int, item_ids: list[int]) -> None:
-    """Scan one batch of a job's items."""
-    logger.info("job %s: scanning %d items", job_id, len(item_ids))
+def scan_batch_task(self: ScanTask, job_id: int, batch_id: int) -> None:
+    """Scan one leased batch of a job's items."""
+    logger.info("job %s: batch %s", job_id, batch_id)
     try:
-        scan_batch(self.ctx, job_id, item_ids)
+        scan_leased_batch(self.ctx, job_id, batch_id, send_batch)
     except SoftTimeLimitExceeded:
         limit = self.ctx.settings.task_time_limit
-        logger.error("job %s: batch exceeded %s s; its unscanned items become errors", job_id, limit)
-        give_up_on_batch(self.ctx, job_id, item_ids, f"the batch exceeded the {limit} s time limit")
+        logger.error("job %s: batch %s exceeded %s s; its unscanned items become errors", job_id, batch_id, limit)
+        with self.ctx.sessions() as session:
+            item_ids = session.scalar(select(Batch.item_ids).where(Batch.id == batch_id)) or []
+        give_up_on_batch(self.ctx, job_id, list(item_ids), f"the batch exceeded the {limit} s time limit")
+        finish_batch(self.ctx.sessions, batch_id, "failed")
