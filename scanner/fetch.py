@@ -6,6 +6,7 @@ import http.client
 import ipaddress
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
@@ -26,6 +27,12 @@ class FetchPolicy:
     retries: int = 2
     backoff: float = 0.5
     allow_private: bool = False
+    deadline: float = 0.0  # whole fetch (redirects and retries included); 0: three times `timeout`
+
+    @property
+    def total_seconds(self) -> float:
+        """The time one URL may take from first connect to last byte, whatever the server does."""
+        return self.deadline or 3 * self.timeout
 
 
 @dataclass(frozen=True)
@@ -139,22 +146,32 @@ def _read_limited(response: http.client.HTTPResponse, policy: FetchPolicy, deadl
     if length and length.isdigit() and int(length) > policy.max_bytes:
         raise ItemError("too_large", f"Content-Length {length} exceeds the limit of {policy.max_bytes} bytes")
     chunks, total = [], 0
-    while chunk := response.read(64 * 1024):
+    while chunk := response.read1(64 * 1024):  # read1: whatever has arrived, so a trickle is seen at once
         total += len(chunk)
         if total > policy.max_bytes:
             raise ItemError("too_large", f"body exceeds the limit of {policy.max_bytes} bytes")
         if time.monotonic() > deadline:
-            raise _Transient("timeout", "the download took longer than allowed")
+            raise DeadlineExceeded
         chunks.append(chunk)
+    if time.monotonic() >= deadline:  # the watchdog cut the connection: what arrived is not the whole body
+        raise DeadlineExceeded
     return b"".join(chunks)
 
 
-def _request_once(url: str, policy: FetchPolicy) -> tuple[int, str | None, bytes]:
+class DeadlineExceeded(Exception):
+    """The URL's total time ran out."""
+
+
+def _request_once(url: str, policy: FetchPolicy, deadline: float) -> tuple[int, str | None, bytes]:
     scheme, host, port, path = _split(url)
     address = resolve_vetted(host, port, policy)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise DeadlineExceeded
     connection_class = _PinnedHTTPSConnection if scheme == "https" else _PinnedHTTPConnection
-    connection = connection_class(host, port, address, policy.timeout)
-    deadline = time.monotonic() + 3 * policy.timeout
+    connection = connection_class(host, port, address, min(policy.timeout, remaining))
+    watchdog = threading.Timer(remaining, _cut, args=(connection,))  # ends any read, however slow the server
+    watchdog.start()
     try:
         connection.request("GET", path, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
         response = connection.getresponse()
@@ -162,20 +179,36 @@ def _request_once(url: str, policy: FetchPolicy) -> tuple[int, str | None, bytes
             return response.status, response.getheader("Location"), b""
         body = _read_limited(response, policy, deadline) if response.status < 300 else b""
         return response.status, None, body
-    except TimeoutError:
-        raise _Transient("timeout", f"no answer from {host} within {policy.timeout:g} s") from None
-    except ssl.SSLError as exc:
-        raise ItemError("connection_error", f"TLS error with {host}: {exc.reason}") from None
-    except (ConnectionError, OSError, http.client.HTTPException) as exc:
-        raise _Transient("connection_error", f"connection to {host} failed: {type(exc).__name__}") from None
+    except (OSError, http.client.HTTPException) as exc:  # TimeoutError and SSLError are OSErrors
+        raise _transport_error(exc, host, policy, deadline) from None
     finally:
+        watchdog.cancel()
         connection.close()
 
 
-def _follow(url: str, policy: FetchPolicy) -> FetchResult:
+def _transport_error(exc: Exception, host: str, policy: FetchPolicy, deadline: float) -> Exception:
+    if time.monotonic() >= deadline:
+        return DeadlineExceeded()
+    if isinstance(exc, TimeoutError):
+        return _Transient("timeout", f"no answer from {host} within {policy.timeout:g} s")
+    if isinstance(exc, ssl.SSLError):
+        return ItemError("connection_error", f"TLS error with {host}: {exc.reason}")
+    return _Transient("connection_error", f"connection to {host} failed: {type(exc).__name__}")
+
+
+def _cut(connection: http.client.HTTPConnection) -> None:
+    sock = connection.sock
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _follow(url: str, policy: FetchPolicy, deadline: float) -> FetchResult:
     current = url
     for _ in range(policy.max_redirects + 1):
-        status, location, body = _request_once(current, policy)
+        status, location, body = _request_once(current, policy, deadline)
         if status in REDIRECTS:
             if not location:
                 raise ItemError("http_4xx", f"redirect {status} without a Location header")
@@ -190,14 +223,22 @@ def _follow(url: str, policy: FetchPolicy) -> FetchResult:
 
 
 def fetch_url(url: str, policy: FetchPolicy) -> FetchResult:
-    """GET an image URL within the policy; retries timeouts, connection errors and 5xx only."""
+    """GET an image URL within the policy; retries timeouts, connection errors and 5xx only, and never runs
+    past the policy's total deadline (code `timeout`)."""
+    deadline = time.monotonic() + policy.total_seconds
     last: _Transient | None = None
-    for attempt in range(policy.retries + 1):
-        try:
-            return _follow(url, policy)
-        except _Transient as exc:
-            last = exc
-            if attempt < policy.retries:
-                time.sleep(policy.backoff * 2**attempt)
+    try:
+        for attempt in range(policy.retries + 1):
+            try:
+                return _follow(url, policy, deadline)
+            except _Transient as exc:
+                last = exc
+                pause = policy.backoff * 2**attempt
+                if attempt < policy.retries and time.monotonic() + pause < deadline:
+                    time.sleep(pause)
+                elif attempt < policy.retries:
+                    break
+    except DeadlineExceeded:
+        raise ItemError("timeout", f"the URL took longer than its {policy.total_seconds:g} s deadline") from None
     assert last is not None
-    raise ItemError(last.code, f"{last.message} (after {policy.retries + 1} attempts)", last.status)
+    raise ItemError(last.code, f"{last.message} (after {attempt + 1} attempts)", last.status)

@@ -14,6 +14,7 @@ from tests.imaging import encode, noisy_image
 GOOD_PNG = encode(noisy_image(1, 32))
 GOOD_JPEG = encode(noisy_image(2, 32), "JPEG")
 ENDLESS_LIMIT_SECONDS = 10
+TRICKLE_SECONDS = 40
 
 
 class HostileHandler(BaseHTTPRequestHandler):
@@ -69,6 +70,24 @@ class HostileHandler(BaseHTTPRequestHandler):
     def route_slow(self) -> None:
         time.sleep(3)
         self._send(200, GOOD_PNG)
+
+    def route_trickle(self) -> None:
+        """A valid image, one byte a second (each read is quick; only a total deadline stops it)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "image/png")
+        self.send_header("Content-Length", str(len(GOOD_PNG)))
+        self.end_headers()
+        for byte in GOOD_PNG[:TRICKLE_SECONDS]:
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            time.sleep(1)
+
+    def route_trickle_headers(self) -> None:
+        """Headers that arrive one byte a second."""
+        for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * TRICKLE_SECONDS:
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+            time.sleep(1)
 
     def route_endless(self) -> None:
         self.send_response(200)

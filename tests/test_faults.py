@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,43 @@ def test_items_of_other_jobs_are_not_scanned(settings: Settings, tmp_path: Path)
         statuses = {job: session.scalar(select(Item.status).where(Item.id == ids[job])) for job in ids}
         skipped = session.scalar(select(func.count()).select_from(Skipped))
     assert statuses == {first: "done", second: "queued"} and skipped == 0
+
+
+def test_a_16_bit_png_inside_the_pixel_limit_stays_within_memory(tmp_path: Path, tiny_model: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    array = np.zeros((8000, 8000), dtype=np.uint16)
+    array[::50, :] = 60000
+    Image.fromarray(array).save(tmp_path / "deep.png", optimize=True)  # 64 Mpx, about 125 KB on disk
+    assert (tmp_path / "deep.png").stat().st_size < 300_000
+    measure = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.stdout.strip())"
+    )
+    env = {**os.environ, "SCANNER_DATABASE_URL": f"sqlite:///{tmp_path / 'm.db'}", "SCANNER_MODEL": str(tiny_model)}
+    out = subprocess.run(
+        [sys.executable, "-c", measure, SCANNER, "submit", str(tmp_path / "deep.png")],
+        capture_output=True, text=True, env=env, timeout=300,
+    ).stdout.split(maxsplit=2)  # fmt: skip
+    code, peak_kib, summary = int(out[0]), int(out[1]), out[2]
+    assert code == 0 and "1 scanned" in summary
+    assert peak_kib <= 1.2 * 1024 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"
+
+
+@pytest.mark.parametrize("route", ["trickle", "trickle-headers"])
+def test_a_trickling_server_cannot_hold_a_url_past_its_deadline(route: str) -> None:
+    import time
+
+    from scanner.errors import ItemError
+    from scanner.fetch import FetchPolicy, fetch_url
+
+    policy = FetchPolicy(timeout=2.0, retries=2, backoff=0.1, allow_private=True)
+    with HostileServer() as server:
+        started = time.monotonic()
+        with pytest.raises(ItemError) as caught:
+            fetch_url(server.url(route), policy)
+        elapsed = time.monotonic() - started
+    assert caught.value.code == "timeout" and "deadline" in caught.value.message
+    assert policy.total_seconds - 0.5 <= elapsed <= policy.total_seconds + 1.0

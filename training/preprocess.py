@@ -94,13 +94,21 @@ class DecodedImage:
     height: int
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """Convert any mode (palette, alpha, CMYK, 16-bit, greyscale) to 8-bit RGB."""
+def _high_bit_to_8bit(image: Image.Image, target_size: int) -> Image.Image:
+    """16/32-bit greyscale to 8 bits within a bounded memory: subsample towards 2x the target size first
+    (a strided view, no copy), then scale only the small array in float32."""
+    step = max(1, min(image.size) // max(1, 2 * target_size))
+    small = np.asarray(image)[::step, ::step]
+    peak = float(small.max()) if small.size else 0.0
+    scale = np.float32(255.0 / peak if peak > 255 else 1.0)
+    return Image.fromarray(np.clip(small.astype(np.float32) * scale, 0, 255).astype(np.uint8))
+
+
+def _to_rgb(image: Image.Image, target_size: int = 1 << 30) -> Image.Image:
+    """Convert any mode (palette, alpha, CMYK, 16-bit, greyscale) to 8-bit RGB; high-bit images are reduced
+    towards `target_size` so their conversion stays within a few times the 8-bit result's memory."""
     if image.mode in HIGH_BIT_MODES:
-        array = np.asarray(image, dtype=np.float64)
-        peak = array.max() if array.size else 0.0
-        scale = 255.0 / peak if peak > 255 else 1.0
-        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8))
+        image = _high_bit_to_8bit(image, target_size)
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -131,7 +139,7 @@ def decode_image(data: bytes, target_size: int, max_pixels: int = DEFAULT_MAX_PI
                 image.draft("RGB", (target_size, target_size))
             image.load()
             oriented = ImageOps.exif_transpose(image)
-            return DecodedImage(_to_rgb(oriented), fmt, width, height)
+            return DecodedImage(_to_rgb(oriented, target_size), fmt, width, height)
     except ImageRejected:
         raise
     except UnidentifiedImageError as exc:
