@@ -252,7 +252,11 @@ def review(
 
 @app.command("export-labels")
 def export_labels(
-    job_id: JobId, out: Annotated[Path, typer.Option(help="Folder to write real/ and fake/ into.")]
+    job_id: JobId,
+    out: Annotated[Path, typer.Option(help="Folder to write real/ and fake/ into.")],
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace files that already exist (links are never followed).")
+    ] = False,
 ) -> None:
     """Write a job's reviewed images as real/ and fake/ folders that `scanner train` accepts."""
     from scanner.reports import JobNotFound
@@ -261,12 +265,18 @@ def export_labels(
     settings = load_settings()
     with _sessions(settings)() as session:
         try:
-            result = run_export(session, settings, job_id, out)
+            result = run_export(session, settings, job_id, out, overwrite)
         except JobNotFound as exc:
             fail(str(exc))
     echo(f"wrote {result.written['real']} real and {result.written['fake']} fake images to {out}")
     for problem in result.unreadable:
         say_error(f"not exported (source unavailable): {problem}")
+    for problem in result.changed:
+        say_error(f"not exported (changed): {problem}")
+    for path in result.existing:
+        say_error(f"not exported (already exists; --overwrite to replace): {path}")
+    if result.changed or result.existing:
+        raise typer.Exit(code=1)
 
 
 @db_app.command("upgrade")

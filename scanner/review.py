@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -77,35 +78,68 @@ def item_decisions(session: Session, item_id: int) -> list[dict[str, Any]]:
 
 @dataclass
 class ExportResult:
-    """Counts of an export-labels run."""
+    """Counts of an export-labels run, and what was not exported with why."""
 
     written: dict[str, int]
     unreadable: list[str]
+    changed: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
 
 
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 
 
-def export_labels(session: Session, settings: Settings, job_id: int, out_dir: Path) -> ExportResult:
-    """Write each item whose latest decision is real or fake into out_dir/real or out_dir/fake."""
+def export_labels(
+    session: Session, settings: Settings, job_id: int, out_dir: Path, overwrite: bool = False
+) -> ExportResult:
+    """Write the reviewed bytes of each item whose latest decision is real or fake into out_dir/real|fake.
+
+    Only content whose sha256 is the one scanned and reviewed is written (a source changed since is listed,
+    not exported); files are created without following links and without replacing existing ones unless
+    `overwrite`, through a temporary file renamed into place.
+    """
     get_job(session, job_id)
     latest = latest_decision_subquery()
     rows = session.execute(
-        select(Item.id, Item.uri, Item.kind, latest.c.decision)
+        select(Item.id, Item.uri, Item.kind, Item.sha256, latest.c.decision)
         .join(latest, latest.c.item_id == Item.id)
         .where(Item.job_id == job_id, latest.c.decision.in_(("real", "fake")))
         .order_by(Item.id)
     ).all()
-    written = {"real": 0, "fake": 0}
-    unreadable: list[str] = []
-    for item_id, uri, kind, decision in rows:
+    result = ExportResult({"real": 0, "fake": 0}, [])
+    for item_id, uri, kind, sha256, decision in rows:
         loaded, data = read_item(item_id, uri, kind, settings)
         if data is None:
-            unreadable.append(f"{uri}: {loaded.error_code}")
-            continue
-        folder = out_dir / decision
-        folder.mkdir(parents=True, exist_ok=True)
-        name = SAFE_NAME.sub("_", Path(uri.split("?")[0]).name)[-80:] or "image"
-        (folder / f"{item_id}_{name}").write_bytes(data)
-        written[decision] += 1
-    return ExportResult(written, unreadable)
+            result.unreadable.append(f"{uri}: {loaded.error_code}")
+        elif sha256 is None or loaded.sha256 != sha256:
+            result.changed.append(f"{uri}: content changed since it was scanned and reviewed")
+        else:
+            folder = out_dir / decision
+            folder.mkdir(parents=True, exist_ok=True)
+            name = SAFE_NAME.sub("_", Path(uri.split("?")[0]).name)[-80:] or "image"
+            if write_new_file(folder / f"{item_id}_{name}", data, overwrite):
+                result.written[decision] += 1
+            else:
+                result.existing.append(str(folder / f"{item_id}_{name}"))
+    return result
+
+
+def write_new_file(target: Path, data: bytes, overwrite: bool) -> bool:
+    """Write atomically (temp + rename) without following a link at `target`; False if it exists and
+    `overwrite` is off."""
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        return False  # never write through, or over, a link or a special file
+    if target.exists() and not overwrite:
+        return False
+    temp = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    descriptor = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        if overwrite:
+            os.replace(temp, target)
+        else:
+            os.link(temp, target)  # fails if a file (or link) appeared at target meanwhile: never overwrite
+    finally:
+        temp.unlink(missing_ok=True)
+    return True

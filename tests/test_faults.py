@@ -256,3 +256,35 @@ def test_a_trickling_server_cannot_hold_a_url_past_its_deadline(route: str) -> N
         elapsed = time.monotonic() - started
     assert caught.value.code == "timeout" and "deadline" in caught.value.message
     assert policy.total_seconds - 0.5 <= elapsed <= policy.total_seconds + 1.0
+
+
+def test_export_writes_only_reviewed_bytes_and_never_through_links(settings: Settings, tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("same.png", "changed.png", "linked.png", "exists.png"):
+        (folder / name).write_bytes(encode(noisy_image(len(name) + ord(name[0]), 32)))
+    job_id = submit(settings, [str(folder)], wait=True).summary["job_id"]
+    env = settings_env(settings)
+    runner = CliRunner()
+    with open_database(settings)() as session:
+        ids = {Path(r["uri"]).name: r["item_id"] for r in report_rows(session, job_id)}
+    for item_id in ids.values():
+        assert runner.invoke(app, ["review", str(item_id), "--decision", "fake"], env=env).exit_code == 0
+    (folder / "changed.png").write_bytes(encode(smooth_image(99, 32)))  # edited after the review
+    out = tmp_path / "labels"
+    (out / "fake").mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (out / "fake" / f"{ids['linked.png']}_linked.png").symlink_to(victim)
+    (out / "fake" / f"{ids['exists.png']}_exists.png").write_text("earlier export")
+    result = runner.invoke(app, ["export-labels", str(job_id), "--out", str(out)], env=env)
+    assert result.exit_code == 1
+    assert "changed.png: content changed" in result.stderr and "already exists" in result.stderr
+    assert victim.read_text() == "keep me"
+    assert (out / "fake" / f"{ids['exists.png']}_exists.png").read_text() == "earlier export"
+    assert (out / "fake" / f"{ids['same.png']}_same.png").read_bytes() == (folder / "same.png").read_bytes()
+    assert not (out / "fake" / f"{ids['changed.png']}_changed.png").exists()
+    assert not list((out / "fake").glob(".*partial"))
+    again = runner.invoke(app, ["export-labels", str(job_id), "--out", str(out), "--overwrite"], env=env)
+    assert again.exit_code == 1 and victim.read_text() == "keep me"  # links stay untouched even then
+    assert (out / "fake" / f"{ids['exists.png']}_exists.png").read_bytes() == (folder / "exists.png").read_bytes()
