@@ -101,12 +101,13 @@ def summarize(
     """The metrics reported by `scanner evaluate` and stored in checkpoints."""
     counts = confusion(labels, scores, threshold)
     n = len(labels)
-    tpr = counts["tp"] / max(1, counts["tp"] + counts["fn"])
-    tnr = counts["tn"] / max(1, counts["tn"] + counts["fp"])
+    positives, negatives = counts["tp"] + counts["fn"], counts["tn"] + counts["fp"]
+    tpr = counts["tp"] / positives if positives else float("nan")  # a one-class folder has no rate for the other
+    tnr = counts["tn"] / negatives if negatives else float("nan")
     result: dict[str, Any] = {
         "n": n,
         "accuracy": (counts["tp"] + counts["tn"]) / max(1, n),
-        "balanced_accuracy": (tpr + tnr) / 2,
+        "balanced_accuracy": float(np.nanmean([tpr, tnr])) if positives or negatives else 0.0,
         "roc_auc": roc_auc(labels, scores),
         "threshold": threshold,
         "false_positive_rate": 1 - tnr,
