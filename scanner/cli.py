@@ -13,10 +13,9 @@ import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from scanner import cli_model
+from scanner.connect import SetupError, describe_db_error, open_database, safe_url
 from scanner.console import echo, fail, progress_bar, say_error
 from scanner.settings import Settings
-from scanner.submit import SetupError, describe_db_error, open_database, safe_url
-from scanner.submit import submit as run_submit
 
 app = typer.Typer(help="fauxscan: find fake, manipulated and AI-generated face images.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
@@ -62,6 +61,8 @@ def submit(
     if not arguments:
         fail("nothing to scan: give paths or URLs, or --from-file")
     settings = load_settings(batch_size=batch_size, model_path=model, device=device)
+    from scanner.submit import submit as run_submit
+
     _run_and_print(settings, lambda progress: run_submit(settings, arguments, wait, progress), as_json)
 
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from scanner.console import echo, fail, progress_bar, say_error
 from scanner.registry import resolve_model
 from scanner.settings import Settings
-from training.checkpoint import CheckpointError, read_checkpoint
-from training.models import ARCHITECTURES
-from training.train import TrainConfig, paper_config
-from training.train import main as train_main
+
+if TYPE_CHECKING:
+    from training.train import TrainConfig
 
 DataDirs = Annotated[
     list[Path], typer.Argument(help="Folders with real/ and fake/ (or training_real/, training_fake/).")
@@ -50,6 +49,9 @@ def train(
     resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint's state.")] = None,
 ) -> None:
     """Train a detector on labelled image folders."""
+    from training.checkpoint import CheckpointError
+    from training.train import main as train_main
+
     config = _train_config(data_dirs, out, arch, resume)
     overrides = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment, "max_side": max_side,
@@ -75,6 +77,10 @@ def train(
 
 
 def _train_config(data_dirs: list[Path], out: Path, arch: str, resume: Path | None) -> TrainConfig:
+    from training.checkpoint import CheckpointError, read_checkpoint
+    from training.models import ARCHITECTURES
+    from training.train import TrainConfig, paper_config
+
     dirs = [str(d) for d in data_dirs]
     if resume is not None:
         try:
@@ -100,6 +106,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Evaluate a checkpoint on labelled image folders."""
+    from training.checkpoint import CheckpointError
     from training.evaluate import run_evaluation
 
     settings = Settings.from_env()

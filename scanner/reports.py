@@ -15,13 +15,31 @@ from sqlalchemy.orm import Session
 
 from scanner.db import Decision, Face, Item, Job, Skipped, Verdict
 from scanner.safe_text import printable
-from scanner.sink import job_counts
 
 REPORT_FIELDS = [
     "item_id", "uri", "kind", "status", "score", "label", "threshold", "model_version", "error_code",
     "error_message", "sha256", "size_bytes", "format", "width", "height", "final_url", "http_status",
     "decision", "reviewer", "whole_score", "face_count", "faces",
 ]  # fmt: skip
+
+
+def job_counts(session: Session, job_id: int) -> dict[str, int]:
+    """Live counts of a job's items by outcome, flagged included."""
+    rows = session.execute(select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)).all()
+    by_status = {status: count for status, count in rows}
+    flagged = session.scalar(
+        select(func.count())
+        .select_from(Item)
+        .join(Verdict, Item.verdict_id == Verdict.id)
+        .where(Item.job_id == job_id, Verdict.label == "fake")
+    )
+    return {
+        "items": sum(by_status.values()),
+        "queued": by_status.get("queued", 0),
+        "done": by_status.get("done", 0),
+        "errors": by_status.get("error", 0),
+        "flagged": flagged or 0,
+    }
 
 
 class JobNotFound(LookupError):

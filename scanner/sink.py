@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, bindparam, exists, func, select, update
+from sqlalchemy import and_, bindparam, exists, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from scanner.db import Face, Item, Job, Verdict, utcnow
-from scanner.loader import LoadedItem
-from training.views import ViewScores
+from scanner.reports import job_counts
+
+if TYPE_CHECKING:
+    from scanner.loader import LoadedItem
+    from training.views import ViewScores
 
 
 def insert_ignoring_conflicts(session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
@@ -94,25 +97,6 @@ def _item_values(loaded: LoadedItem, verdict: Verdict | None, worker: str, now: 
         "http_status": loaded.http_status, "worker": worker, "scanned_at": now,
     }  # fmt: skip
     return {"item_id": loaded.item_id, **{f"new_{k}": v for k, v in values.items()}}
-
-
-def job_counts(session: Session, job_id: int) -> dict[str, int]:
-    """Live counts of a job's items by outcome, flagged included."""
-    rows = session.execute(select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)).all()
-    by_status = {status: count for status, count in rows}
-    flagged = session.scalar(
-        select(func.count())
-        .select_from(Item)
-        .join(Verdict, Item.verdict_id == Verdict.id)
-        .where(Item.job_id == job_id, Verdict.label == "fake")
-    )
-    return {
-        "items": sum(by_status.values()),
-        "queued": by_status.get("queued", 0),
-        "done": by_status.get("done", 0),
-        "errors": by_status.get("error", 0),
-        "flagged": flagged or 0,
-    }
 
 
 def finish_job_if_complete(session: Session, job_id: int) -> bool:

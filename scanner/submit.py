@@ -7,10 +7,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import select
 
-from scanner.db import Job, current_revision, head_revision, make_engine, session_factory, upgrade
+from scanner.connect import SetupError, check_broker, describe_db_error, open_database, safe_url
+from scanner.db import Job
 from scanner.dispatch import celery_sender, enqueue_distributed, run_embedded
 from scanner.jobs import (
     canonical_sources,
@@ -22,75 +22,13 @@ from scanner.jobs import (
 )
 from scanner.leases import last_seen_workers, reap_expired
 from scanner.model import model_identity
-from scanner.reports import job_status
+from scanner.reports import job_counts, job_status
 from scanner.settings import Settings
-from scanner.sink import job_counts
 from scanner.sources import expand_sources
 from training.checkpoint import CheckpointError
 
+__all__ = ["SetupError", "describe_db_error", "open_database", "resume", "safe_url", "submit"]
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
-
-
-class SetupError(Exception):
-    """The job itself cannot run (database, broker or model unavailable)."""
-
-
-def safe_url(url: str) -> str:
-    """A database or broker URL with any password masked, for messages and logs."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a SQLAlchemy URL (e.g. redis://): mask by hand
-        scheme, _, rest = url.partition("://")
-        if "@" in rest:
-            creds, _, host = rest.rpartition("@")
-            user = creds.split(":", 1)[0]
-            return f"{scheme}://{user}:***@{host}"
-        return url
-
-
-def describe_db_error(exc: Exception, url: str) -> str:
-    """The driver's first message line, with the URL's password (if any) masked."""
-    from sqlalchemy.engine import make_url
-
-    original = getattr(exc, "orig", None) or exc
-    line = (str(original).strip().splitlines() or [type(original).__name__])[0]
-    password = make_url(url).password if "://" in url else None
-    return f"{type(original).__name__}: {line.replace(password, '***') if password else line}"
-
-
-def open_database(settings: Settings) -> Any:
-    """Sessions on a reachable database at the newest schema; SQLite is upgraded automatically."""
-    engine = make_engine(settings.database_url)
-    try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        if engine.dialect.name == "sqlite":
-            if current_revision(engine) != head_revision(settings.database_url):
-                upgrade(settings.database_url)
-        elif current_revision(engine) != head_revision(settings.database_url):
-            raise SetupError(
-                f"the database at {safe_url(settings.database_url)} is not at the newest schema: "
-                "run `scanner db upgrade`"
-            )
-    except SQLAlchemyError as exc:
-        engine.dispose()
-        reason = describe_db_error(exc, settings.database_url)
-        raise SetupError(f"cannot use the database at {safe_url(settings.database_url)}: {reason}") from None
-    return session_factory(engine)
-
-
-def check_broker(settings: Settings) -> None:
-    """Fail fast with a clear message when the broker cannot be reached."""
-    from worker.celery_app import create_app
-
-    app = create_app(settings)
-    try:
-        with app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=5)
-    except Exception as exc:  # noqa: BLE001 - kombu raises many transport-specific types
-        raise SetupError(f"cannot reach the broker at {safe_url(settings.broker_url or '')}: {exc}") from None
 
 
 @dataclass

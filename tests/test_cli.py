@@ -100,3 +100,12 @@ def test_installed_command(settings: Settings, tmp_path: Path) -> None:
     report = subprocess.run([SCANNER, "report", "1", "--format", "json"], env=env, capture_output=True, text=True)
     document = json.load(io.StringIO(report.stdout))
     assert document["job"]["job_id"] == 1 and len(document["items"]) == 4
+
+
+def test_importing_the_cli_does_not_import_torch() -> None:
+    import sys
+
+    probe = "import sys, scanner.cli; print(sorted(m for m in ('torch', 'matplotlib', 'cv2') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
