@@ -2,7 +2,8 @@
 
     .venv/bin/python scripts/bench_embedded.py [--data ../shared/data] [--images 1500]
 
-Decode-only = read + sha256 + decode (draft mode) + preprocess on the same thread pool, nothing else.
+Decode-only = read + sha256 + decode (draft mode) + face finding + preprocess on the same thread pool.
+Choose the model with SCANNER_MODEL=NAME (see `scanner models`).
 Embedded = `scanner submit` end to end on a fresh SQLite database: job records, decode, model, SQL writes.
 """
 
@@ -19,8 +20,10 @@ from scanner.loader import decode_item, read_item
 from scanner.settings import Settings
 from scanner.submit import submit
 from training.checkpoint import load_model
+from training.faces import FaceFinder
 
-FACE_SETS = ("ciplab_real_and_fake_face", "hardfakevsrealfaces", "lfw_faceswap")
+FACE_SETS = ("ciplab_real_and_fake_face", "hardfakevsrealfaces", "lfw_faceswap", "ffhq_stylegan_256",
+             "sdfd_sd21_ffhq", "diffusion_people_multi")  # fmt: skip
 
 
 def pick_images(data: Path, count: int, seed: int = 0) -> list[Path]:
@@ -30,13 +33,14 @@ def pick_images(data: Path, count: int, seed: int = 0) -> list[Path]:
 
 
 def decode_only(paths: list[Path], settings: Settings, threads: int) -> float:
-    """Images/s of read + hash + decode + preprocess, the work a scan cannot avoid."""
+    """Images/s of read + hash + decode + face finding + preprocess, the work a scan cannot avoid."""
     preprocess = load_model(settings.model_path, "cpu").preprocess
+    finder = FaceFinder(preprocess.faces) if preprocess.uses_faces else None
 
     def work(path: Path) -> None:
         loaded, data = read_item(0, str(path), "file", settings)
         assert data is not None
-        decode_item(loaded, data, preprocess, settings.max_pixels)
+        decode_item(loaded, data, preprocess, settings.max_pixels, finder)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(threads) as pool:
