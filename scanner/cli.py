@@ -20,6 +20,8 @@ from scanner.settings import Settings
 app = typer.Typer(help="fauxscan: find fake, manipulated and AI-generated face images.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+model_app = typer.Typer(help="Checkpoints: prepare one for release.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
 app.command()(cli_model.train)
 app.command()(cli_model.evaluate)
 
@@ -312,6 +314,21 @@ def info() -> None:
         echo(f"          unusable: {exc}")
     echo(f"device:   {settings.device}")
     echo(f"batch:    {settings.batch_size}")
+
+
+@model_app.command("export")
+def model_export(
+    source: Annotated[Path, typer.Argument(help="Checkpoint written by `scanner train`.")],
+    target: Annotated[Path, typer.Argument(help="Where to write the release copy.")],
+) -> None:
+    """Write a release copy of a checkpoint: the same model, without the optimizer state."""
+    from training.checkpoint import CheckpointError, strip_for_release
+
+    try:
+        version = strip_for_release(source, target)
+    except CheckpointError as exc:
+        fail(str(exc))
+    echo(f"wrote {target} ({version}, {target.stat().st_size / 1e6:.1f} MB)")
 
 
 @app.command()

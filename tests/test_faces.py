@@ -188,3 +188,14 @@ def _venv_path() -> str:
     import sys
 
     return f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+
+
+def test_model_export_drops_the_optimizer_state(face_model: Path, tmp_path: Path) -> None:
+    target = tmp_path / "release.pt"
+    result = CliRunner().invoke(app, ["model", "export", str(face_model), str(target)])
+    assert result.exit_code == 0, result.output
+    original, release = read_checkpoint(face_model), read_checkpoint(target)
+    assert "train_state" in original and "train_state" not in release
+    assert release["model_version"] == original["model_version"] and target.stat().st_size < face_model.stat().st_size
+    missing = CliRunner().invoke(app, ["model", "export", str(tmp_path / "nope.pt"), str(target)])
+    assert missing.exit_code == 1 and "not found" in missing.stderr

@@ -116,3 +116,11 @@ def load_model(path: Path, device: str = "auto") -> LoadedModel:
         meta=meta,
         device=target,
     )
+
+
+def strip_for_release(source: Path, target: Path) -> str:
+    """Drop the optimizer state from a checkpoint so the shipped file stays small; returns its model version."""
+    checkpoint = read_checkpoint(source)
+    checkpoint.pop("train_state", None)
+    save_checkpoint(checkpoint, target)
+    return str(checkpoint["model_version"])

@@ -302,10 +302,3 @@ def _write_outputs(
     plot_curves(history, plot_dir)
     plot_confusion(metrics["confusion"], plot_dir)
     plot_roc(labels, scores, metrics["roc_auc"], plot_dir)
-
-
-def strip_for_release(source: Path, target: Path) -> None:
-    """Drop optimizer state from a checkpoint so the shipped file stays small."""
-    checkpoint = read_checkpoint(source)
-    checkpoint.pop("train_state", None)
-    save_checkpoint(checkpoint, target)
