@@ -29,11 +29,11 @@ JobId = Annotated[int, typer.Argument(help="Job id (from `scanner submit` or `sc
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment with CLI overrides; bad values exit with a message."""
+    """Settings from the environment with CLI overrides; a bad value is a usage error (exit code 2)."""
     try:
         return Settings.from_env().with_overrides(**overrides)
     except ValueError as exc:
-        fail(str(exc))
+        fail(str(exc), code=2)
 
 
 def _read_from_file(source: str) -> list[str]:

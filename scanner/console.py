@@ -33,10 +33,10 @@ def say_error(message: object) -> None:
     err_console.print(escape(printable(message)), highlight=False, soft_wrap=True)
 
 
-def fail(message: str) -> NoReturn:
-    """Print an error to stderr and exit with code 1 (the message is never read as markup)."""
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print an error to stderr and exit with `code` (1; 2 for bad usage); the message is never read as markup."""
     err_console.print(f"[bold red]error:[/] {escape(printable(message))}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=1)
+    raise typer.Exit(code=code)
 
 
 @contextmanager

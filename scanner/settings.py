@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,29 @@ from platformdirs import user_data_dir
 from scanner.registry import resolve_model
 
 DEVICES = ("auto", "cpu", "cuda")
+POSITIVE = ("batch_size", "visibility_timeout", "task_time_limit", "max_file_bytes", "max_pixels", "http_timeout",
+            "lease_seconds", "max_deliveries", "stall_timeout")  # fmt: skip
+NOT_NEGATIVE = ("http_max_redirects", "http_retries", "http_backoff", "torch_threads", "decode_threads", "task_retries")
+
+
+class SettingsError(ValueError):
+    """A setting with a value it cannot have; the message names the variable (or flag) and what is allowed."""
+
+
+def _label(name: str) -> str:
+    flag = {"batch_size": "--batch-size", "device": "--device"}.get(name)
+    return f"{ENV_NAMES.get(name, name)}" + (f" ({flag})" if flag else "")
+
+
+def _parse(variable: str, raw: str, kind: type) -> Any:
+    if kind is bool:
+        if raw.strip().lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise SettingsError(f"{variable} must be 1/0, true/false, yes/no or on/off, not {raw!r}")
+        return _flag(raw)
+    try:
+        return kind(raw)
+    except ValueError:
+        raise SettingsError(f"{variable} must be {'an integer' if kind is int else 'a number'}, not {raw!r}") from None
 
 
 def default_database_url() -> str:
@@ -51,36 +75,33 @@ class Settings:
     stall_timeout: float = 600.0
     task_retries: int = 8
 
+    def __post_init__(self) -> None:
+        for name in POSITIVE:
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{_label(name)} must be greater than 0, not {getattr(self, name)!r}")
+        for name in NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{_label(name)} must be 0 or more, not {getattr(self, name)!r}")
+        if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
+            raise SettingsError(f"SCANNER_DEVICE (--device) must be one of {', '.join(DEVICES)} or cuda:N, "
+                                f"not {self.device!r}")  # fmt: skip
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read SCANNER_* variables; unset ones take the embedded defaults."""
+        """Read SCANNER_* variables (see ENV_NAMES); unset ones keep the defaults written on the fields above."""
         env = os.environ if environ is None else environ
-        device = env.get("SCANNER_DEVICE", "auto")
-        if device not in DEVICES and not device.startswith("cuda:"):
-            raise ValueError(f"SCANNER_DEVICE must be one of {DEVICES} or cuda:N, not {device!r}")
-        return cls(
-            database_url=env.get("SCANNER_DATABASE_URL") or default_database_url(),
-            broker_url=env.get("SCANNER_BROKER_URL") or None,
-            model_path=resolve_model(env.get("SCANNER_MODEL")),
-            device=device,
-            batch_size=int(env.get("SCANNER_BATCH_SIZE", "64")),
-            queue=env.get("SCANNER_QUEUE", "scan"),
-            visibility_timeout=int(env.get("SCANNER_VISIBILITY_TIMEOUT", str(3 * 3600))),
-            task_time_limit=int(env.get("SCANNER_TASK_TIME_LIMIT", "600")),
-            max_file_bytes=int(env.get("SCANNER_MAX_FILE_BYTES", str(50 * 1024 * 1024))),
-            max_pixels=int(env.get("SCANNER_MAX_PIXELS", "64000000")),
-            allow_private_urls=_flag(env.get("SCANNER_ALLOW_PRIVATE_URLS")),
-            http_timeout=float(env.get("SCANNER_HTTP_TIMEOUT", "10")),
-            http_retries=int(env.get("SCANNER_HTTP_RETRIES", "2")),
-            http_backoff=float(env.get("SCANNER_HTTP_BACKOFF", "0.5")),
-            torch_threads=int(env.get("SCANNER_TORCH_THREADS", "0")),
-            decode_threads=int(env.get("SCANNER_DECODE_THREADS", "0")),
-            jit=env.get("SCANNER_JIT", "1") not in ("0", "false", "no", "off"),
-            lease_seconds=float(env.get("SCANNER_LEASE_SECONDS", "30")),
-            max_deliveries=int(env.get("SCANNER_MAX_DELIVERIES", "3")),
-            stall_timeout=float(env.get("SCANNER_STALL_TIMEOUT", "600")),
-            task_retries=int(env.get("SCANNER_TASK_RETRIES", "8")),
-        )
+        values: dict[str, Any] = {
+            "database_url": env.get("SCANNER_DATABASE_URL") or default_database_url(),
+            "broker_url": env.get("SCANNER_BROKER_URL") or None,
+            "model_path": resolve_model(env.get("SCANNER_MODEL")),
+        }
+        defaults = {f.name: f.default for f in fields(cls)}
+        for name, variable in ENV_NAMES.items():
+            raw = env.get(variable)
+            if name in values or raw is None or raw == "":
+                continue
+            values[name] = _parse(variable, raw, type(defaults[name]))
+        return cls(**values)
 
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced (how CLI flags apply); a model may be given by name."""
@@ -88,3 +109,17 @@ class Settings:
         if "model_path" in changes:
             changes["model_path"] = resolve_model(changes["model_path"])
         return replace(self, **changes)
+
+
+# The environment variable of each field (the README's configuration table lists the same names).
+ENV_NAMES = {
+    "database_url": "SCANNER_DATABASE_URL", "broker_url": "SCANNER_BROKER_URL", "model_path": "SCANNER_MODEL",
+    "device": "SCANNER_DEVICE", "batch_size": "SCANNER_BATCH_SIZE", "queue": "SCANNER_QUEUE",
+    "visibility_timeout": "SCANNER_VISIBILITY_TIMEOUT", "task_time_limit": "SCANNER_TASK_TIME_LIMIT",
+    "max_file_bytes": "SCANNER_MAX_FILE_BYTES", "max_pixels": "SCANNER_MAX_PIXELS",
+    "allow_private_urls": "SCANNER_ALLOW_PRIVATE_URLS", "http_timeout": "SCANNER_HTTP_TIMEOUT",
+    "http_retries": "SCANNER_HTTP_RETRIES", "http_backoff": "SCANNER_HTTP_BACKOFF",
+    "torch_threads": "SCANNER_TORCH_THREADS", "decode_threads": "SCANNER_DECODE_THREADS", "jit": "SCANNER_JIT",
+    "lease_seconds": "SCANNER_LEASE_SECONDS", "max_deliveries": "SCANNER_MAX_DELIVERIES",
+    "stall_timeout": "SCANNER_STALL_TIMEOUT", "task_retries": "SCANNER_TASK_RETRIES",
+}  # fmt: skip

@@ -77,6 +77,15 @@ def resume(settings: Settings, job_id: int, wait: bool, progress: ProgressFactor
 
 
 def _model(settings: Settings) -> tuple[str, float]:
+    """The model's identity, after checking that this process could run it (before any job row exists)."""
+    if not settings.broker_url and settings.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SetupError(f"SCANNER_DEVICE (--device) is {settings.device!r} but CUDA is not available here")
+        index = int(settings.device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise SetupError(f"--device {settings.device}: this machine has {torch.cuda.device_count()} GPU(s)")
     try:
         return model_identity(settings)
     except CheckpointError as exc:

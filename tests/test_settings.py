@@ -59,3 +59,33 @@ def test_db_upgrade_command(pg_url: str) -> None:
         app, ["db", "upgrade"], env={"SCANNER_DATABASE_URL": "postgresql+psycopg://u:pw9@127.0.0.1:1/x"}
     )
     assert dead.exit_code == 1 and "migration failed" in dead.stderr and "pw9" not in dead.stderr
+
+
+def test_bad_settings_name_the_variable_and_create_no_job(tmp_path: Path) -> None:
+    from scanner.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="SCANNER_BATCH_SIZE must be an integer, not 'abc'"):
+        Settings.from_env({"SCANNER_BATCH_SIZE": "abc"})
+    with pytest.raises(SettingsError, match="SCANNER_JIT must be"):
+        Settings.from_env({"SCANNER_JIT": "maybe"})
+    db = tmp_path / "x.db"
+    env = {"SCANNER_DATABASE_URL": f"sqlite:///{db}"}
+    (tmp_path / "a.png").write_bytes(b"")
+    runner = CliRunner()
+    zero = runner.invoke(app, ["submit", str(tmp_path / "a.png"), "--batch-size", "0"], env=env)
+    assert zero.exit_code == 2 and "SCANNER_BATCH_SIZE (--batch-size) must be greater than 0" in zero.stderr
+    gpu = runner.invoke(app, ["submit", str(tmp_path / "a.png"), "--device", "gpu"], env=env)
+    assert gpu.exit_code == 2 and "cuda:N" in gpu.stderr and "Traceback" not in gpu.output
+    missing_cuda = runner.invoke(app, ["submit", str(tmp_path / "a.png"), "--device", "cuda"], env=env)
+    assert missing_cuda.exit_code == 1 and "CUDA is not available" in missing_cuda.stderr
+    assert not db.exists()  # no job row (not even a database) before the settings and device are checked
+
+
+def test_readme_lists_every_setting() -> None:
+    from scanner.settings import ENV_NAMES
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = {line.split("|")[1].strip().strip("`") for line in readme.splitlines() if line.startswith("| `SCANNER_")}
+    listed = {name for cell in table for name in cell.replace("`", "").split(", ")}
+    assert set(ENV_NAMES.values()) <= listed, set(ENV_NAMES.values()) - listed
+    assert set(ENV_NAMES) == {f.name for f in __import__("dataclasses").fields(Settings)} - {"http_max_redirects"}
