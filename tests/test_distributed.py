@@ -34,7 +34,7 @@ def pg_settings(pg_url: str, tiny_model: Path) -> Settings:
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[list[WorkerProcess]]:
-    """Started workers are stopped (and their queue purged) after the test."""
+    """Started workers are stopped after the test (each test purges its own queue)."""
     started: list[WorkerProcess] = []
     yield started
     for process in started:
@@ -258,7 +258,7 @@ def _wait_until(condition, timeout: float = 120) -> None:  # type: ignore[no-unt
 
 def test_urls_are_fetched_by_the_workers(pg_settings: Settings, workers: list, tmp_path: Path) -> None:
     from tests.httpserver import EXPECTED, HostileServer
-    from tests.test_hostile import URL_LIMITS, check_url_outcomes
+    from tests.support import URL_LIMITS, check_url_outcomes
 
     settings = pg_settings.with_overrides(**URL_LIMITS)
     worker = WorkerProcess(settings, tmp_path, "urls")

@@ -20,21 +20,7 @@ from scanner.sources import expand_sources
 from scanner.submit import open_database, submit
 from tests.httpserver import EXPECTED, HostileServer
 from tests.imaging import corruptions, encode, noisy_image
-from tests.test_scan import items_by_uri
-
-URL_LIMITS = {"http_timeout": 1.0, "http_retries": 1, "max_file_bytes": 1_000_000}
-
-
-def check_url_outcomes(settings: Settings, job_id: int, server: HostileServer) -> None:
-    """Every hostile route ended with the right status and code."""
-    rows = items_by_uri(settings, job_id)
-    for path, (status, code) in EXPECTED.items():
-        row = rows[server.url(path)]
-        assert (row.status, row.error_code) == (status, code), (path, row.error_message)
-        assert row.error_code is None or row.error_code in ERROR_CODES
-    assert rows[server.url("to-good")].final_url == server.url("good.png")
-    assert rows[server.url("good.png")].http_status == 200 and rows[server.url("good.png")].sha256
-    assert rows[server.url("missing")].http_status == 404
+from tests.support import URL_LIMITS, check_url_outcomes, items_by_uri
 
 
 def test_urls_on_the_embedded_path(settings: Settings) -> None:

@@ -19,6 +19,7 @@ from scanner.settings import Settings
 from scanner.sources import expand_sources
 from scanner.submit import SetupError, open_database, submit
 from tests.imaging import encode, noisy_image, png_bomb, smooth_image, variants
+from tests.support import items_by_uri
 
 
 def build_mixed_folder(root: Path) -> dict[str, str | None]:
@@ -50,15 +51,6 @@ def build_mixed_folder(root: Path) -> dict[str, str | None]:
     (root / "README.txt").write_text("not an image")
     (root / "data.bin").write_bytes(os.urandom(64))
     return expected
-
-
-def items_by_uri(settings: Settings, job_id: int) -> dict[str, Item]:
-    """The job's items keyed by uri."""
-    engine = make_engine(settings.database_url)
-    with engine.connect() as connection:
-        rows = {row.uri: row for row in connection.execute(select(Item).where(Item.job_id == job_id))}
-    engine.dispose()
-    return rows
 
 
 def test_schema_comes_from_migrations(settings: Settings) -> None:
