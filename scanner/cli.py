@@ -320,12 +320,15 @@ def info() -> None:
 def model_export(
     source: Annotated[Path, typer.Argument(help="Checkpoint written by `scanner train`.")],
     target: Annotated[Path, typer.Argument(help="Where to write the release copy.")],
+    face_detect_side: Annotated[
+        int | None, typer.Option(help="Search faces on a copy this wide (speed vs recall; changes the version).")
+    ] = None,
 ) -> None:
     """Write a release copy of a checkpoint: the same model, without the optimizer state."""
     from training.checkpoint import CheckpointError, strip_for_release
 
     try:
-        version = strip_for_release(source, target)
+        version = strip_for_release(source, target, face_detect_side)
     except CheckpointError as exc:
         fail(str(exc))
     echo(f"wrote {target} ({version}, {target.stat().st_size / 1e6:.1f} MB)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Callable
 
@@ -74,10 +75,14 @@ def optimized_forward(loaded: LoadedModel) -> Callable[[torch.Tensor], torch.Ten
     if loaded.device.type != "cpu":
         return loaded.model
     size = loaded.preprocess.size
+    channels_last = torch.channels_last  # NHWC: oneDNN's faster layout for depthwise convolutions (~15%)
     try:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript still runs; eager is the fallback
-            traced = torch.jit.trace(loaded.model, torch.zeros(2, 3, size, size))
-            return torch.jit.optimize_for_inference(traced)
+            example = torch.zeros(2, 3, size, size).contiguous(memory_format=channels_last)
+            model = copy.deepcopy(loaded.model).to(memory_format=channels_last)  # type: ignore[call-overload]
+            traced = torch.jit.trace(model, example)
+            frozen = torch.jit.optimize_for_inference(traced)
     except Exception:  # noqa: BLE001 - an architecture that does not trace still runs eagerly
         return loaded.model
+    return lambda batch: frozen(batch.contiguous(memory_format=channels_last))

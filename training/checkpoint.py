@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,11 @@ class LoadedModel:
     device: torch.device
 
 
-def weights_digest(state_dict: dict[str, torch.Tensor]) -> str:
-    """A short sha256 over the weights, used in the model version string."""
+def weights_digest(state_dict: dict[str, torch.Tensor], preprocess: dict[str, Any] | None = None) -> str:
+    """A short sha256 over the weights (and the preprocessing, when given), used in the model version string."""
     digest = hashlib.sha256()
+    if preprocess is not None:
+        digest.update(json.dumps(preprocess, sort_keys=True).encode())
     for name in sorted(state_dict):
         digest.update(name.encode())
         digest.update(state_dict[name].detach().cpu().contiguous().numpy().tobytes())
@@ -61,7 +64,7 @@ def build_checkpoint(
         "preprocess": preprocess.to_dict(),
         "classes": ["real", "fake"],
         "threshold": float(threshold),
-        "model_version": f"{arch}-{preprocess.size}-{weights_digest(state)}",
+        "model_version": f"{arch}-{preprocess.size}-{weights_digest(state, preprocess.to_dict())}",
         "state_dict": state,
         **meta,
     }
@@ -118,9 +121,18 @@ def load_model(path: Path, device: str = "auto") -> LoadedModel:
     )
 
 
-def strip_for_release(source: Path, target: Path) -> str:
-    """Drop the optimizer state from a checkpoint so the shipped file stays small; returns its model version."""
+def strip_for_release(source: Path, target: Path, face_detect_side: int | None = None) -> str:
+    """Drop the optimizer state from a checkpoint so the shipped file stays small; returns its model version.
+
+    `face_detect_side` changes the side at which faces are searched (a speed/recall trade-off); the model
+    version then changes too, so verdicts of the two settings are never mixed.
+    """
     checkpoint = read_checkpoint(source)
     checkpoint.pop("train_state", None)
+    if face_detect_side is not None:
+        checkpoint["preprocess"].setdefault("faces", {})["detect_side"] = int(face_detect_side)
+        size = checkpoint["preprocess"]["size"]
+        digest = weights_digest(checkpoint["state_dict"], checkpoint["preprocess"])
+        checkpoint["model_version"] = f"{checkpoint['arch']}-{size}-{digest}"
     save_checkpoint(checkpoint, target)
     return str(checkpoint["model_version"])
