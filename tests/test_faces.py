@@ -199,3 +199,25 @@ def test_model_export_drops_the_optimizer_state(face_model: Path, tmp_path: Path
     assert release["model_version"] == original["model_version"] and target.stat().st_size < face_model.stat().st_size
     missing = CliRunner().invoke(app, ["model", "export", str(tmp_path / "nope.pt"), str(target)])
     assert missing.exit_code == 1 and "not found" in missing.stderr
+
+
+def test_face_finding_is_safe_from_the_first_call_in_many_threads() -> None:
+    import sys
+
+    probe = (
+        "import threading\n"
+        "from tests.imaging import drawn_face\n"
+        "from training.faces import FaceFinder, FaceSettings\n"
+        "finder, image, barrier, errors = FaceFinder(FaceSettings()), drawn_face(1), threading.Barrier(8), []\n"
+        "def work():\n"
+        "    barrier.wait()\n"
+        "    try:\n        assert finder.find(image)\n"
+        "    except Exception as exc:\n        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=work) for _ in range(8)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print(errors)\n"
+    )
+    repo = Path(__file__).resolve().parents[1]
+    for _ in range(3):  # a fresh process each time: the race is on OpenCV's first import
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=repo, timeout=120)
+        assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]

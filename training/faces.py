@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -42,6 +43,17 @@ class FaceSettings:
     max_faces: int = 3
 
 
+_IMPORT_LOCK = threading.Lock()  # cv2's first import is not thread-safe (a half-initialised module is seen)
+
+
+def _opencv() -> Any:
+    with _IMPORT_LOCK:
+        import cv2
+
+        cv2.setNumThreads(1)  # decoding already runs one image per thread
+        return cv2
+
+
 class FaceFinder:
     """Finds frontal faces; one cascade per thread (OpenCV classifiers are not shared safely)."""
 
@@ -52,10 +64,8 @@ class FaceFinder:
     def _cascade(self) -> object:
         cascade = getattr(self._local, "cascade", None)
         if cascade is None:
-            import cv2
-
-            cv2.setNumThreads(1)  # decoding already runs one image per thread
-            cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)  # type: ignore[attr-defined]
+            cv2 = _opencv()
+            cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
             if cascade.empty():
                 raise RuntimeError(f"OpenCV could not load its bundled {CASCADE_FILE}")
             self._local.cascade = cascade
