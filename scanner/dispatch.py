@@ -58,6 +58,25 @@ def enqueue_distributed(settings: Settings, sessions: Any, job_id: int) -> int:
     return len(batch_ids)
 
 
+def celery_queue_empty(settings: Settings) -> Callable[[], bool]:
+    """A function that says whether the workers' queue holds no waiting message (Redis: its list is empty)."""
+    from worker.celery_app import create_app
+
+    app = create_app(settings)
+
+    def empty() -> bool:
+        from kombu.exceptions import ChannelError
+
+        with app.connection_for_write() as connection:
+            try:
+                declared = connection.default_channel.queue_declare(queue=settings.queue, passive=True)
+            except ChannelError:  # Redis drops an empty list's key: "no queue" means empty
+                return True
+            return int(declared.message_count) == 0
+
+    return empty
+
+
 def celery_sender(settings: Settings) -> Send:
     """A function that sends one batch message to the workers' queue (JSON: two integers)."""
     from worker.celery_app import create_app

@@ -135,8 +135,15 @@ def lease_kept(sessions: Any, batch_id: int, worker: str, lease_seconds: float) 
         thread.join(timeout=5)
 
 
-def reap_expired(sessions: Any, send: Send, limit: int = 100) -> int:
-    """Send again every running batch whose lease ran out (its worker died); returns how many were sent."""
+def reap_expired(
+    sessions: Any, send: Send, limit: int = 100, queue_empty: Callable[[], bool] | None = None, stale: float = 60.0
+) -> int:
+    """Send again every running batch whose lease ran out (its worker died); returns how many were sent.
+
+    With `queue_empty`, queued batches older than `stale` seconds are also sent again when the broker's queue
+    holds no message at all: their message was taken by a worker that died before starting it.
+    """
+    sent = _resend_lost_queued(sessions, send, limit, stale) if queue_empty is not None and queue_empty() else 0
     now = utcnow()
     with sessions() as session:
         expired = session.execute(
@@ -145,7 +152,6 @@ def reap_expired(sessions: Any, send: Send, limit: int = 100) -> int:
             .order_by(Batch.id)
             .limit(limit)
         ).all()
-    sent = 0
     for batch_id, job_id in expired:
         with sessions.begin() as session:
             result = session.execute(
@@ -154,6 +160,30 @@ def reap_expired(sessions: Any, send: Send, limit: int = 100) -> int:
                 .values(
                     status="queued", claimed_by=None, lease_until=None, lost_count=Batch.lost_count + 1, updated_at=now
                 )  # fmt: skip
+            )
+        if result.rowcount:
+            send(job_id, batch_id)
+            sent += 1
+    return sent
+
+
+def _resend_lost_queued(sessions: Any, send: Send, limit: int, stale: float) -> int:
+    now = utcnow()
+    cutoff = now - timedelta(seconds=stale)
+    with sessions() as session:
+        lost = session.execute(
+            select(Batch.id, Batch.job_id)
+            .where(Batch.status == "queued", Batch.updated_at < cutoff)
+            .order_by(Batch.id)
+            .limit(limit)
+        ).all()
+    sent = 0
+    for batch_id, job_id in lost:
+        with sessions.begin() as session:
+            result = session.execute(
+                update(Batch)
+                .where(Batch.id == batch_id, Batch.status == "queued", Batch.updated_at < cutoff)
+                .values(updated_at=now)
             )
         if result.rowcount:
             send(job_id, batch_id)

@@ -13,6 +13,7 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import celeryd_after_setup, worker_process_init
 from celery.utils.log import get_task_logger
+from kombu.exceptions import ChannelError
 from sqlalchemy import select
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
@@ -85,6 +86,16 @@ def send_batch(job_id: int, batch_id: int) -> None:
     app.send_task("fauxscan.scan_batch", args=[job_id, batch_id], queue=app.conf.task_default_queue)
 
 
+def queue_is_empty() -> bool:
+    """True when this worker's queue holds no waiting message."""
+    with app.connection_for_write() as connection:
+        try:
+            declared = connection.default_channel.queue_declare(queue=app.conf.task_default_queue, passive=True)
+        except ChannelError:  # Redis drops an empty list's key: "no queue" means empty
+            return True
+        return int(declared.message_count) == 0
+
+
 @worker_process_init.connect
 def start_reaper(**_: Any) -> None:
     """Each worker process re-sends batches whose worker died (a daemon thread, so start-up stays fast)."""
@@ -100,7 +111,7 @@ def _reap_forever(settings: Settings) -> None:
             while PENDING_FAILURES:
                 record_gave_up(sessions, *PENDING_FAILURES[0])
                 PENDING_FAILURES.pop(0)
-            sent = reap_expired(sessions, send_batch)
+            sent = reap_expired(sessions, send_batch, queue_empty=queue_is_empty, stale=2 * settings.lease_seconds)
             if sent:
                 logger.warning("re-sent %d batches whose worker stopped renewing its lease", sent)
         except Exception as exc:  # noqa: BLE001 - database or broker away: try again at the next round
