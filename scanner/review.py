@@ -16,6 +16,7 @@ from scanner.db import Decision, Item
 from scanner.loader import read_item
 from scanner.reports import get_job, latest_decision_subquery
 from scanner.settings import Settings
+from training.preprocess import FORMAT_SUFFIX, IMAGE_SUFFIXES
 
 DECISIONS = ("fake", "real", "unsure")
 MAX_ID = 2**63 - 1  # BIGINT; SQLite and PostgreSQL refuse larger ids with an overflow, not a "not found"
@@ -101,13 +102,13 @@ def export_labels(
     get_job(session, job_id)
     latest = latest_decision_subquery()
     rows = session.execute(
-        select(Item.id, Item.uri, Item.kind, Item.sha256, latest.c.decision)
+        select(Item.id, Item.uri, Item.kind, Item.sha256, Item.format, latest.c.decision)
         .join(latest, latest.c.item_id == Item.id)
         .where(Item.job_id == job_id, latest.c.decision.in_(("real", "fake")))
         .order_by(Item.id)
     ).all()
     result = ExportResult({"real": 0, "fake": 0}, [])
-    for item_id, uri, kind, sha256, decision in rows:
+    for item_id, uri, kind, sha256, fmt, decision in rows:
         loaded, data = read_item(item_id, uri, kind, settings)
         if data is None:
             result.unreadable.append(f"{uri}: {loaded.error_code}")
@@ -117,6 +118,8 @@ def export_labels(
             folder = out_dir / decision
             folder.mkdir(parents=True, exist_ok=True)
             name = SAFE_NAME.sub("_", Path(uri.split("?")[0]).name)[-80:] or "image"
+            if Path(name).suffix.lower() not in IMAGE_SUFFIXES:  # so `scanner train` reads it back
+                name += FORMAT_SUFFIX.get(fmt or "", ".img")
             if write_new_file(folder / f"{item_id}_{name}", data, overwrite):
                 result.written[decision] += 1
             else:

@@ -11,12 +11,7 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
-from training.preprocess import has_image_magic
-
-IMAGE_SUFFIXES = {
-    ".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
-    ".ppm", ".pgm", ".pbm", ".ico", ".jp2", ".jfif",
-}  # fmt: skip
+from training.preprocess import IMAGE_SUFFIXES, has_image_magic
 
 
 @dataclass(frozen=True)

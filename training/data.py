@@ -14,12 +14,11 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from training.faces import Box, FaceFinder
-from training.preprocess import Augment, Preprocess, decode_image
+from training.preprocess import IMAGE_SUFFIXES, Augment, Preprocess, decode_image
 from training.views import find_faces, make_views, training_view
 
 CLASSES = ("real", "fake")
 LAYOUTS = (("real", "fake"), ("training_real", "training_fake"))
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 STRATUM_PATTERN = re.compile(r"^(easy|mid|hard)_", re.IGNORECASE)
 
 

@@ -15,6 +15,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from training.faces import FaceSettings
 
 DEFAULT_MAX_PIXELS = 64_000_000
+# The one list of image file name suffixes: the scanner's directory walk and `scanner train` both use it.
+IMAGE_SUFFIXES = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".ico", ".jp2", ".jfif",
+})  # fmt: skip
+FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif",
+                 "PPM": ".ppm", "ICO": ".ico", "JPEG2000": ".jp2"}  # fmt: skip
 HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 MAGIC_PREFIXES = (
     b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
