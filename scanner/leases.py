@@ -143,48 +143,27 @@ def reap_expired(
     With `queue_empty`, queued batches older than `stale` seconds are also sent again when the broker's queue
     holds no message at all: their message was taken by a worker that died before starting it.
     """
-    sent = _resend_lost_queued(sessions, send, limit, stale) if queue_empty is not None and queue_empty() else 0
-    now = utcnow()
-    with sessions() as session:
-        expired = session.execute(
-            select(Batch.id, Batch.job_id)
-            .where(Batch.status == "running", Batch.lease_until < now)
-            .order_by(Batch.id)
-            .limit(limit)
-        ).all()
-    for batch_id, job_id in expired:
-        with sessions.begin() as session:
-            result = session.execute(
-                update(Batch)
-                .where(Batch.id == batch_id, Batch.status == "running", Batch.lease_until < now)
-                .values(
-                    status="queued", claimed_by=None, lease_until=None, lost_count=Batch.lost_count + 1, updated_at=now
-                )  # fmt: skip
-            )
-        if result.rowcount:
-            send(job_id, batch_id)
-            sent += 1
-    return sent
-
-
-def _resend_lost_queued(sessions: Any, send: Send, limit: int, stale: float) -> int:
-    now = utcnow()
-    cutoff = now - timedelta(seconds=stale)
-    with sessions() as session:
-        lost = session.execute(
-            select(Batch.id, Batch.job_id)
-            .where(Batch.status == "queued", Batch.updated_at < cutoff)
-            .order_by(Batch.id)
-            .limit(limit)
-        ).all()
     sent = 0
-    for batch_id, job_id in lost:
+    now = utcnow()
+    if queue_empty is not None and queue_empty():
+        cutoff = now - timedelta(seconds=stale)
+        lost = and_(Batch.status == "queued", Batch.updated_at < cutoff)
+        sent += _resend(sessions, send, lost, {"updated_at": now}, limit)
+    expired = and_(Batch.status == "running", Batch.lease_until < now)
+    requeue = {"status": "queued", "claimed_by": None, "lease_until": None, "lost_count": Batch.lost_count + 1,
+               "updated_at": now}  # fmt: skip
+    return sent + _resend(sessions, send, expired, requeue, limit)
+
+
+def _resend(sessions: Any, send: Send, condition: Any, values: dict[str, Any], limit: int) -> int:
+    """Send each batch matching `condition` again, after one conditional UPDATE per batch (so only one
+    process re-sends it)."""
+    with sessions() as session:
+        found = session.execute(select(Batch.id, Batch.job_id).where(condition).order_by(Batch.id).limit(limit)).all()
+    sent = 0
+    for batch_id, job_id in found:
         with sessions.begin() as session:
-            result = session.execute(
-                update(Batch)
-                .where(Batch.id == batch_id, Batch.status == "queued", Batch.updated_at < cutoff)
-                .values(updated_at=now)
-            )
+            result = session.execute(update(Batch).where(Batch.id == batch_id, condition).values(**values))
         if result.rowcount:
             send(job_id, batch_id)
             sent += 1

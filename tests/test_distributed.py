@@ -177,21 +177,28 @@ def test_dead_broker_is_a_clear_error_at_submit(pg_settings: Settings, tmp_path:
     assert result.exit_code == 1 and "cannot reach the broker" in result.stderr
 
 
-def test_workers_retry_while_the_database_is_down(pg_settings: Settings, workers: list, tmp_path: Path) -> None:
-    make_images(tmp_path / "in", distinct=16, duplicates=0)
-    name = pg_settings.database_url.rsplit("/", 1)[1]
-    job_id = submit(pg_settings, [str(tmp_path / "in")], wait=False).summary["job_id"]
+@contextlib.contextmanager
+def database_down(settings: Settings) -> Iterator[None]:
+    """The job's PostgreSQL database refuses every connection inside the block."""
+    name = settings.database_url.rsplit("/", 1)[1]
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
         admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
     try:
+        yield
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+def test_workers_retry_while_the_database_is_down(pg_settings: Settings, workers: list, tmp_path: Path) -> None:
+    make_images(tmp_path / "in", distinct=16, duplicates=0)
+    job_id = submit(pg_settings, [str(tmp_path / "in")], wait=False).summary["job_id"]
+    with database_down(pg_settings):
         worker = WorkerProcess(pg_settings, tmp_path, "retry")
         workers.append(worker)
         worker.wait_ready()
         _wait_until(lambda: b"Retry in" in worker.log_path.read_bytes(), timeout=60)
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     wait_for_job(pg_settings, job_id, timeout=120)
     assert_exactly_once(pg_settings, job_id, 16, 16)
     purge_queue(pg_settings)
@@ -200,19 +207,12 @@ def test_workers_retry_while_the_database_is_down(pg_settings: Settings, workers
 def test_exhausted_retries_become_error_rows(pg_settings: Settings, workers: list, tmp_path: Path) -> None:
     settings = pg_settings.with_overrides(task_retries=1)
     make_images(tmp_path / "in", distinct=6, duplicates=0)
-    name = settings.database_url.rsplit("/", 1)[1]
     job_id = submit(settings, [str(tmp_path / "in")], wait=False).summary["job_id"]
-    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-        admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-    try:
+    with database_down(settings):
         worker = WorkerProcess(settings, tmp_path, "exhausted")
         workers.append(worker)
         worker.wait_ready()
         _wait_until(lambda: b"gave up after 1 retries" in worker.log_path.read_bytes(), timeout=90)
-    finally:
-        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
-            admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     wait_for_job(settings, job_id, timeout=120)
     engine = make_engine(settings.database_url)
     with engine.connect() as connection:
