@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import io
 import random
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
 from PIL import Image, ImageEnhance
 
@@ -23,10 +22,6 @@ class AugmentConfig:
     crop_prob: float = 0.0
     crop_scale: tuple[float, float] = (0.7, 1.0)
     jitter: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return plain types for the checkpoint."""
-        return asdict(self)
 
 
 PRESETS: dict[str, AugmentConfig] = {

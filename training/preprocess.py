@@ -53,9 +53,7 @@ class Preprocess:
     max_side: int = 0
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
-    resize: str = "clamp-shorter-side-center-crop"
     resample: str = "bilinear"
-    extra: dict[str, Any] = field(default_factory=dict)
     views: str = "center"
     faces: FaceSettings = field(default_factory=FaceSettings)
 
@@ -83,9 +81,7 @@ class Preprocess:
             max_side=int(data.get("max_side", 0)),
             mean=tuple(data["mean"]),  # type: ignore[arg-type]
             std=tuple(data["std"]),  # type: ignore[arg-type]
-            resize=data.get("resize", "clamp-shorter-side-center-crop"),
             resample=data.get("resample", "bilinear"),
-            extra=dict(data.get("extra", {})),
             views=str(data.get("views", "center")),
             faces=FaceSettings(**data.get("faces", {})),
         )
