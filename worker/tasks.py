@@ -47,6 +47,8 @@ class ScanTask(Task):  # type: ignore[misc]
     """Holds one ScanContext per worker process, created on the first task (after any fork)."""
 
     _ctx: ScanContext | None = None
+    # Failures that could not be written yet (the database was down); the process's reaper thread retries them.
+    pending_failures: list[tuple[int, int, str]] = []
 
     @property
     def ctx(self) -> ScanContext:
@@ -64,11 +66,7 @@ class ScanTask(Task):  # type: ignore[misc]
             record_gave_up(self.ctx.sessions, job_id, batch_id, message)
         except Exception:  # noqa: BLE001 - the database is still down: the reaper thread records it later
             logger.warning("job %s: batch %s failure will be recorded when the database is back", job_id, batch_id)
-            PENDING_FAILURES.append((job_id, batch_id, message))
-
-
-# Failures that could not be written yet (the database was down); the reaper thread retries them.
-PENDING_FAILURES: list[tuple[int, int, str]] = []
+            self.pending_failures.append((job_id, batch_id, message))
 
 
 def record_gave_up(sessions: Any, job_id: int, batch_id: int, message: str) -> None:
@@ -108,9 +106,10 @@ def _reap_forever(settings: Settings) -> None:
     while True:
         time.sleep(max(1.0, settings.lease_seconds / 2) * random.uniform(0.8, 1.2))
         try:
-            while PENDING_FAILURES:
-                record_gave_up(sessions, *PENDING_FAILURES[0])
-                PENDING_FAILURES.pop(0)
+            pending = scan_batch_task.pending_failures
+            while pending:
+                record_gave_up(sessions, *pending[0])
+                pending.pop(0)
             sent = reap_expired(sessions, send_batch, queue_empty=queue_is_empty, stale=2 * settings.lease_seconds)
             if sent:
                 logger.warning("re-sent %d batches whose worker stopped renewing its lease", sent)
