@@ -52,39 +52,15 @@ def enqueue_distributed(settings: Settings, sessions: Any, job_id: int) -> int:
             .values(status="superseded", lease_until=None)
         )
         batch_ids = create_batches(session, job_id, list(chunks(queued_item_ids(session, job_id), settings.batch_size)))
-    send = celery_sender(settings)
+    send, _ = celery_messaging(settings)
     for batch_id in batch_ids:
         send(job_id, batch_id)
     return len(batch_ids)
 
 
-def celery_queue_empty(settings: Settings) -> Callable[[], bool]:
-    """A function that says whether the workers' queue holds no waiting message (Redis: its list is empty)."""
-    from worker.celery_app import create_app
+def celery_messaging(settings: Settings) -> tuple[Send, Callable[[], bool]]:
+    """(send one batch message, is the workers' queue empty?) over one Celery app for these settings."""
+    from worker.celery_app import batch_sender, create_app, queue_empty_check
 
     app = create_app(settings)
-
-    def empty() -> bool:
-        from kombu.exceptions import ChannelError
-
-        with app.connection_for_write() as connection:
-            try:
-                declared = connection.default_channel.queue_declare(queue=settings.queue, passive=True)
-            except ChannelError:  # Redis drops an empty list's key: "no queue" means empty
-                return True
-            return int(declared.message_count) == 0
-
-    return empty
-
-
-def celery_sender(settings: Settings) -> Send:
-    """A function that sends one batch message to the workers' queue (JSON: two integers)."""
-    from worker.celery_app import create_app
-
-    app = create_app(settings)
-
-    def send(job_id: int, batch_id: int) -> None:
-        with app.producer_or_acquire() as producer:
-            app.send_task("fauxscan.scan_batch", args=[job_id, batch_id], queue=settings.queue, producer=producer)
-
-    return send
+    return batch_sender(app, settings.queue), queue_empty_check(app, settings.queue)

@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from scanner.loader import read_item
 from scanner.reports import redact_row
 from scanner.settings import Settings
-from training.faces import Box
+from training.faces import Box, scale_box, upright_size
 from training.preprocess import ImageRejected, decode_image
 
 THUMB_SIDE = 112
@@ -35,14 +35,8 @@ def jpeg_data_uri(image: Image.Image, side: int = THUMB_SIDE, quality: int = 70)
 
 def boxes_in(image: Image.Image, row: dict[str, Any]) -> list[Box]:
     """The row's stored face boxes (upright full-size pixels) scaled to `image`."""
-    full_w, full_h = row.get("width") or image.width, row.get("height") or image.height
-    if (image.width > image.height) != (full_w > full_h):
-        full_w, full_h = full_h, full_w
-    fx, fy = image.width / full_w, image.height / full_h
-    return [
-        Box(round(x * fx), round(y * fy), max(1, round(w * fx)), max(1, round(h * fy)))
-        for x, y, w, h in (face["box"] for face in row.get("faces") or [])
-    ]
+    full_size = upright_size(image.size, row.get("width") or image.width, row.get("height") or image.height)
+    return [scale_box(Box(*face["box"]), full_size, image.size) for face in row.get("faces") or []]
 
 
 def draw_boxes(image: Image.Image, boxes: list[Box], scores: list[float], threshold: float) -> Image.Image:

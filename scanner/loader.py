@@ -14,8 +14,8 @@ from scanner.errors import ItemError
 from scanner.fetch import FetchPolicy, fetch_url
 from scanner.settings import Settings
 from scanner.sources import local_path, printable_name
-from training.faces import Box, FaceFinder
-from training.preprocess import DecodedImage, ImageRejected, Preprocess, decode_image
+from training.faces import FaceFinder, scale_box, upright_size
+from training.preprocess import ImageRejected, Preprocess, decode_image
 from training.views import ImageViews, make_views
 
 
@@ -112,20 +112,10 @@ def decode_item(
         decoded = decode_image(data, preprocess.decode_side, max_pixels)
         loaded.format, loaded.width, loaded.height = decoded.format, decoded.width, decoded.height
         loaded.views = make_views(decoded.image, preprocess, finder)
-        loaded.views.boxes = [scale_box(box, decoded) for box in loaded.views.boxes]
+        full_size = upright_size(decoded.image.size, decoded.width, decoded.height)  # boxes in the file's pixels
+        loaded.views.boxes = [scale_box(box, decoded.image.size, full_size) for box in loaded.views.boxes]
     except ImageRejected as exc:
         return loaded.fail(exc.code, exc.message)
     except Exception as exc:  # noqa: BLE001 - Pillow plugins raise many types on hostile input
         return loaded.fail("decode_error", f"the image could not be decoded: {type(exc).__name__}: {exc}")
     return loaded
-
-
-def scale_box(box: Box, decoded: DecodedImage) -> Box:
-    """A box found on the (possibly draft-reduced) decoded image, in the upright full-size image's pixels."""
-    full_w, full_h = decoded.width, decoded.height
-    if (decoded.image.width > decoded.image.height) != (full_w > full_h):
-        full_w, full_h = full_h, full_w  # EXIF orientation turned the image
-    if decoded.image.size == (full_w, full_h) or not decoded.image.width:
-        return box
-    fx, fy = full_w / decoded.image.width, full_h / decoded.image.height
-    return Box(round(box.x * fx), round(box.y * fy), round(box.w * fx), round(box.h * fy))

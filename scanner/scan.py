@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from scanner.db import Item, Job, make_engine, session_factory
+from scanner.db import Batch, Item, Job, make_engine, session_factory
 from scanner.leases import Claim, Send, claim_batch, finish_batch, lease_kept, split_batch
 from scanner.loader import LoadedItem, decode_item, probe_header, read_item
 from scanner.model import ModelRunner
@@ -155,10 +155,23 @@ def give_up_on_batch(
     ctx: ScanContext, job_id: int, item_ids: list[int], message: str, code: str = "internal_error"
 ) -> None:
     """Record the batch's unscanned items as errors with `code` so the job can still finish."""
-    with ctx.sessions.begin() as session:
-        fail_queued_items(session, item_ids, code, message, ctx.worker)
-    with ctx.sessions.begin() as session:
+    _give_up(ctx.sessions, job_id, item_ids, message, code, ctx.worker)
+
+
+def _give_up(sessions: Any, job_id: int, item_ids: list[int], message: str, code: str, worker: str) -> None:
+    with sessions.begin() as session:
+        fail_queued_items(session, item_ids, code, message, worker)
+    with sessions.begin() as session:
         finish_job_if_complete(session, job_id)
+
+
+def fail_leased_batch(sessions: Any, job_id: int, batch_id: int, message: str, code: str, worker: str) -> None:
+    """A leased batch that cannot be scanned (time limit, retries exhausted): its unscanned items become
+    `code` errors, the job finishes if they were the last, and the batch is retired."""
+    with sessions() as session:
+        item_ids = session.scalar(select(Batch.item_ids).where(Batch.id == batch_id)) or []
+    _give_up(sessions, job_id, list(item_ids), message, code, worker)
+    finish_batch(sessions, batch_id, "failed")
 
 
 def scan_leased_batch(ctx: ScanContext, job_id: int, batch_id: int, send: Send) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from scanner.connect import SetupError, check_broker, describe_db_error, open_database, safe_url
 from scanner.db import Job
-from scanner.dispatch import celery_queue_empty, celery_sender, enqueue_distributed, run_embedded
+from scanner.dispatch import celery_messaging, enqueue_distributed, run_embedded
 from scanner.jobs import (
     canonical_sources,
     complete_creation,
@@ -129,7 +129,7 @@ def follow_job(
     """Poll SQL until the job is finished, re-sending batches of dead workers; give up after a stall."""
     advance = progress("scanning", queued) if progress and queued else None
     remaining, last_change, next_reap = queued, time.monotonic(), 0.0
-    send, queue_empty = celery_sender(settings), celery_queue_empty(settings)
+    send, queue_empty = celery_messaging(settings)
     while True:
         with sessions() as session:
             counts = job_counts(session, job_id)

@@ -89,6 +89,19 @@ class FaceFinder:
         return sorted(boxes, key=lambda box: box.area, reverse=True)[: cfg.max_faces]
 
 
+def upright_size(image_size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    """A file's (width, height) as its decoded image shows it: swapped when EXIF orientation turned the image."""
+    if (image_size[0] > image_size[1]) != (width > height):
+        return height, width
+    return width, height
+
+
+def scale_box(box: Box, source: tuple[int, int], target: tuple[int, int]) -> Box:
+    """`box` on an image of size `source`, in the pixels of the same image shown at size `target`."""
+    fx, fy = target[0] / source[0], target[1] / source[1]
+    return Box(round(box.x * fx), round(box.y * fy), max(1, round(box.w * fx)), max(1, round(box.h * fy)))
+
+
 def face_region(box: Box, width: int, height: int, widen: float) -> tuple[int, int, int, int]:
     """The square around a face, widened by `widen`, moved (not cut) to lie inside the image."""
     side = min(round(max(box.w, box.h) * widen), width, height)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from celery import Celery
+from kombu.exceptions import ChannelError
 
 from scanner.settings import Settings
 
@@ -32,3 +35,27 @@ def create_app(settings: Settings) -> Celery:
         task_annotations={"fauxscan.scan_batch": {"max_retries": settings.task_retries}},
     )
     return app
+
+
+def batch_sender(app: Celery, queue: str) -> Callable[[int, int], None]:
+    """A function that sends one batch message, (job_id, batch_id) as JSON, to `queue`."""
+
+    def send(job_id: int, batch_id: int) -> None:
+        with app.producer_or_acquire() as producer:
+            app.send_task("fauxscan.scan_batch", args=[job_id, batch_id], queue=queue, producer=producer)
+
+    return send
+
+
+def queue_empty_check(app: Celery, queue: str) -> Callable[[], bool]:
+    """A function that says whether `queue` holds no waiting message."""
+
+    def empty() -> bool:
+        with app.connection_for_write() as connection:
+            try:
+                declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+            except ChannelError:  # Redis drops an empty list's key: "no queue" means empty
+                return True
+            return int(declared.message_count) == 0
+
+    return empty

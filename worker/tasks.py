@@ -13,16 +13,14 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import celeryd_after_setup, worker_process_init
 from celery.utils.log import get_task_logger
-from kombu.exceptions import ChannelError
-from sqlalchemy import select
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
-from scanner.db import Batch, make_engine, session_factory
-from scanner.leases import finish_batch, reap_expired
-from scanner.scan import ScanContext, give_up_on_batch, scan_leased_batch, worker_name
+from scanner.db import make_engine, session_factory
+from scanner.leases import reap_expired
+from scanner.scan import ScanContext, fail_leased_batch, scan_leased_batch, worker_name
 from scanner.settings import Settings
-from scanner.sink import fail_queued_items, finish_job_if_complete
 from worker import app
+from worker.celery_app import batch_sender, queue_empty_check
 
 logger = get_task_logger(__name__)
 TRANSIENT = (OperationalError, InterfaceError, DisconnectionError, ConnectionError, TimeoutError)
@@ -63,35 +61,15 @@ class ScanTask(Task):  # type: ignore[misc]
         message = f"gave up after {self.max_retries} retries: {type(exc).__name__}: {str(exc)[:300]}"
         logger.error("job %s: batch %s %s", job_id, batch_id, message)
         try:
-            record_gave_up(self.ctx.sessions, job_id, batch_id, message)
+            fail_leased_batch(self.ctx.sessions, job_id, batch_id, message, "retries_exhausted", self.ctx.worker)
         except Exception:  # noqa: BLE001 - the database is still down: the reaper thread records it later
             logger.warning("job %s: batch %s failure will be recorded when the database is back", job_id, batch_id)
             self.pending_failures.append((job_id, batch_id, message))
 
 
-def record_gave_up(sessions: Any, job_id: int, batch_id: int, message: str) -> None:
-    """The batch's still-queued items become retries_exhausted errors; the job finishes if that was the last."""
-    with sessions.begin() as session:
-        item_ids = session.scalar(select(Batch.item_ids).where(Batch.id == batch_id)) or []
-        fail_queued_items(session, list(item_ids), "retries_exhausted", message, worker_name())
-    with sessions.begin() as session:
-        finish_job_if_complete(session, job_id)
-    finish_batch(sessions, batch_id, "failed")
-
-
-def send_batch(job_id: int, batch_id: int) -> None:
-    """Send a batch message to this worker's queue (used by the reaper and for split batches)."""
-    app.send_task("fauxscan.scan_batch", args=[job_id, batch_id], queue=app.conf.task_default_queue)
-
-
-def queue_is_empty() -> bool:
-    """True when this worker's queue holds no waiting message."""
-    with app.connection_for_write() as connection:
-        try:
-            declared = connection.default_channel.queue_declare(queue=app.conf.task_default_queue, passive=True)
-        except ChannelError:  # Redis drops an empty list's key: "no queue" means empty
-            return True
-        return int(declared.message_count) == 0
+# Messages the reaper and split batches send, and the check for messages a dead worker took.
+send_batch = batch_sender(app, app.conf.task_default_queue)
+queue_is_empty = queue_empty_check(app, app.conf.task_default_queue)
 
 
 @worker_process_init.connect
@@ -108,7 +86,8 @@ def _reap_forever(settings: Settings) -> None:
         try:
             pending = scan_batch_task.pending_failures
             while pending:
-                record_gave_up(sessions, *pending[0])
+                job_id, batch_id, message = pending[0]
+                fail_leased_batch(sessions, job_id, batch_id, message, "retries_exhausted", worker_name())
                 pending.pop(0)
             sent = reap_expired(sessions, send_batch, queue_empty=queue_is_empty, stale=2 * settings.lease_seconds)
             if sent:
@@ -135,7 +114,5 @@ def scan_batch_task(self: ScanTask, job_id: int, batch_id: int) -> None:
     except SoftTimeLimitExceeded:
         limit = self.ctx.settings.task_time_limit
         logger.error("job %s: batch %s exceeded %s s; its unscanned items become errors", job_id, batch_id, limit)
-        with self.ctx.sessions() as session:
-            item_ids = session.scalar(select(Batch.item_ids).where(Batch.id == batch_id)) or []
-        give_up_on_batch(self.ctx, job_id, list(item_ids), f"the batch exceeded the {limit} s time limit")
-        finish_batch(self.ctx.sessions, batch_id, "failed")
+        message = f"the batch exceeded the {limit} s time limit"
+        fail_leased_batch(self.ctx.sessions, job_id, batch_id, message, "internal_error", self.ctx.worker)
