@@ -234,10 +234,9 @@ def fetch_url(url: str, policy: FetchPolicy) -> FetchResult:
             except _Transient as exc:
                 last = exc
                 pause = policy.backoff * 2**attempt
-                if attempt < policy.retries and time.monotonic() + pause < deadline:
-                    time.sleep(pause)
-                elif attempt < policy.retries:
+                if attempt == policy.retries or time.monotonic() + pause >= deadline:
                     break
+                time.sleep(pause)
     except DeadlineExceeded:
         raise ItemError("timeout", f"the URL took longer than its {policy.total_seconds:g} s deadline") from None
     assert last is not None

@@ -12,8 +12,9 @@ from PIL import Image
 
 from scanner.errors import ItemError
 from scanner.fetch import FetchPolicy, fetch_url
+from scanner.safe_text import decodable
 from scanner.settings import Settings
-from scanner.sources import local_path, printable_name
+from scanner.sources import local_path
 from training.faces import FaceFinder, scale_box, upright_size
 from training.preprocess import ImageRejected, Preprocess, decode_image
 from training.views import ImageViews, make_views
@@ -55,7 +56,7 @@ def fetch_policy(settings: Settings) -> FetchPolicy:
 
 def read_file(path: Path, max_bytes: int) -> bytes:
     """Read a local file within the size limit; failures become ItemError codes."""
-    shown = printable_name(str(path))
+    shown = decodable(str(path))
     try:
         info = path.stat()
         if not stat.S_ISREG(info.st_mode):

@@ -8,8 +8,12 @@ CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def decodable(name: str) -> str:
+    """A name that may hold undecodable bytes (surrogate escapes), as text that can be stored: the bytes as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def printable(text: object, keep_newlines: bool = True) -> str:
     """Control characters shown as \\xNN escapes (never sent to the terminal), undecodable bytes as \\xNN."""
     pattern = CONTROL if keep_newlines else CONTROL_OR_NEWLINE
-    readable = str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return pattern.sub(lambda match: f"\\x{ord(match.group()):02x}", readable)
+    return pattern.sub(lambda match: f"\\x{ord(match.group()):02x}", decodable(str(text)))

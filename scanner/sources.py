@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TextIO
 from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
+from scanner.safe_text import decodable
 from training.preprocess import IMAGE_SUFFIXES, has_image_magic
 
 
@@ -158,15 +159,10 @@ def expand_sources(arguments: Iterable[str]) -> Expansion:
         if reason:
             skipped.append(SkippedFile(uri, reason))
         elif not path.exists():
-            items.setdefault(uri, ItemSpec(uri, kind, "not_found", f"no such file: {printable_name(argument)}"))
+            items.setdefault(uri, ItemSpec(uri, kind, "not_found", f"no such file: {decodable(argument)}"))
         else:
             items.setdefault(uri, ItemSpec(uri, kind))
     return Expansion(list(items.values()), [s for s in skipped if s.path not in items])
-
-
-def printable_name(name: str) -> str:
-    """A file name that may hold undecodable bytes, as text that can be stored and printed."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def read_source_list(handle: TextIO) -> list[str]:

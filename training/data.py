@@ -181,6 +181,9 @@ def reseed_worker(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     if info is None:
         return
-    for rng in (getattr(info.dataset, "rng", None), getattr(getattr(info.dataset, "augment", None), "rng", None)):
-        if rng is not None:
-            rng.seed(info.seed + (1 if rng is getattr(info.dataset, "rng", None) else 0))
+    augment_rng = getattr(getattr(info.dataset, "augment", None), "rng", None)
+    view_rng = getattr(info.dataset, "rng", None)
+    if augment_rng is not None:
+        augment_rng.seed(info.seed)
+    if view_rng is not None:
+        view_rng.seed(info.seed + 1)
