@@ -59,15 +59,3 @@ def open_database(settings: Settings) -> Any:
         reason = describe_db_error(exc, settings.database_url)
         raise SetupError(f"cannot use the database at {safe_url(settings.database_url)}: {reason}") from None
     return session_factory(engine)
-
-
-def check_broker(settings: Settings) -> None:
-    """Fail fast with a clear message when the broker cannot be reached."""
-    from worker.celery_app import create_app
-
-    app = create_app(settings)
-    try:
-        with app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=5)
-    except Exception as exc:  # noqa: BLE001 - kombu raises many transport-specific types
-        raise SetupError(f"cannot reach the broker at {safe_url(settings.broker_url or '')}: {exc}") from None

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from platformdirs import user_data_dir
+from platformdirs import user_cache_dir, user_data_dir
 
+from scanner.engines import ENGINES
 from scanner.registry import resolve_model
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -74,6 +75,10 @@ class Settings:
     max_deliveries: int = 3
     stall_timeout: float = 600.0
     task_retries: int = 8
+    engine: str = "auto"
+    cache_dir: Path = Path(user_cache_dir("fauxscan"))
+    serve_token: str = field(default="", repr=False)
+    serve_reviewers: str = ""
 
     def __post_init__(self) -> None:
         for name in POSITIVE:
@@ -85,6 +90,8 @@ class Settings:
         if self.device not in DEVICES and not re.fullmatch(r"cuda:\d+", self.device):
             raise SettingsError(f"SCANNER_DEVICE (--device) must be one of {', '.join(DEVICES)} or cuda:N, "
                                 f"not {self.device!r}")  # fmt: skip
+        if self.engine != "auto" and self.engine not in ENGINES:
+            raise SettingsError(f"SCANNER_ENGINE must be auto, {' or '.join(ENGINES)}, not {self.engine!r}")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -121,5 +128,7 @@ ENV_NAMES = {
     "http_retries": "SCANNER_HTTP_RETRIES", "http_backoff": "SCANNER_HTTP_BACKOFF",
     "torch_threads": "SCANNER_TORCH_THREADS", "decode_threads": "SCANNER_DECODE_THREADS", "jit": "SCANNER_JIT",
     "lease_seconds": "SCANNER_LEASE_SECONDS", "max_deliveries": "SCANNER_MAX_DELIVERIES",
-    "stall_timeout": "SCANNER_STALL_TIMEOUT", "task_retries": "SCANNER_TASK_RETRIES",
+    "stall_timeout": "SCANNER_STALL_TIMEOUT", "task_retries": "SCANNER_TASK_RETRIES", "engine": "SCANNER_ENGINE",
+    "cache_dir": "SCANNER_CACHE_DIR",
+    "serve_token": "SCANNER_SERVE_TOKEN", "serve_reviewers": "SCANNER_SERVE_REVIEWERS",
 }  # fmt: skip

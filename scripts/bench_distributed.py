@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_embedded import parse_args  # noqa: E402
 
 from scanner.db import upgrade  # noqa: E402
-from scanner.scan import ScanContext, complete_batch, prepare_batch  # noqa: E402
+from scanner.pipeline.scan import ScanContext, complete_batch, prepare_batch  # noqa: E402
+from scanner.pipeline.submit import open_database, submit  # noqa: E402
 from scanner.settings import Settings  # noqa: E402
-from scanner.submit import open_database, submit  # noqa: E402
 from tests.workers import WorkerProcess, purge_queue, wait_for_job  # noqa: E402
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -41,9 +41,9 @@ def fresh_database() -> str:
 
 def in_process(paths: list[Path], settings: Settings) -> float:
     """Decode + model on this process, batches recorded to SQL as the workers do (no broker)."""
-    from scanner.jobs import chunks, create_job, queued_item_ids
-    from scanner.model import model_identity
-    from scanner.sources import expand_sources
+    from scanner.pipeline.jobs import chunks, create_job, queued_item_ids
+    from scanner.pipeline.model import model_identity
+    from scanner.pipeline.sources import expand_sources
 
     sessions = open_database(settings)
     version, threshold = model_identity(settings)

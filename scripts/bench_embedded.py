@@ -16,9 +16,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from scanner.loader import decode_item, read_item
+from scanner.pipeline.loader import decode_item, read_item
+from scanner.pipeline.submit import submit
 from scanner.settings import Settings
-from scanner.submit import submit
 from training.checkpoint import load_model
 from training.faces import FaceFinder
 

@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from scanner.model import optimized_forward
+from scanner.pipeline.model import optimized_forward
 from scanner.registry import default_model_path
 from training.checkpoint import load_model, resolve_device
 from training.models import DEFAULT_ARGS, build_model

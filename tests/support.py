@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from scanner.db import Item, make_engine
-from scanner.errors import ERROR_CODES
+from scanner.pipeline.errors import ERROR_CODES
 from scanner.settings import Settings
 from tests.httpserver import EXPECTED, HostileServer
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from scanner.cli import app
 from scanner.db import Batch, Item, Job, Verdict, make_engine
+from scanner.pipeline.submit import SetupError, submit
 from scanner.settings import Settings
-from scanner.submit import SetupError, submit
 from tests.conftest import PG_ADMIN, make_settings, settings_env
 from tests.imaging import encode, noisy_image, smooth_image
 from tests.workers import WorkerProcess, distributed_settings, done_count, purge_queue, wait_for_job

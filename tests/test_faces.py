@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from scanner.cli import app
 from scanner.db import Face, Verdict
-from scanner.html_report import attach_visuals
+from scanner.moderation.html_report import attach_visuals
+from scanner.moderation.reports import report_rows
+from scanner.pipeline.submit import open_database, submit
 from scanner.registry import registered_models, resolve_model
-from scanner.reports import report_rows
 from scanner.settings import Settings
-from scanner.submit import open_database, submit
 from tests.conftest import make_settings, settings_env
 from tests.imaging import drawn_face, smooth_image
 from training.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
@@ -119,7 +119,7 @@ def test_face_boxes_are_stored_reported_and_drawn(face_model: Path, tmp_path: Pa
 
 
 def test_heatmaps_cover_the_whole_image_and_each_face(face_model: Path) -> None:
-    from scanner.explain import explainer
+    from scanner.moderation.explain import explainer
 
     loaded = load_model(face_model, "cpu")
     image = drawn_face(5, size=200)

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 
 from scanner.cli import app
 from scanner.db import Item, Job, Skipped
-from scanner.jobs import canonical_sources, create_job
-from scanner.model import model_identity
-from scanner.reports import report_rows
+from scanner.moderation.reports import report_rows
+from scanner.pipeline.jobs import canonical_sources, create_job
+from scanner.pipeline.model import model_identity
+from scanner.pipeline.sources import Expansion, ItemSpec, expand_sources
+from scanner.pipeline.submit import open_database, submit
 from scanner.settings import Settings
-from scanner.sources import Expansion, ItemSpec, expand_sources
-from scanner.submit import open_database, submit
 from tests.conftest import settings_env
 from tests.httpserver import HostileServer
 from tests.imaging import encode, noisy_image, smooth_image
@@ -195,7 +195,7 @@ def test_url_passwords_never_reach_a_report(settings: Settings, tmp_path: Path) 
 
 
 def test_items_of_other_jobs_are_not_scanned(settings: Settings, tmp_path: Path) -> None:
-    from scanner.scan import ScanContext, scan_batch
+    from scanner.pipeline.scan import ScanContext, scan_batch
 
     (tmp_path / "a.png").write_bytes(encode(noisy_image(9, 32)))
     (tmp_path / "b.png").write_bytes(encode(noisy_image(10, 32)))
@@ -245,8 +245,8 @@ def test_a_16_bit_png_inside_the_pixel_limit_stays_within_memory(tmp_path: Path,
 def test_a_trickling_server_cannot_hold_a_url_past_its_deadline(route: str) -> None:
     import time
 
-    from scanner.errors import ItemError
-    from scanner.fetch import FetchPolicy, fetch_url
+    from scanner.pipeline.errors import ItemError
+    from scanner.pipeline.fetch import FetchPolicy, fetch_url
 
     policy = FetchPolicy(timeout=2.0, retries=2, backoff=0.1, allow_private=True)
     with HostileServer() as server:

@@ -10,14 +10,14 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from scanner.db import Item, Job, Skipped
-from scanner.errors import ERROR_CODES, ItemError
-from scanner.fetch import FetchPolicy, address_blocked, fetch_url
-from scanner.jobs import create_job
-from scanner.model import model_identity
-from scanner.scan import ScanContext, scan_batch
+from scanner.pipeline.errors import ERROR_CODES, ItemError
+from scanner.pipeline.fetch import FetchPolicy, address_blocked, fetch_url
+from scanner.pipeline.jobs import create_job
+from scanner.pipeline.model import model_identity
+from scanner.pipeline.scan import ScanContext, scan_batch
+from scanner.pipeline.sources import expand_sources
+from scanner.pipeline.submit import open_database, submit
 from scanner.settings import Settings
-from scanner.sources import expand_sources
-from scanner.submit import open_database, submit
 from tests.httpserver import EXPECTED, HostileServer
 from tests.imaging import corruptions, encode, noisy_image
 from tests.support import URL_LIMITS, check_url_outcomes, items_by_uri
@@ -168,8 +168,8 @@ def test_permission_denied_is_an_error_row(tmp_path: Path) -> None:
     secret.write_bytes(encode(noisy_image(9, 32)))
     secret.chmod(0)
     snippet = (
-        "import sys; from pathlib import Path; from scanner.loader import read_file\n"
-        "from scanner.errors import ItemError\n"
+        "import sys; from pathlib import Path; from scanner.pipeline.loader import read_file\n"
+        "from scanner.pipeline.errors import ItemError\n"
         "try:\n    read_file(Path(sys.argv[1]), 10**6)\nexcept ItemError as exc:\n    print(exc.code)"
     )
     command = [sys.executable, "-c", snippet, str(secret)]

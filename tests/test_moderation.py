@@ -15,12 +15,12 @@ from typer.testing import CliRunner
 
 from scanner.cli import app
 from scanner.db import make_engine
-from scanner.explain import gradcam
-from scanner.html_report import render_html
-from scanner.reports import job_status, render_jsonl, report_rows
-from scanner.review import ReviewError, add_decision, export_labels, import_decisions, item_decisions
+from scanner.moderation.explain import gradcam
+from scanner.moderation.html_report import render_html
+from scanner.moderation.reports import job_status, render_jsonl, report_rows
+from scanner.moderation.review import ReviewError, add_decision, export_labels, import_decisions, item_decisions
+from scanner.pipeline.submit import open_database, submit
 from scanner.settings import Settings
-from scanner.submit import open_database, submit
 from tests.conftest import settings_env
 from tests.imaging import encode, noisy_image, smooth_image
 from training.checkpoint import load_model

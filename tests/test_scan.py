@@ -12,12 +12,12 @@ import pytest
 from sqlalchemy import func, inspect, select
 
 from scanner.db import Item, Job, Skipped, Verdict, current_revision, head_revision, make_engine
-from scanner.jobs import create_job, queued_item_ids
-from scanner.reports import render_csv, render_json, report_rows
-from scanner.scan import ScanContext, scan_batch
+from scanner.moderation.reports import render_csv, render_json, report_rows
+from scanner.pipeline.jobs import create_job, queued_item_ids
+from scanner.pipeline.scan import ScanContext, scan_batch
+from scanner.pipeline.sources import expand_sources
+from scanner.pipeline.submit import SetupError, open_database, submit
 from scanner.settings import Settings
-from scanner.sources import expand_sources
-from scanner.submit import SetupError, open_database, submit
 from tests.imaging import encode, noisy_image, png_bomb, smooth_image, variants
 from tests.support import items_by_uri
 
@@ -117,7 +117,7 @@ def test_rescan_reuses_verdicts_and_resume_finishes_interrupted_job(settings: Se
         (tmp_path / f"img_{index}.png").write_bytes(encode(noisy_image(index, 32)))
     sessions = open_database(settings)
     expansion = expand_sources([str(tmp_path)])
-    from scanner.model import model_identity
+    from scanner.pipeline.model import model_identity
 
     version, threshold = model_identity(settings)
     job_id = create_job(sessions, [str(tmp_path)], expansion, version, threshold, "embedded")
@@ -186,7 +186,7 @@ def test_dead_database_is_a_clear_setup_error(tiny_model: Path) -> None:
 
 
 def test_frozen_cpu_model_scores_like_the_eager_one(tiny_model: Path, tmp_path: Path) -> None:
-    from scanner.model import ModelRunner
+    from scanner.pipeline.model import ModelRunner
     from tests.conftest import make_settings
     from training.preprocess import preprocess_bytes
     from training.views import ImageViews

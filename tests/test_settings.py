@@ -9,10 +9,10 @@ from typer.testing import CliRunner
 
 from scanner.cli import app
 from scanner.db import current_revision, head_revision, make_engine
+from scanner.engines.celery import worker_argv
+from scanner.pipeline.submit import safe_url
 from scanner.registry import default_model_path
 from scanner.settings import Settings
-from scanner.submit import safe_url
-from worker.run import worker_argv
 
 
 def test_embedded_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from scanner.cli import app
-from scanner.loader import decode_item, read_item
+from scanner.pipeline.loader import decode_item, read_item
 from scanner.settings import Settings
 from tests.conftest import tiny_config
 from tests.imaging import encode, noisy_image

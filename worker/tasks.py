@@ -16,11 +16,11 @@ from celery.utils.log import get_task_logger
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
 from scanner.db import make_engine, session_factory
-from scanner.leases import reap_expired
-from scanner.scan import ScanContext, fail_leased_batch, scan_leased_batch, worker_name
+from scanner.engines.celery import TASK_NAME, batch_sender, queue_empty_check
+from scanner.pipeline.leases import reap_expired
+from scanner.pipeline.scan import ScanContext, fail_leased_batch, scan_leased_batch, worker_name
 from scanner.settings import Settings
 from worker import app
-from worker.celery_app import batch_sender, queue_empty_check
 
 logger = get_task_logger(__name__)
 TRANSIENT = (OperationalError, InterfaceError, DisconnectionError, ConnectionError, TimeoutError)
@@ -99,7 +99,7 @@ def _reap_forever(settings: Settings) -> None:
 @app.task(
     base=ScanTask,
     bind=True,
-    name="fauxscan.scan_batch",
+    name=TASK_NAME,
     autoretry_for=TRANSIENT,
     retry_backoff=2,
     retry_backoff_max=120,

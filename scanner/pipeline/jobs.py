@@ -13,8 +13,8 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from scanner.db import Item, Job, Skipped, utcnow
-from scanner.sink import insert_ignoring_conflicts
-from scanner.sources import RAW_PREFIX, Expansion, is_url, path_uri
+from scanner.pipeline.sink import insert_ignoring_conflicts
+from scanner.pipeline.sources import RAW_PREFIX, Expansion, is_url, path_uri
 
 INSERT_CHUNK = 1000
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from scanner.errors import ItemError
+from scanner.pipeline.errors import ItemError
 
 REDIRECTS = {301, 302, 303, 307, 308}
 USER_AGENT = "fauxscan/0.1 (+https://github.com/fauxscan)"

@@ -13,8 +13,8 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from scanner.loader import read_item
-from scanner.reports import redact_row
+from scanner.moderation.reports import redact_row
+from scanner.pipeline.loader import read_item
 from scanner.settings import Settings
 from training.faces import Box, scale_box, upright_size
 from training.preprocess import ImageRejected, decode_image
@@ -105,7 +105,7 @@ def render_html(status: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     keep = ("item_id", "uri", "status", "score", "label", "error_code", "error_message", "size_bytes",
             "width", "height", "decision", "reviewer", "thumb", "heat", "whole_score", "faces")  # fmt: skip
     items = [redact_row({k: row.get(k) for k in keep}) for row in rows]
-    template = (resources.files("scanner") / "templates" / "report.html").read_text(encoding="utf-8")
+    template = (resources.files("scanner.moderation") / "templates" / "report.html").read_text(encoding="utf-8")
     return (
         template.replace("{{summary}}", _summary_html(status))
         .replace("{{page_size}}", str(PAGE_SIZE))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from scanner.console import echo, fail, progress_bar, say_error
+from scanner.cli.console import echo, fail, progress_bar, say_error
 from scanner.registry import resolve_model
 from scanner.settings import Settings
 

@@ -18,11 +18,11 @@ from typing import Any
 from sqlalchemy import select
 
 from scanner.db import Batch, Item, Job, make_engine, session_factory
-from scanner.leases import Claim, Send, claim_batch, finish_batch, lease_kept, split_batch
-from scanner.loader import LoadedItem, decode_item, probe_header, read_item
-from scanner.model import ModelRunner
+from scanner.pipeline.leases import Claim, Send, claim_batch, finish_batch, lease_kept, split_batch
+from scanner.pipeline.loader import LoadedItem, decode_item, probe_header, read_item
+from scanner.pipeline.model import ModelRunner
+from scanner.pipeline.sink import existing_verdicts, fail_queued_items, finish_job_if_complete, record_batch
 from scanner.settings import Settings
-from scanner.sink import existing_verdicts, fail_queued_items, finish_job_if_complete, record_batch
 from training.views import ImageViews
 
 LOG = logging.getLogger(__name__)

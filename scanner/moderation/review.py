@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scanner.db import Decision, Item
-from scanner.loader import read_item
-from scanner.reports import get_job, latest_decision_subquery
+from scanner.moderation.reports import get_job, latest_decision_subquery
+from scanner.pipeline.loader import read_item
 from scanner.settings import Settings
 from training.preprocess import FORMAT_SUFFIX, IMAGE_SUFFIXES
 
@@ -30,6 +30,15 @@ class ReviewError(ValueError):
 
 def add_decision(session: Session, item_id: int, decision: str, reviewer: str, note: str | None = None) -> Decision:
     """Record one decision on an item."""
+    check_decision(session, item_id, decision, reviewer, note)
+    row = Decision(item_id=item_id, decision=decision, reviewer=reviewer.strip(), note=note)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def check_decision(session: Session, item_id: int, decision: str, reviewer: str, note: str | None) -> None:
+    """Raise ReviewError unless the decision could be recorded as given."""
     if decision not in DECISIONS:
         raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
     if not 1 <= item_id <= MAX_ID or session.get(Item, item_id) is None:
@@ -40,10 +49,6 @@ def add_decision(session: Session, item_id: int, decision: str, reviewer: str, n
         raise ReviewError(f"the reviewer name is longer than {MAX_REVIEWER} characters")
     if note is not None and len(note) > MAX_NOTE:
         raise ReviewError(f"the note is longer than {MAX_NOTE} characters")
-    row = Decision(item_id=item_id, decision=decision, reviewer=reviewer.strip(), note=note)
-    session.add(row)
-    session.flush()
-    return row
 
 
 def import_decisions(session: Session, handle: TextIO, default_reviewer: str) -> int:

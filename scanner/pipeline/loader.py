@@ -10,11 +10,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from scanner.errors import ItemError
-from scanner.fetch import FetchPolicy, fetch_url
+from scanner.pipeline.errors import ItemError
+from scanner.pipeline.fetch import FetchPolicy, fetch_url
+from scanner.pipeline.sources import local_path
 from scanner.safe_text import decodable
 from scanner.settings import Settings
-from scanner.sources import local_path
 from training.faces import FaceFinder, scale_box, upright_size
 from training.preprocess import ImageRejected, Preprocess, decode_image
 from training.views import ImageViews, make_views

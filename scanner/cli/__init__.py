@@ -12,9 +12,9 @@ from typing import Annotated, Any
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from scanner import cli_model
+from scanner.cli import model as cli_model
+from scanner.cli.console import echo, fail, progress_bar, say_error
 from scanner.connect import SetupError, describe_db_error, open_database, safe_url
-from scanner.console import echo, fail, progress_bar, say_error
 from scanner.settings import Settings
 
 app = typer.Typer(help="fauxscan: find fake, manipulated and AI-generated face images.", no_args_is_help=True)
@@ -37,7 +37,7 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def _read_from_file(source: str) -> list[str]:
-    from scanner.sources import read_source_list
+    from scanner.pipeline.sources import read_source_list
 
     if source == "-":
         return read_source_list(sys.stdin)
@@ -63,7 +63,7 @@ def submit(
     if not arguments:
         fail("nothing to scan: give paths or URLs, or --from-file")
     settings = load_settings(batch_size=batch_size, model_path=model, device=device)
-    from scanner.submit import submit as run_submit
+    from scanner.pipeline.submit import submit as run_submit
 
     _run_and_print(settings, lambda progress: run_submit(settings, arguments, wait, progress), as_json)
 
@@ -78,7 +78,7 @@ def resume(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
 ) -> None:
     """Carry on with an unfinished job by id (after Ctrl-C, a crash or a dead worker)."""
-    from scanner.submit import resume as run_resume
+    from scanner.pipeline.submit import resume as run_resume
 
     settings = load_settings(batch_size=batch_size, model_path=model, device=device)
     _run_and_print(settings, lambda progress: run_resume(settings, job_id, wait, progress), as_json)
@@ -133,7 +133,7 @@ def _sessions(settings: Settings) -> Any:
 @app.command()
 def status(job_id: JobId, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Progress, counts, errors, skipped files and per-worker throughput of a job."""
-    from scanner.reports import JobNotFound, job_status
+    from scanner.moderation.reports import JobNotFound, job_status
 
     with _sessions(load_settings())() as session:
         try:
@@ -160,7 +160,7 @@ def status(job_id: JobId, as_json: Annotated[bool, typer.Option("--json")] = Fal
 @app.command()
 def jobs(limit: Annotated[int, typer.Option(help="How many recent jobs.")] = 20) -> None:
     """List recent jobs."""
-    from scanner.reports import recent_jobs
+    from scanner.moderation.reports import recent_jobs
 
     with _sessions(load_settings())() as session:
         for job in recent_jobs(session, limit):
@@ -180,7 +180,7 @@ def report(
     max_thumbnails: Annotated[int, typer.Option(help="HTML: thumbnails for at most this many items.")] = 2000,
 ) -> None:
     """Per-item results of a job: uri, status, score, label, threshold, model version, error."""
-    from scanner import reports
+    from scanner.moderation import reports
 
     if fmt not in ("table", "csv", "json", "jsonl", "html"):
         fail(f"unknown format {fmt!r}: use table, csv, json, jsonl or html")
@@ -206,11 +206,11 @@ def report(
 
 
 def _html_report(settings: Settings, status: dict, rows: list, explain: bool, max_thumbnails: int) -> str:
-    from scanner.html_report import attach_visuals, render_html
+    from scanner.moderation.html_report import attach_visuals, render_html
 
     explain_fn = None
     if explain:
-        from scanner.explain import explainer
+        from scanner.moderation.explain import explainer
         from training.checkpoint import CheckpointError, load_model
 
         try:
@@ -231,7 +231,7 @@ def review(
     ] = None,
 ) -> None:
     """Record a reviewer decision on an item (never changes the model's verdict)."""
-    from scanner.review import ReviewError, add_decision, import_decisions
+    from scanner.moderation.review import ReviewError, add_decision, import_decisions
 
     who = reviewer or os.environ.get("USER") or "unknown"
     settings = load_settings()
@@ -262,8 +262,8 @@ def export_labels(
     ] = False,
 ) -> None:
     """Write a job's reviewed images as real/ and fake/ folders that `scanner train` accepts."""
-    from scanner.reports import JobNotFound
-    from scanner.review import export_labels as run_export
+    from scanner.moderation.reports import JobNotFound
+    from scanner.moderation.review import export_labels as run_export
 
     settings = load_settings()
     with _sessions(settings)() as session:
@@ -299,7 +299,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 @app.command()
 def info() -> None:
     """Show the settings in effect: database, broker, model, device."""
-    from scanner.model import model_identity
+    from scanner.pipeline.model import model_identity
     from training.checkpoint import CheckpointError
 
     settings = load_settings()
@@ -353,6 +353,32 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON 
 
 
 @app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; beyond loopback needs SCANNER_SERVE_TOKEN.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8800,
+    reviewer: Annotated[str | None, typer.Option(help="Your name on decisions (no tokens). Default: $USER.")] = None,
+    heatmaps: Annotated[bool, typer.Option(help="Grad-CAM heatmaps on item pages (loads the model once).")] = True,
+) -> None:
+    """Review queues in the browser: flagged first, one key per decision, over the same database."""
+    from scanner.moderation.serve import ServeConfig, check_binding, reviewer_tokens
+    from scanner.moderation.serve import serve as run_serve
+
+    if not 0 < port < 65536:
+        fail(f"--port must be between 1 and 65535, not {port}", code=2)
+    settings = load_settings()
+    try:
+        name = reviewer or os.environ.get("USER") or "reviewer"
+        config = ServeConfig(host, port, reviewer_tokens(settings), name, heatmaps)
+        check_binding(config)
+    except SetupError as exc:
+        fail(str(exc))
+    say_error(f"reviewing {safe_url(settings.database_url)} at http://{host}:{port}/ (Ctrl-C stops)")
+    run_serve(settings, _sessions(settings), config)
+
+
+@app.command()
 def worker(
     concurrency: Annotated[int, typer.Option(help="Worker processes (CPU); GPU workers use 1.")] = 1,
     queues: Annotated[str | None, typer.Option(help="Comma-separated queues (default: SCANNER_QUEUE).")] = None,
@@ -360,14 +386,12 @@ def worker(
     loglevel: Annotated[str, typer.Option()] = "info",
 ) -> None:
     """Start a Celery worker with the same settings (needs SCANNER_BROKER_URL)."""
-    from worker.run import worker_argv
+    from scanner.engines.celery import exec_worker, worker_argv
 
     settings = load_settings()
     if not settings.broker_url:
         fail("SCANNER_BROKER_URL is not set: workers need a broker (e.g. redis://127.0.0.1:6379/0)")
-    from worker import app as celery_app
-
-    celery_app.worker_main(worker_argv(settings, concurrency, queues, pool, loglevel))
+    exec_worker(worker_argv(settings, concurrency, queues, pool, loglevel))
 
 
 def main() -> None:

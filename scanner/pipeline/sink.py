@@ -10,10 +10,10 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from scanner.db import Face, Item, Job, Verdict, utcnow
-from scanner.reports import job_counts
+from scanner.moderation.reports import job_counts
 
 if TYPE_CHECKING:
-    from scanner.loader import LoadedItem
+    from scanner.pipeline.loader import LoadedItem
     from training.views import ViewScores
 
 

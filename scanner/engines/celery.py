@@ -1,0 +1,194 @@
+"""The Celery engine: batches recorded in SQL and sent through Redis to `scanner worker` processes.
+
+This module configures the Celery app (JSON only, late acks, no prefetch) and sends messages; the worker
+package builds its app with `create_app` and holds the signals and the thin task. The broker only carries
+`(job_id, batch_id)`: SQL leases decide who scans a batch (scanner/pipeline/leases.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from celery import Celery
+from kombu.exceptions import ChannelError
+from sqlalchemy import select, update
+
+from scanner.connect import SetupError, safe_url
+from scanner.db import Batch, Job
+from scanner.engines import ProgressFactory
+from scanner.moderation.reports import job_counts
+from scanner.pipeline.jobs import chunks, queued_item_ids
+from scanner.pipeline.leases import Send, create_batches, last_seen_workers, reap_expired
+from scanner.settings import Settings
+
+TASK_NAME = "fauxscan.scan_batch"
+
+
+class CeleryEngine:
+    """Hands batches to Celery workers; `run(wait=True)` follows the job and re-sends dead workers' batches."""
+
+    mode = "distributed"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def check(self) -> None:
+        """Fail fast with a clear message when the broker cannot be reached."""
+        app = create_app(self.settings)
+        try:
+            with app.connection_for_write() as connection:
+                connection.ensure_connection(max_retries=1, timeout=5)
+        except Exception as exc:  # noqa: BLE001 - kombu raises many transport-specific types
+            url = safe_url(self.settings.broker_url or "")
+            raise SetupError(f"cannot reach the broker at {url}: {exc}") from None
+
+    def run(self, sessions: Any, job_id: int, queued: int, wait: bool, progress: ProgressFactory | None) -> None:
+        """Send one message per batch; with `wait`, follow the job until it is finished."""
+        try:
+            enqueue_distributed(self.settings, sessions, job_id)
+        except Exception as exc:  # noqa: BLE001 - kombu raises transport-specific errors
+            raise SetupError(
+                f"job {job_id} is recorded but could not be fully enqueued ({type(exc).__name__}); "
+                "run the same command again to resume it"
+            ) from None
+        if wait:
+            follow_job(self.settings, sessions, job_id, queued, progress)
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app bound to the settings' broker; its task is defined in worker.tasks."""
+    app = Celery("fauxscan", broker=settings.broker_url or "redis://127.0.0.1:6379/0", include=["worker.tasks"])
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        result_accept_content=["json"],
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_disable_prefetch=True,  # a message is taken only by a free process: a dead worker holds no spares
+        task_default_queue=settings.queue,
+        task_soft_time_limit=settings.task_time_limit,
+        task_time_limit=settings.task_time_limit + 60,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=3,
+        worker_max_memory_per_child=4_000_000,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_annotations={TASK_NAME: {"max_retries": settings.task_retries}},
+    )
+    return app
+
+
+def batch_sender(app: Celery, queue: str) -> Send:
+    """A function that sends one batch message, (job_id, batch_id) as JSON, to `queue`."""
+
+    def send(job_id: int, batch_id: int) -> None:
+        with app.producer_or_acquire() as producer:
+            app.send_task(TASK_NAME, args=[job_id, batch_id], queue=queue, producer=producer)
+
+    return send
+
+
+def queue_empty_check(app: Celery, queue: str) -> Callable[[], bool]:
+    """A function that says whether `queue` holds no waiting message."""
+
+    def empty() -> bool:
+        with app.connection_for_write() as connection:
+            try:
+                declared = connection.default_channel.queue_declare(queue=queue, passive=True)
+            except ChannelError:  # Redis drops an empty list's key: "no queue" means empty
+                return True
+            return int(declared.message_count) == 0
+
+    return empty
+
+
+def celery_messaging(settings: Settings) -> tuple[Send, Callable[[], bool]]:
+    """(send one batch message, is the workers' queue empty?) over one Celery app for these settings."""
+    app = create_app(settings)
+    return batch_sender(app, settings.queue), queue_empty_check(app, settings.queue)
+
+
+def enqueue_distributed(settings: Settings, sessions: Any, job_id: int) -> int:
+    """Record one leased batch per chunk of queued item ids and send one Celery task per batch; returns how many.
+
+    Batches of an earlier run of this job are superseded (never reaped again); their items are in the new ones.
+    """
+    with sessions.begin() as session:
+        session.execute(
+            update(Batch)
+            .where(Batch.job_id == job_id, Batch.status.in_(("queued", "running")))
+            .values(status="superseded", lease_until=None)
+        )
+        batch_ids = create_batches(session, job_id, list(chunks(queued_item_ids(session, job_id), settings.batch_size)))
+    send, _ = celery_messaging(settings)
+    for batch_id in batch_ids:
+        send(job_id, batch_id)
+    return len(batch_ids)
+
+
+def follow_job(
+    settings: Settings, sessions: Any, job_id: int, queued: int, progress: ProgressFactory | None, poll: float = 0.5
+) -> None:
+    """Poll SQL until the job is finished, re-sending batches of dead workers; give up after a stall."""
+    advance = progress("scanning", queued) if progress and queued else None
+    remaining, last_change, next_reap = queued, time.monotonic(), 0.0
+    send, queue_empty = celery_messaging(settings)
+    while True:
+        with sessions() as session:
+            counts = job_counts(session, job_id)
+            finished = session.scalar(select(Job.finished_at).where(Job.id == job_id)) is not None
+        now = time.monotonic()
+        if counts["queued"] < remaining:
+            if advance:
+                advance(remaining - counts["queued"])
+            remaining, last_change = counts["queued"], now
+        if finished:
+            return
+        if now >= next_reap:
+            reap_expired(sessions, send, queue_empty=queue_empty, stale=2 * settings.lease_seconds)
+            next_reap = now + max(1.0, settings.lease_seconds / 2)
+        if now - last_change > settings.stall_timeout:
+            raise SetupError(stall_message(sessions, job_id, counts["queued"], settings.stall_timeout))
+        time.sleep(poll)
+
+
+def stall_message(sessions: Any, job_id: int, queued: int, waited: float) -> str:
+    """Why `submit` stopped following: the job, what remains, and who worked on it last."""
+    seen = last_seen_workers(sessions, job_id)
+    workers = ", ".join(f"{w['worker']} at {w['seen']}" for w in seen[:5]) or "none ever claimed a batch"
+    return (
+        f"job {job_id} made no progress for {waited:.0f} s: {queued} items still queued; workers last seen: "
+        f"{workers}. Check that workers run on this queue, then `scanner resume {job_id}` "
+        "(nothing done is lost)"
+    )
+
+
+def worker_argv(settings: Settings, concurrency: int, queues: str | None, pool: str | None, loglevel: str) -> list[str]:
+    """Celery worker arguments: GPU workers run one solo process, CPU workers prefork."""
+    gpu = settings.device.startswith("cuda")
+    chosen_pool = pool or ("solo" if gpu else "prefork")
+    processes = 1 if chosen_pool == "solo" else max(1, concurrency)
+    return [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--pool={chosen_pool}",
+        f"--concurrency={processes}",
+        f"--queues={queues or settings.queue}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def exec_worker(argv: list[str]) -> NoReturn:
+    """Become `celery -A worker ...` (same process id, signals go straight to Celery)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "celery", "-A", "worker", *argv])

@@ -1,0 +1,96 @@
+"""Images for the review app: read once through the scanner's limits, thumbnailed, cached on disk by sha256."""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from scanner.db import Face, Item, Verdict
+from scanner.moderation.html_report import draw_boxes
+from scanner.pipeline.loader import read_item
+from scanner.settings import Settings
+from training.faces import Box, scale_box, upright_size
+from training.preprocess import ImageRejected, decode_image
+
+SIDES = {"thumb": 160, "large": 1024}  # the only sizes served: one cache file per image and size
+HEATMAP = "heatmap"
+
+
+class ImageUnavailable(LookupError):
+    """The item's image cannot be shown (not scanned, source gone or changed, not decodable)."""
+
+
+class ImageCache:
+    """JPEGs of scanned items with their face boxes, written once per (sha256, verdict, size) under `root`."""
+
+    def __init__(
+        self, settings: Settings, root: Path, explain_loader: Callable[[], tuple[str, Any]] | None = None
+    ) -> None:
+        self.settings = settings
+        self.root = root
+        self._explain_loader = explain_loader
+        self._explain: Any = None
+        self._explain_lock = threading.Lock()
+
+    def path_for(self, item: Item, verdict: Verdict, kind: str) -> Path:
+        """Where this image (a size from SIDES, or the heatmap) is cached."""
+        name = f"{item.sha256}-{verdict.id}-{kind}.jpg"
+        return self.root / str(item.sha256)[:2] / name
+
+    def get(self, item: Item, verdict: Verdict | None, faces: list[Face], kind: str) -> Path:
+        """The cached JPEG, made on first use; ImageUnavailable when the item has no image to show."""
+        if verdict is None or not item.sha256:
+            raise ImageUnavailable("this item was not scanned")
+        path = self.path_for(item, verdict, kind)
+        if not path.exists():
+            image = self._render(item, verdict, faces, kind)
+            _write_atomically(path, image)
+        return path
+
+    def _render(self, item: Item, verdict: Verdict, faces: list[Face], kind: str) -> Image.Image:
+        side = SIDES["large"] if kind == HEATMAP else SIDES[kind]
+        image = self._decode(item, side)
+        full = upright_size(image.size, item.width or image.width, item.height or image.height)
+        boxes = [scale_box(Box(f.x, f.y, f.w, f.h), full, image.size) for f in faces]
+        if kind == HEATMAP:
+            return self._heatmap(image, boxes, verdict.model_version)
+        return draw_boxes(image, boxes, [f.score for f in faces], verdict.threshold)
+
+    def _decode(self, item: Item, side: int) -> Image.Image:
+        loaded, data = read_item(item.id, item.uri, item.kind, self.settings)
+        if data is None:
+            raise ImageUnavailable(f"the source is not readable now ({loaded.error_code})")
+        if loaded.sha256 != item.sha256:
+            raise ImageUnavailable("the source changed since it was scanned")
+        try:
+            return decode_image(data, side, self.settings.max_pixels).image
+        except ImageRejected as exc:
+            raise ImageUnavailable(str(exc)) from None
+
+    def _heatmap(self, image: Image.Image, boxes: list[Box], model_version: str) -> Image.Image:
+        if self._explain_loader is None:
+            raise ImageUnavailable("heatmaps are off")
+        with self._explain_lock:  # one model, loaded once; Grad-CAM needs gradients: one image at a time
+            if self._explain is None:
+                self._explain = self._explain_loader()
+            version, explain = self._explain
+            if version != model_version:
+                raise ImageUnavailable(f"scored by {model_version}; this server holds {version} (--model)")
+            return explain(image, boxes)  # type: ignore[no-any-return]
+
+
+def _write_atomically(path: Path, image: Image.Image) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format="JPEG", quality=85)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    with os.fdopen(handle, "wb") as out:
+        out.write(buffer.getvalue())
+    os.replace(temporary, path)

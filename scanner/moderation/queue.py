@@ -1,0 +1,218 @@
+"""The review queue: a job's items in review order (flagged first, by score), filters, paging and decisions."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+from sqlalchemy import and_, exists, func, insert, literal, or_, select
+from sqlalchemy.orm import Session
+
+from scanner.db import Decision, Face, Item, Job, Verdict, utcnow
+from scanner.moderation.reports import get_job
+from scanner.moderation.review import DECISIONS, MAX_ID, ReviewError, check_decision
+
+PER_PAGE = 50
+LABELS = ("fake", "real")
+REVIEWED = ("yes", "no")
+
+
+class FilterError(ValueError):
+    """A queue filter with a value it cannot have."""
+
+
+@dataclass(frozen=True)
+class QueueFilter:
+    """What part of a job's queue to show; empty fields mean no restriction."""
+
+    label: str = ""
+    reviewed: str = ""
+    error_code: str = ""
+    score_min: float | None = None
+    score_max: float | None = None
+
+    @classmethod
+    def parse(cls, params: Any) -> QueueFilter:
+        """Filters from query parameters; a bad value raises FilterError naming the parameter."""
+        label, reviewed = params.get("label", ""), params.get("reviewed", "")
+        if label not in ("", *LABELS):
+            raise FilterError(f"label must be fake or real, not {label!r}")
+        if reviewed not in ("", *REVIEWED):
+            raise FilterError(f"reviewed must be yes or no, not {reviewed!r}")
+        error_code = params.get("error", "")
+        if len(error_code) > 32 or not all(c.isalnum() or c == "_" for c in error_code):
+            raise FilterError("error must be an error code such as decode_error, or 'any'")
+        return cls(label, reviewed, error_code, _score(params, "min"), _score(params, "max"))
+
+    def query_string(self, **extra: Any) -> str:
+        """These filters (and any extra parameters) as a URL query string, without the '?'."""
+        values = {"label": self.label, "reviewed": self.reviewed, "error": self.error_code,
+                  "min": self.score_min, "max": self.score_max, **extra}  # fmt: skip
+        return urlencode({k: v for k, v in values.items() if v not in ("", None)})
+
+    def conditions(self) -> list[Any]:
+        """SQL conditions on items joined (outer) to verdicts."""
+        where: list[Any] = []
+        if self.label:
+            where.append(Verdict.label == self.label)
+        if self.reviewed:
+            decided = exists().where(Decision.item_id == Item.id)
+            where.append(decided if self.reviewed == "yes" else ~decided)
+        if self.error_code == "any":
+            where.append(Item.status == "error")
+        elif self.error_code:
+            where.append(Item.error_code == self.error_code)
+        if self.score_min is not None:
+            where.append(Verdict.score >= self.score_min)
+        if self.score_max is not None:
+            where.append(Verdict.score <= self.score_max)
+        return where
+
+
+def _score(params: Any, name: str) -> float | None:
+    raw = params.get(name, "")
+    if raw == "":
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise FilterError(f"{name} must be a score between 0 and 1, not {raw!r}") from None
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise FilterError(f"{name} must be a score between 0 and 1, not {raw!r}")
+    return value
+
+
+QUEUE_COLUMNS = (Item.id.label("item_id"), Item.uri, Item.kind, Item.status, Item.error_code, Item.error_message,
+                 Item.sha256, Verdict.score, Verdict.label)  # fmt: skip
+ORDER = (Verdict.score.desc().nulls_last(), Item.id)
+
+
+def _base(job_id: int, filters: QueueFilter) -> Any:
+    return (
+        select(*QUEUE_COLUMNS)
+        .outerjoin(Verdict, Item.verdict_id == Verdict.id)
+        .where(Item.job_id == job_id, *filters.conditions())
+    )
+
+
+@dataclass
+class QueuePage:
+    """One page of a job's queue."""
+
+    rows: list[dict[str, Any]]
+    total: int
+    page: int
+    pages: int
+    decisions: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+def queue_page(
+    session: Session, job_id: int, filters: QueueFilter, page: int = 1, per_page: int = PER_PAGE
+) -> QueuePage:
+    """The job's items matching the filters in review order: flagged first by score, unscored last."""
+    get_job(session, job_id)
+    count_query = select(func.count()).select_from(Item).outerjoin(Verdict, Item.verdict_id == Verdict.id)
+    total = session.scalar(count_query.where(Item.job_id == job_id, *filters.conditions())) or 0
+    pages = max(1, math.ceil(total / per_page))
+    page = min(max(1, page), pages)
+    query = _base(job_id, filters).order_by(*ORDER).limit(per_page).offset((page - 1) * per_page)
+    rows = [dict(row._mapping) for row in session.execute(query)]
+    return QueuePage(rows, total, page, pages, latest_decisions(session, [row["item_id"] for row in rows]))
+
+
+def latest_decisions(session: Session, item_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Each listed item's most recent decision (decision, reviewer, when, id)."""
+    latest: dict[int, dict[str, Any]] = {}
+    query = select(Decision).where(Decision.item_id.in_(item_ids)).order_by(Decision.id)
+    for row in session.scalars(query) if item_ids else []:
+        latest[row.item_id] = {"id": row.id, "decision": row.decision, "reviewer": row.reviewer,
+                               "created_at": row.created_at}  # fmt: skip
+    return latest
+
+
+def _after(score: float | None, item_id: int) -> Any:
+    """Items that come after (score, id) in review order."""
+    if score is None:
+        return and_(Verdict.score.is_(None), Item.id > item_id)
+    return or_(Verdict.score < score, and_(Verdict.score == score, Item.id > item_id), Verdict.score.is_(None))
+
+
+def _before(score: float | None, item_id: int) -> Any:
+    """Items that come before (score, id) in review order."""
+    if score is None:
+        return or_(Verdict.score.is_not(None), Item.id < item_id)
+    return and_(Verdict.score.is_not(None), or_(Verdict.score > score, and_(Verdict.score == score, Item.id < item_id)))
+
+
+def _item_score(session: Session, item_id: int) -> float | None:
+    query = select(Verdict.score).join(Item, Item.verdict_id == Verdict.id).where(Item.id == item_id)
+    return session.scalar(query)
+
+
+def neighbour(session: Session, job_id: int, filters: QueueFilter, item_id: int, forward: bool = True) -> int | None:
+    """The item after (or before) `item_id` in the filtered queue, or None at its end."""
+    score = _item_score(session, item_id)
+    where = _after(score, item_id) if forward else _before(score, item_id)
+    order = ORDER if forward else (Verdict.score.asc().nulls_first(), Item.id.desc())
+    return session.scalar(
+        select(Item.id).select_from(_base(job_id, filters).where(where).order_by(*order).limit(1).subquery())
+    )
+
+
+def next_unreviewed(session: Session, job_id: int, filters: QueueFilter, item_id: int | None = None) -> int | None:
+    """The first item with no decision after `item_id` (or from the start) in the filtered queue."""
+    unreviewed = ~exists().where(Decision.item_id == Item.id)
+    query = _base(job_id, filters).where(unreviewed)
+    if item_id is not None:
+        query = query.where(_after(_item_score(session, item_id), item_id))
+    return session.scalar(select(query.order_by(*ORDER).limit(1).subquery().c.item_id))
+
+
+def item_detail(session: Session, item_id: int) -> dict[str, Any] | None:
+    """Everything the item page shows: the item, its verdict and faces, its job, and every decision (oldest first)."""
+    if not 1 <= item_id <= MAX_ID:
+        return None
+    item = session.get(Item, item_id)
+    if item is None:
+        return None
+    verdict = session.get(Verdict, item.verdict_id) if item.verdict_id else None
+    faces = (
+        session.scalars(select(Face).where(Face.verdict_id == verdict.id).order_by(Face.rank)).all() if verdict else []
+    )
+    history = session.scalars(select(Decision).where(Decision.item_id == item_id).order_by(Decision.id)).all()
+    return {"item": item, "verdict": verdict, "faces": list(faces), "job": session.get(Job, item.job_id),
+            "history": list(history)}  # fmt: skip
+
+
+@dataclass
+class DecisionOutcome:
+    """What happened to a decision sent from a page: recorded, or refused because someone decided meanwhile."""
+
+    recorded: bool
+    latest: Decision | None
+
+
+def decide(
+    session: Session, item_id: int, decision: str, reviewer: str, seen: int, note: str | None = None
+) -> DecisionOutcome:
+    """Record a decision only if the item's latest decision is still the one the reviewer saw (`seen`, 0: none).
+
+    The item row is locked (PostgreSQL) and the insert is conditional in one statement (SQLite), so of two
+    reviewers deciding on the same view of an item, the second is told of the first instead of overwriting it.
+    """
+    check_decision(session, item_id, decision, reviewer, note)
+    session.execute(select(Item.id).where(Item.id == item_id).with_for_update())
+    latest_id = select(func.coalesce(func.max(Decision.id), 0)).where(Decision.item_id == item_id).scalar_subquery()
+    values = select(literal(item_id), literal(decision), literal(reviewer.strip()), literal(note), literal(utcnow()))
+    statement = insert(Decision).from_select(
+        ["item_id", "decision", "reviewer", "note", "created_at"], values.where(latest_id == seen)
+    )
+    recorded = session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+    latest = session.scalars(select(Decision).where(Decision.item_id == item_id).order_by(Decision.id.desc())).first()
+    return DecisionOutcome(recorded, latest)
+
+
+__all__ = ["DECISIONS", "DecisionOutcome", "FilterError", "QueueFilter", "ReviewError", "decide", "item_detail",
+           "neighbour", "next_unreviewed", "queue_page"]  # fmt: skip

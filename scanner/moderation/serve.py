@@ -1,0 +1,447 @@
+"""`scanner serve`: the review queue in a browser (Starlette + Jinja2, served by uvicorn) over the same SQL database.
+
+Security model: loopback by default; any other address needs reviewer tokens (SCANNER_SERVE_TOKEN or
+SCANNER_SERVE_REVIEWERS) and refuses to start without them. Every state-changing request needs the session
+cookie a token gave (HttpOnly, SameSite=Strict) and the session's CSRF token. Templates autoescape all
+text; images are served only for items in the database, through the scanner's size and pixel limits; a
+strict Content-Security-Policy allows nothing but this server's own files.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from scanner.connect import SetupError
+from scanner.db import Item
+from scanner.moderation import queue
+from scanner.moderation.images import HEATMAP, SIDES, ImageCache, ImageUnavailable
+from scanner.moderation.reports import JobNotFound, errors_by_code, job_status, recent_jobs, redact_url
+from scanner.safe_text import printable
+from scanner.settings import Settings
+
+CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")  # fmt: skip
+COOKIE = "fauxscan_session"
+MAX_SESSIONS = 10_000
+MAX_FORM_BYTES = 64_000
+
+
+@dataclass
+class ServeConfig:
+    """How the review app runs: where it listens, who may decide, and how it finds reviewer names."""
+
+    host: str = "127.0.0.1"
+    port: int = 8800
+    tokens: dict[str, str | None] | None = None  # token -> reviewer (None: the reviewer types a name)
+    reviewer: str = "reviewer"  # on loopback without tokens
+    heatmaps: bool = True
+
+    @property
+    def requires_login(self) -> bool:
+        """Whether a token is needed (always when one is configured)."""
+        return bool(self.tokens)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def reviewer_tokens(settings: Settings) -> dict[str, str | None]:
+    """Tokens from SCANNER_SERVE_TOKEN (reviewer types a name) and SCANNER_SERVE_REVIEWERS (`name:token` lines)."""
+    tokens: dict[str, str | None] = {}
+    if settings.serve_token:
+        tokens[settings.serve_token] = None
+    if settings.serve_reviewers:
+        try:
+            lines = Path(settings.serve_reviewers).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise SetupError(
+                f"cannot read SCANNER_SERVE_REVIEWERS {settings.serve_reviewers}: {exc.strerror}"
+            ) from None
+        for number, line in enumerate(lines, start=1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            name, _, token = line.strip().partition(":")
+            if not name.strip() or len(token.strip()) < 16:
+                raise SetupError(f"SCANNER_SERVE_REVIEWERS line {number}: expected name:token, token of 16+ characters")
+            tokens[token.strip()] = name.strip()
+    for token in tokens:
+        if len(token) < 16:
+            raise SetupError("SCANNER_SERVE_TOKEN must be at least 16 characters (e.g. `openssl rand -hex 16`)")
+    return tokens
+
+
+def check_binding(config: ServeConfig) -> None:
+    """Refuse to listen beyond this machine without reviewer tokens."""
+    if not is_loopback(config.host) and not config.requires_login:
+        raise SetupError(
+            f"--host {config.host} accepts connections from other machines: set SCANNER_SERVE_TOKEN "
+            "(or SCANNER_SERVE_REVIEWERS) so that only reviewers with a token can see and decide"
+        )
+
+
+@dataclass
+class Visitor:
+    """One browser session: who it is (once logged in) and its CSRF token."""
+
+    reviewer: str | None
+    csrf: str
+
+
+class Visitors:
+    """Browser sessions in memory (a restart logs everyone out), at most MAX_SESSIONS, oldest dropped first."""
+
+    def __init__(self) -> None:
+        self._sessions: OrderedDict[str, Visitor] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, session_id: str | None) -> Visitor | None:
+        """The visitor for a cookie value, if any."""
+        with self._lock:
+            return self._sessions.get(session_id or "")
+
+    def new(self, reviewer: str | None) -> tuple[str, Visitor]:
+        """A fresh session id and visitor."""
+        session_id, visitor = secrets.token_urlsafe(32), Visitor(reviewer, secrets.token_urlsafe(32))
+        with self._lock:
+            self._sessions[session_id] = visitor
+            while len(self._sessions) > MAX_SESSIONS:
+                self._sessions.popitem(last=False)
+        return session_id, visitor
+
+    def drop(self, session_id: str | None) -> None:
+        """Forget a session (logout)."""
+        with self._lock:
+            self._sessions.pop(session_id or "", None)
+
+
+def _shown(text: object) -> str:
+    """User text for a page: URL passwords masked, control characters as \\xNN (HTML escaping is Jinja's)."""
+    return printable(redact_url(str(text)) if text is not None else "")
+
+
+def _templates() -> Jinja2Templates:
+    loader = jinja2.FileSystemLoader(str(resources.files("scanner.moderation") / "templates" / "serve"))
+    env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters["shown"] = _shown
+    env.filters["score"] = lambda value: "" if value is None else f"{value:.4f}"
+    return Jinja2Templates(env=env)
+
+
+class ReviewApp:
+    """The routes, bound to one database, one image cache and one set of sessions."""
+
+    def __init__(self, settings: Settings, sessions: Any, config: ServeConfig, images: ImageCache) -> None:
+        self.settings, self.sessions, self.config, self.images = settings, sessions, config, images
+        self.visitors = Visitors()
+        self.templates = _templates()
+
+    # ---- pages ------------------------------------------------------------------------------------------------
+    def jobs(self, request: Request) -> Response:
+        """Recent jobs with live progress."""
+        with self.sessions() as session:
+            rows = [self._job_row(session, job) for job in recent_jobs(session, 50)]
+        return self._page(request, "jobs.html", {"jobs": rows})
+
+    def jobs_json(self, request: Request) -> Response:
+        """The jobs page's figures as JSON (polled while jobs run)."""
+        with self.sessions() as session:
+            rows = [self._job_row(session, job) for job in recent_jobs(session, 50)]
+        keep = ("job_id", "status", "items", "done", "queued", "errors", "flagged", "reviewed", "images_per_second")
+        return JSONResponse([{k: row[k] for k in keep} for row in rows], headers={"Cache-Control": "no-store"})
+
+    def _job_row(self, session: Any, job: dict[str, Any]) -> dict[str, Any]:
+        first, last = session.execute(
+            select(func.min(Item.scanned_at), func.max(Item.scanned_at)).where(Item.job_id == job["job_id"])
+        ).one()
+        span = (last - first).total_seconds() if first and last else 0.0
+        status = job_status(session, job["job_id"])
+        reviewed = session.scalar(
+            select(func.count(func.distinct(queue.Decision.item_id)))
+            .join(Item, Item.id == queue.Decision.item_id)
+            .where(Item.job_id == job["job_id"])
+        )
+        rate = round(job["done"] / span, 1) if span > 0 else None
+        return {**job, "model_version": status["model_version"], "threshold": status["threshold"],
+                "reviewed": reviewed or 0, "images_per_second": rate}  # fmt: skip
+
+    def job_queue(self, request: Request) -> Response:
+        """A job's queue: flagged first by score, filtered and paginated."""
+        job_id = request.path_params["job_id"]
+        filters = self._filters(request)
+        if isinstance(filters, Response):
+            return filters
+        page_number = _int(request.query_params.get("page"), 1)
+        with self.sessions() as session:
+            try:
+                page = queue.queue_page(session, job_id, filters, page_number)
+                status = job_status(session, job_id)
+            except JobNotFound as exc:
+                return self._error(request, 404, str(exc))
+        context = {"job": status, "page": page, "filters": filters, "codes": list(status["errors_by_code"])}
+        return self._page(request, "queue.html", context)
+
+    def job_errors(self, request: Request) -> Response:
+        """A job's errors by code, and the skipped files."""
+        job_id = request.path_params["job_id"]
+        with self.sessions() as session:
+            try:
+                status = job_status(session, job_id)
+            except JobNotFound as exc:
+                return self._error(request, 404, str(exc))
+            codes = errors_by_code(session, job_id)
+        return self._page(request, "errors.html", {"job": status, "codes": codes})
+
+    def next_item(self, request: Request) -> Response:
+        """Go to the next unreviewed item of the filtered queue (after `after`, if given)."""
+        job_id = request.path_params["job_id"]
+        filters = self._filters(request)
+        if isinstance(filters, Response):
+            return filters
+        after = _int(request.query_params.get("after"), 0) or None
+        with self.sessions() as session:
+            item_id = queue.next_unreviewed(session, job_id, filters, after)
+        if item_id is None:
+            return RedirectResponse(f"/jobs/{job_id}?{filters.query_string(done=1)}", status_code=303)
+        return RedirectResponse(f"/items/{item_id}?{filters.query_string()}", status_code=303)
+
+    def item(self, request: Request, conflict: queue.DecisionOutcome | None = None) -> Response:
+        """One item: the image large, its heatmap, the verdict, and every decision so far."""
+        item_id = request.path_params["item_id"]
+        filters = self._filters(request)
+        if isinstance(filters, Response):
+            return filters
+        with self.sessions() as session:
+            detail = queue.item_detail(session, item_id)
+            if detail is None:
+                return self._error(request, 404, f"no item with id {item_id}")
+            job_id = detail["item"].job_id
+            previous = queue.neighbour(session, job_id, filters, item_id, forward=False)
+            following = queue.neighbour(session, job_id, filters, item_id, forward=True)
+            skip_to = queue.next_unreviewed(session, job_id, filters, item_id)
+        seen = detail["history"][-1].id if detail["history"] else 0
+        context = {**detail, "filters": filters, "previous": previous, "following": following, "skip_to": skip_to,
+                   "seen": seen, "conflict": conflict, "heatmaps": self.config.heatmaps}  # fmt: skip
+        return self._page(request, "item.html", context, status_code=409 if conflict else 200)
+
+    async def decide(self, request: Request) -> Response:
+        """Record a decision (if nobody decided since the page was shown) and go to the next unreviewed item."""
+        form = await self._verified_form(request)
+        if isinstance(form, Response):
+            return form
+        visitor: Visitor = request.state.visitor
+        item_id = request.path_params["item_id"]
+        filters = self._filters(request)
+        if isinstance(filters, Response):
+            return filters
+        note = (form.get("note") or "").strip() or None
+        decision, seen = str(form.get("decision", "")), _int(form.get("seen"), 0)
+        try:
+            job_id, outcome = await run_in_threadpool(
+                self._decide, item_id, decision, visitor.reviewer or "", seen, note
+            )
+        except queue.ReviewError as exc:
+            return self._error(request, 400, str(exc))
+        except SQLAlchemyError:
+            return self._error(request, 503, "the database did not take the decision; nothing was recorded: try again")
+        if not outcome.recorded:
+            return self.item(request, conflict=outcome)
+        return RedirectResponse(f"/jobs/{job_id}/next?{filters.query_string(after=item_id)}", status_code=303)
+
+    def _decide(
+        self, item_id: int, decision: str, reviewer: str, seen: int, note: str | None
+    ) -> tuple[int, queue.DecisionOutcome]:
+        with self.sessions.begin() as session:
+            outcome = queue.decide(session, item_id, decision, reviewer, seen, note)
+            return session.scalar(select(Item.job_id).where(Item.id == item_id)) or 0, outcome
+
+    def image(self, request: Request) -> Response:
+        """An item's image (thumb or large, face boxes drawn) or its heatmap; only items in the database."""
+        item_id, kind = request.path_params["item_id"], request.path_params["kind"]
+        if kind not in SIDES and kind != HEATMAP:
+            return PlainTextResponse("unknown image kind", status_code=404)
+        with self.sessions() as session:
+            detail = queue.item_detail(session, item_id)
+        if detail is None:
+            return PlainTextResponse("no such item", status_code=404)
+        try:
+            path = self.images.get(detail["item"], detail["verdict"], detail["faces"], kind)
+        except ImageUnavailable as exc:
+            return PlainTextResponse(f"image unavailable: {exc}", status_code=404)
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
+
+    # ---- login ------------------------------------------------------------------------------------------------
+    def login_page(self, request: Request) -> Response:
+        """The token form (only when tokens are configured)."""
+        shared = bool(self.config.tokens and None in self.config.tokens.values())
+        return self._page(request, "login.html", {"ask_name": shared, "message": ""})
+
+    async def login(self, request: Request) -> Response:
+        """Exchange a token for a session cookie."""
+        form = await self._verified_form(request)
+        if isinstance(form, Response):
+            return form
+        reviewer = self._reviewer_for(str(form.get("token", "")), str(form.get("reviewer", "")))
+        if reviewer is None:
+            time.sleep(0.5)  # slows guessing
+            shared = bool(self.config.tokens and None in self.config.tokens.values())
+            context = {"ask_name": shared, "message": "unknown token, or no reviewer name given"}
+            return self._page(request, "login.html", context, status_code=403)
+        self.visitors.drop(request.cookies.get(COOKIE))
+        session_id, _ = self.visitors.new(reviewer)
+        response = RedirectResponse("/", status_code=303)
+        _set_cookie(response, session_id)
+        return response
+
+    async def logout(self, request: Request) -> Response:
+        """End the session."""
+        form = await self._verified_form(request)
+        if isinstance(form, Response):
+            return form
+        self.visitors.drop(request.cookies.get(COOKIE))
+        return RedirectResponse("/login" if self.config.requires_login else "/", status_code=303)
+
+    def _reviewer_for(self, token: str, typed_name: str) -> str | None:
+        for known, name in (self.config.tokens or {}).items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                chosen = name or typed_name.strip()
+                return chosen[:128] if chosen else None
+        return None
+
+    # ---- plumbing -----------------------------------------------------------------------------------------------
+    async def _verified_form(self, request: Request) -> Any:
+        """The posted form, once its size, origin and CSRF token are checked; else a 403/413 response."""
+        if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+            return PlainTextResponse("request too large", status_code=413)
+        origin = request.headers.get("origin")
+        if origin and origin != f"{request.url.scheme}://{request.url.netloc}":
+            return PlainTextResponse("cross-site request refused", status_code=403)
+        form = await request.form(max_files=0, max_fields=20)
+        visitor: Visitor | None = getattr(request.state, "visitor", None)
+        sent = str(form.get("csrf", ""))
+        if visitor is None or not hmac.compare_digest(visitor.csrf.encode(), sent.encode()):
+            return PlainTextResponse("missing or stale CSRF token: reload the page and try again", status_code=403)
+        return form
+
+    def _filters(self, request: Request) -> queue.QueueFilter | Response:
+        try:
+            return queue.QueueFilter.parse(request.query_params)
+        except queue.FilterError as exc:
+            return self._error(request, 400, str(exc))
+
+    def _page(self, request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
+        visitor = getattr(request.state, "visitor", None)
+        context = {**context, "visitor": visitor, "login": self.config.requires_login}
+        return self.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    def _error(self, request: Request, status_code: int, message: str) -> Response:
+        return self._page(request, "error.html", {"message": message}, status_code=status_code)
+
+    async def guard(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        """Attach the visitor (creating one on loopback), send strangers to the login page, add security headers."""
+        session_id = request.cookies.get(COOKIE)
+        visitor = self.visitors.get(session_id)
+        new_cookie = None
+        open_paths = request.url.path in ("/login",) or request.url.path.startswith("/static/")
+        if visitor is None and (not self.config.requires_login or request.url.path == "/login"):
+            reviewer = None if self.config.requires_login else self.config.reviewer
+            new_cookie, visitor = self.visitors.new(reviewer)
+        request.state.visitor = visitor
+        if self.config.requires_login and (visitor is None or visitor.reviewer is None) and not open_paths:
+            if request.method == "GET" and not request.url.path.startswith("/api/"):
+                response: Response = RedirectResponse("/login", status_code=303)
+            else:
+                response = PlainTextResponse("log in first", status_code=403)
+        else:
+            response = await call_next(request)
+        if new_cookie:
+            _set_cookie(response, new_cookie)
+        response.headers["Content-Security-Policy"] = CSP
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["X-Frame-Options"] = "DENY"
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+
+def _set_cookie(response: Response, session_id: str) -> None:
+    response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", path="/")
+
+
+def _int(raw: Any, default: int) -> int:
+    try:
+        value = int(str(raw))
+    except ValueError:
+        return default
+    return value if 0 <= value <= queue.MAX_ID else default
+
+
+def create_app(settings: Settings, sessions: Any, config: ServeConfig, cache_dir: Path | None = None) -> Starlette:
+    """The review app as an ASGI application (uvicorn serves it; tests use Starlette's TestClient)."""
+    images = ImageCache(settings, cache_dir or settings.cache_dir / "images", _explain_loader(settings))
+    review = ReviewApp(settings, sessions, config, images)
+    static = str(resources.files("scanner.moderation") / "static")
+    routes = [
+        Route("/", review.jobs),
+        Route("/api/jobs", review.jobs_json),
+        Route("/jobs/{job_id:int}", review.job_queue),
+        Route("/jobs/{job_id:int}/errors", review.job_errors),
+        Route("/jobs/{job_id:int}/next", review.next_item),
+        Route("/items/{item_id:int}", review.item),
+        Route("/items/{item_id:int}/decision", review.decide, methods=["POST"]),
+        Route("/items/{item_id:int}/image/{kind}", review.image),
+        Route("/login", review.login_page),
+        Route("/login", review.login, methods=["POST"]),
+        Route("/logout", review.logout, methods=["POST"]),
+        Mount("/static", StaticFiles(directory=static), name="static"),
+    ]
+    return Starlette(routes=routes, middleware=[Middleware(BaseHTTPMiddleware, dispatch=review.guard)])
+
+
+def _explain_loader(settings: Settings) -> Any:
+    def load() -> tuple[str, Any]:
+        from scanner.moderation.explain import explainer
+        from scanner.pipeline.model import model_identity
+        from training.checkpoint import load_model
+
+        version, _ = model_identity(settings)
+        return version, explainer(load_model(settings.model_path, settings.device))
+
+    return load
+
+
+def serve(settings: Settings, sessions: Any, config: ServeConfig) -> None:
+    """Run the review app with uvicorn until interrupted."""
+    import uvicorn
+
+    check_binding(config)
+    app = create_app(settings, sessions, config)
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info", server_header=False)
