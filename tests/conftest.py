@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from scanner.db import upgrade
-from scanner.settings import Settings
+from scanner.settings import ENV_NAMES, Settings
 from tests.imaging import write_dataset, write_face_dataset
 from training.train import TrainConfig
 from training.train import main as train_main
@@ -106,29 +106,11 @@ def make_settings(db_url: str, model: Path, **overrides: object) -> Settings:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment variables that reproduce `settings` in a subprocess or CLI run."""
-    env = {
-        "SCANNER_DATABASE_URL": settings.database_url,
-        "SCANNER_MODEL": str(settings.model_path),
-        "SCANNER_DEVICE": settings.device,
-        "SCANNER_BATCH_SIZE": str(settings.batch_size),
-        "SCANNER_ALLOW_PRIVATE_URLS": "1" if settings.allow_private_urls else "0",
-        "SCANNER_HTTP_TIMEOUT": str(settings.http_timeout),
-        "SCANNER_HTTP_RETRIES": str(settings.http_retries),
-        "SCANNER_HTTP_BACKOFF": str(settings.http_backoff),
-        "SCANNER_TORCH_THREADS": str(settings.torch_threads),
-        "SCANNER_QUEUE": settings.queue,
-        "SCANNER_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
-        "SCANNER_TASK_TIME_LIMIT": str(settings.task_time_limit),
-        "SCANNER_MAX_FILE_BYTES": str(settings.max_file_bytes),
-        "SCANNER_MAX_PIXELS": str(settings.max_pixels),
-        "SCANNER_DECODE_THREADS": str(settings.decode_threads),
-        "SCANNER_JIT": "1" if settings.jit else "0",
-        "SCANNER_LEASE_SECONDS": str(settings.lease_seconds),
-        "SCANNER_MAX_DELIVERIES": str(settings.max_deliveries),
-        "SCANNER_STALL_TIMEOUT": str(settings.stall_timeout),
-        "SCANNER_TASK_RETRIES": str(settings.task_retries),
-    }
-    if settings.broker_url:
-        env["SCANNER_BROKER_URL"] = settings.broker_url
+    """The environment variables that reproduce `settings` in a subprocess or CLI run (every field)."""
+    env = {}
+    for name, variable in ENV_NAMES.items():
+        value = getattr(settings, name)
+        if value is None or value == "":
+            continue
+        env[variable] = ("1" if value else "0") if isinstance(value, bool) else str(value)
     return env

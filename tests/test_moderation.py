@@ -17,8 +17,9 @@ from scanner.cli import app
 from scanner.db import make_engine
 from scanner.moderation.explain import gradcam
 from scanner.moderation.html_report import render_html
+from scanner.moderation.queue import item_detail
 from scanner.moderation.reports import job_status, render_jsonl, report_rows
-from scanner.moderation.review import ReviewError, add_decision, export_labels, import_decisions, item_decisions
+from scanner.moderation.review import ReviewError, add_decision, export_labels, import_decisions
 from scanner.pipeline.submit import open_database, submit
 from scanner.settings import Settings
 from tests.conftest import settings_env
@@ -134,8 +135,8 @@ def test_decisions_are_rows_and_exports_feed_training(settings: Settings, tmp_pa
     bad = runner.invoke(app, ["review", "999999", "--decision", "fake"], env=env)
     assert bad.exit_code == 1 and "no item" in bad.stderr
     with sessions() as session:
-        history = item_decisions(session, by_name["fake_0.png"]["item_id"])
-        assert [(d["decision"], d["reviewer"]) for d in history] == [("real", "bob"), ("fake", "carol")]
+        history = item_detail(session, by_name["fake_0.png"]["item_id"])["history"]  # type: ignore[index]
+        assert [(d.decision, d.reviewer) for d in history] == [("real", "bob"), ("fake", "carol")]
         rows_after = {Path(r["uri"]).name: r for r in report_rows(session, job_id)}
         assert rows_after["fake_0.png"]["decision"] == "fake"
         assert rows_after["fake_0.png"]["score"] == by_name["fake_0.png"]["score"]  # verdict untouched

@@ -156,9 +156,8 @@ def neighbour(session: Session, job_id: int, filters: QueueFilter, item_id: int,
     score = _item_score(session, item_id)
     where = _after(score, item_id) if forward else _before(score, item_id)
     order = ORDER if forward else (Verdict.score.asc().nulls_first(), Item.id.desc())
-    return session.scalar(
-        select(Item.id).select_from(_base(job_id, filters).where(where).order_by(*order).limit(1).subquery())
-    )
+    page = _base(job_id, filters).where(where).order_by(*order).limit(1).subquery()
+    return session.scalar(select(page.c.item_id))
 
 
 def next_unreviewed(session: Session, job_id: int, filters: QueueFilter, item_id: int | None = None) -> int | None:
@@ -209,7 +208,7 @@ def decide(
     statement = insert(Decision).from_select(
         ["item_id", "decision", "reviewer", "note", "created_at"], values.where(latest_id == seen)
     )
-    recorded = session.execute(statement).rowcount == 1  # type: ignore[attr-defined]
+    recorded = session.execute(statement.returning(Decision.id)).scalar() is not None
     latest = session.scalars(select(Decision).where(Decision.item_id == item_id).order_by(Decision.id.desc())).first()
     return DecisionOutcome(recorded, latest)
 

@@ -7,7 +7,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -71,15 +71,6 @@ def import_decisions(session: Session, handle: TextIO, default_reviewer: str) ->
             raise ReviewError(f"line {line}: {exc}") from None
         count += 1
     return count
-
-
-def item_decisions(session: Session, item_id: int) -> list[dict[str, Any]]:
-    """All decisions on an item, oldest first."""
-    rows = session.scalars(select(Decision).where(Decision.item_id == item_id).order_by(Decision.id))
-    return [
-        {"decision": d.decision, "reviewer": d.reviewer, "note": d.note, "created_at": d.created_at.isoformat()}
-        for d in rows
-    ]
 
 
 @dataclass

@@ -1,0 +1,371 @@
+"""`scanner serve`: the review app on real SQLite and PostgreSQL, via Starlette's test client and a real browser."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from scanner.cli import app as cli_app
+from scanner.connect import SetupError
+from scanner.db import Decision, Item, Verdict
+from scanner.moderation.queue import decide
+from scanner.moderation.serve import ServeConfig, check_binding, create_app
+from scanner.pipeline.submit import open_database, submit
+from scanner.settings import Settings
+from tests.conftest import make_settings, settings_env
+from tests.imaging import encode, noisy_image, smooth_image
+
+HOSTILE_NAME = "<img src=x onerror=window.pwned=1>.png"
+
+
+def review_job(settings: Settings, folder: Path) -> int:
+    """A finished job: 6 smooth and 6 noisy images, one broken file and one with markup in its name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(6):
+        (folder / f"real_{index}.png").write_bytes(encode(smooth_image(300 + index, 32)))
+        (folder / f"fake_{index}.png").write_bytes(encode(noisy_image(300 + index, 32)))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    (folder / HOSTILE_NAME).write_bytes(encode(noisy_image(399, 32)))
+    return int(submit(settings, [str(folder)], wait=True).summary["job_id"])
+
+
+def client_for(settings: Settings, tmp_path: Path, config: ServeConfig | None = None) -> TestClient:
+    """A test client on a fresh app (its own sessions) over the settings' database."""
+    app = create_app(settings, open_database(settings), config or ServeConfig(reviewer="alice"), tmp_path / "cache")
+    return TestClient(app, base_url="http://127.0.0.1:8800")
+
+
+def csrf_and_seen(page: str) -> tuple[str, str]:
+    """The CSRF token and the `seen` decision id in an item page's decision form."""
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page)
+    seen = re.search(r'name="seen" value="(\d+)"', page)
+    assert csrf and seen, page[:500]
+    return csrf.group(1), seen.group(1)
+
+
+def decisions(settings: Settings, item_id: int) -> list[tuple[str, str]]:
+    """(decision, reviewer) rows of an item, oldest first."""
+    with open_database(settings)() as session:
+        rows = session.scalars(select(Decision).where(Decision.item_id == item_id).order_by(Decision.id))
+        return [(row.decision, row.reviewer) for row in rows]
+
+
+def queue_ids(page: str) -> list[int]:
+    """Item ids in the order the queue page lists them."""
+    return [int(i) for i in re.findall(r'<td><a href="/items/(\d+)\?', page)]
+
+
+def verdicts_by_id(settings: Settings, job_id: int) -> dict[int, tuple[float | None, str | None, str | None]]:
+    """Each item's (score, label, error code); score and label None when it has no verdict."""
+    with open_database(settings)() as session:
+        rows = session.execute(
+            select(Item.id, Verdict.score, Verdict.label, Item.error_code)
+            .outerjoin(Verdict, Item.verdict_id == Verdict.id)
+            .where(Item.job_id == job_id)
+        )
+        return {item_id: (score, label, code) for item_id, score, label, code in rows}
+
+
+def test_queue_orders_flagged_first_and_filters(settings: Settings, tmp_path: Path) -> None:
+    job_id = review_job(settings, tmp_path / "in")
+    client = client_for(settings, tmp_path)
+    verdicts = verdicts_by_id(settings, job_id)
+    scores = {i: v[0] for i, v in verdicts.items()}
+    page = client.get(f"/jobs/{job_id}")
+    assert page.status_code == 200
+    listed = queue_ids(page.text)
+    assert sorted(listed) == sorted(scores)
+    expected = sorted(scores, key=lambda i: (scores[i] is None, -(scores[i] or 0.0), i))
+    assert listed == expected  # by score, highest first; the broken file (no score) last
+    flagged = queue_ids(client.get(f"/jobs/{job_id}?label=fake").text)
+    assert flagged == [i for i in expected if verdicts[i][1] == "fake"] and 0 < len(flagged) < len(listed)
+    errors = queue_ids(client.get(f"/jobs/{job_id}?error=any").text)
+    assert [scores[i] for i in errors] == [None]
+    code = verdicts[errors[0]][2]
+    assert code and queue_ids(client.get(f"/jobs/{job_id}?error={code}").text) == errors
+    assert queue_ids(client.get(f"/jobs/{job_id}?min=0.999999&max=1").text) == [
+        i for i in expected if scores[i] is not None and scores[i] >= 0.999999
+    ]
+    bad = client.get(f"/jobs/{job_id}?label=maybe")
+    assert bad.status_code == 400 and "label must be fake or real" in bad.text
+    assert client.get("/jobs/999999").status_code == 404
+    small_pages = queue_ids(client.get(f"/jobs/{job_id}?page=99").text)
+    assert small_pages == listed  # one page only: a page past the end shows the last
+    assert f"<code>{code}</code>" in client.get(f"/jobs/{job_id}/errors").text
+
+
+def test_keyboard_flow_records_decisions_and_moves_on(settings: Settings, tmp_path: Path) -> None:
+    job_id = review_job(settings, tmp_path / "in")
+    client = client_for(settings, tmp_path)
+    start = client.get(f"/jobs/{job_id}/next?label=fake", follow_redirects=False)
+    assert start.status_code == 303
+    first = int(re.search(r"/items/(\d+)", start.headers["location"]).group(1))  # type: ignore[union-attr]
+    page = client.get(start.headers["location"])
+    assert page.status_code == 200 and 'data-key="f"' in page.text
+    csrf, seen = csrf_and_seen(page.text)
+    sent = client.post(
+        f"/items/{first}/decision?label=fake", data={"csrf": csrf, "seen": seen, "decision": "fake"},
+        follow_redirects=False,
+    )  # fmt: skip
+    assert sent.status_code == 303 and f"after={first}" in sent.headers["location"]
+    assert decisions(settings, first) == [("fake", "alice")]
+    following = client.get(sent.headers["location"], follow_redirects=False)
+    assert following.status_code == 303
+    second = int(re.search(r"/items/(\d+)", following.headers["location"]).group(1))  # type: ignore[union-attr]
+    assert second != first
+    flagged = queue_ids(client.get(f"/jobs/{job_id}?label=fake").text)
+    assert flagged.index(second) == flagged.index(first) + 1  # the next unreviewed flagged item in queue order
+    unreviewed = queue_ids(client.get(f"/jobs/{job_id}?label=fake&reviewed=no").text)
+    assert first not in unreviewed and second in unreviewed
+
+
+def test_second_reviewer_sees_the_first_decision_instead_of_overwriting_it(settings: Settings, tmp_path: Path) -> None:
+    job_id = review_job(settings, tmp_path / "in")
+    app = create_app(settings, open_database(settings), ServeConfig(reviewer="shared"), tmp_path / "cache")
+    alice, bob = TestClient(app, base_url="http://127.0.0.1"), TestClient(app, base_url="http://127.0.0.1")
+    item_id = queue_ids(alice.get(f"/jobs/{job_id}").text)[0]
+    alice_csrf, alice_seen = csrf_and_seen(alice.get(f"/items/{item_id}").text)
+    bob_csrf, bob_seen = csrf_and_seen(bob.get(f"/items/{item_id}").text)
+    assert alice_seen == bob_seen == "0" and alice_csrf != bob_csrf
+    first = alice.post(f"/items/{item_id}/decision", data={"csrf": alice_csrf, "seen": alice_seen, "decision": "fake"})
+    assert first.status_code == 200  # followed to the next item
+    late = bob.post(f"/items/{item_id}/decision", data={"csrf": bob_csrf, "seen": bob_seen, "decision": "real"})
+    assert late.status_code == 409 and 'id="conflict"' in late.text and "<b>fake</b>" in late.text
+    assert decisions(settings, item_id) == [("fake", "shared")]
+    csrf, seen = csrf_and_seen(late.text)  # the conflict page shows the new state: deciding again is deliberate
+    again = bob.post(f"/items/{item_id}/decision", data={"csrf": csrf, "seen": seen, "decision": "real"})
+    assert again.status_code == 200
+    assert decisions(settings, item_id) == [("fake", "shared"), ("real", "shared")]
+    page = alice.get(f"/items/{item_id}").text
+    assert page.index("<b>fake</b>") < page.index("<b>real</b>")  # the history, oldest first
+
+
+def test_simultaneous_decisions_on_one_view_record_exactly_one(settings: Settings, tmp_path: Path) -> None:
+    job_id = review_job(settings, tmp_path / "in")
+    sessions = open_database(settings)
+    with sessions() as session:
+        item_id = session.scalar(select(Item.id).where(Item.job_id == job_id).order_by(Item.id))
+    barrier = threading.Barrier(6)
+
+    def reviewer(name: str) -> bool:
+        barrier.wait()
+        with sessions.begin() as session:
+            return decide(session, item_id, "fake", name, seen=0).recorded
+
+    with ThreadPoolExecutor(6) as pool:
+        outcomes = list(pool.map(reviewer, [f"r{i}" for i in range(6)]))
+    assert outcomes.count(True) == 1
+    assert len(decisions(settings, item_id)) == 1
+
+
+def test_state_changes_need_the_csrf_token_and_same_origin(settings: Settings, tmp_path: Path) -> None:
+    job_id = review_job(settings, tmp_path / "in")
+    client = client_for(settings, tmp_path)
+    item_id = queue_ids(client.get(f"/jobs/{job_id}").text)[0]
+    csrf, seen = csrf_and_seen(client.get(f"/items/{item_id}").text)
+    missing = client.post(f"/items/{item_id}/decision", data={"seen": seen, "decision": "fake"})
+    wrong = client.post(f"/items/{item_id}/decision", data={"csrf": "x" * 43, "seen": seen, "decision": "fake"})
+    foreign = client.post(
+        f"/items/{item_id}/decision", data={"csrf": csrf, "seen": seen, "decision": "fake"},
+        headers={"Origin": "http://evil.example"},
+    )  # fmt: skip
+    stranger = TestClient(client.app, base_url="http://127.0.0.1:8800")  # no session cookie of its own yet
+    cross = stranger.post(f"/items/{item_id}/decision", data={"csrf": csrf, "seen": seen, "decision": "fake"})
+    assert [r.status_code for r in (missing, wrong, foreign, cross)] == [403, 403, 403, 403]
+    bad_value = client.post(f"/items/{item_id}/decision", data={"csrf": csrf, "seen": seen, "decision": "maybe"})
+    assert bad_value.status_code == 400 and "decision must be one of" in bad_value.text
+    assert decisions(settings, item_id) == []
+    page = client.get("/")
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    assert page.headers["x-frame-options"] == "DENY"
+    cookie = page.headers.get("set-cookie") or client.get(f"/items/{item_id}").headers.get("set-cookie", "")
+    assert cookie == "" or ("httponly" in cookie.lower() and "samesite=strict" in cookie.lower())
+
+
+def test_images_only_for_items_in_the_database_and_cached(settings: Settings, tmp_path: Path) -> None:
+    job_id = review_job(settings, tmp_path / "in")
+    client = client_for(settings, tmp_path)
+    ids = queue_ids(client.get(f"/jobs/{job_id}").text)
+    item_id = ids[0]
+    thumb = client.get(f"/items/{item_id}/image/thumb")
+    assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+    assert thumb.content[:2] == b"\xff\xd8"
+    cached = list((tmp_path / "cache").rglob("*-thumb.jpg"))
+    assert len(cached) == 1
+    with open_database(settings)() as session:
+        uri = session.scalar(select(Item.uri).where(Item.id == item_id))
+    Path(str(uri)).unlink()  # the source is gone: the cached copy (made once, by sha256) still serves
+    assert client.get(f"/items/{item_id}/image/thumb").content == thumb.content
+    assert client.get(f"/items/{item_id}/image/large").status_code == 404  # never cached, source gone
+    heat = client.get(f"/items/{ids[1]}/image/heatmap")
+    assert heat.status_code == 200 and heat.content[:2] == b"\xff\xd8"
+    assert client.get(f"/items/{ids[-1]}/image/thumb").status_code == 404  # the broken file has no image
+    assert client.get("/items/987654/image/thumb").status_code == 404
+    assert client.get(f"/items/{item_id}/image/..%2F..%2Fetc%2Fpasswd").status_code == 404
+    assert client.get("/items/..%2F..%2Fetc%2Fpasswd/image/thumb").status_code == 404
+
+
+def test_text_from_files_is_escaped(settings: Settings, tmp_path: Path) -> None:
+    job_id = review_job(settings, tmp_path / "in")
+    client = client_for(settings, tmp_path)
+    queue_page = client.get(f"/jobs/{job_id}").text
+    assert "<img src=x onerror" not in queue_page and "&lt;img src=x onerror=window.pwned=1&gt;.png" in queue_page
+    with open_database(settings)() as session:
+        item_id = session.scalar(select(Item.id).where(Item.uri.like("%pwned%")))
+    page = client.get(f"/items/{item_id}").text
+    assert "<img src=x onerror" not in page and "&lt;img src=x onerror=window.pwned=1&gt;" in page
+
+
+def test_binding_beyond_loopback_needs_tokens(settings: Settings, tmp_path: Path) -> None:
+    check_binding(ServeConfig(host="127.0.0.1"))
+    check_binding(ServeConfig(host="::1"))
+    with pytest.raises(SetupError, match="SCANNER_SERVE_TOKEN"):
+        check_binding(ServeConfig(host="0.0.0.0"))
+    env = settings_env(settings)
+    refused = CliRunner().invoke(cli_app, ["serve", "--host", "0.0.0.0", "--port", "8801"], env=env)
+    assert refused.exit_code == 1 and "SCANNER_SERVE_TOKEN" in refused.stderr
+    short = CliRunner().invoke(cli_app, ["serve", "--host", "0.0.0.0"], env={**env, "SCANNER_SERVE_TOKEN": "abc"})
+    assert short.exit_code == 1 and "at least 16 characters" in short.stderr
+    reviewers = tmp_path / "reviewers.txt"
+    reviewers.write_text("# name:token\ncarol:" + "c" * 24 + "\n")
+    check_binding(ServeConfig(host="0.0.0.0", tokens={"c" * 24: "carol"}))
+
+
+def test_tokens_gate_every_page_and_name_the_reviewer(settings: Settings, tmp_path: Path) -> None:
+    job_id = review_job(settings, tmp_path / "in")
+    config = ServeConfig(host="0.0.0.0", tokens={"t" * 24: "carol", "s" * 24: None})
+    client = client_for(settings, tmp_path, config)
+    assert client.get("/", follow_redirects=False).headers["location"] == "/login"
+    assert client.get("/api/jobs").status_code == 403
+    assert client.get("/items/1/image/thumb", follow_redirects=False).status_code == 303
+    login = client.get("/login")
+    csrf = re.search(r'name="csrf" value="([^"]+)"', login.text).group(1)  # type: ignore[union-attr]
+    wrong = client.post("/login", data={"csrf": csrf, "token": "x" * 24})
+    assert wrong.status_code == 403
+    item_id = 1
+    blocked = client.post(f"/items/{item_id}/decision", data={"csrf": csrf, "seen": "0", "decision": "fake"})
+    assert blocked.status_code == 403
+    ok = client.post("/login", data={"csrf": csrf, "token": "t" * 24}, follow_redirects=False)
+    assert ok.status_code == 303 and "fauxscan_session" in ok.headers["set-cookie"]
+    item_id = queue_ids(client.get(f"/jobs/{job_id}").text)[0]
+    csrf, seen = csrf_and_seen(client.get(f"/items/{item_id}").text)
+    client.post(f"/items/{item_id}/decision", data={"csrf": csrf, "seen": seen, "decision": "real"})
+    assert decisions(settings, item_id) == [("real", "carol")]  # the reviewer is the token's, not typed
+
+
+# ---- a real browser against the real `scanner serve` command ----------------------------------------------------
+
+CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def sqlite_settings(tiny_model: Path, tmp_path: Path) -> Settings:
+    """Embedded settings on a fresh SQLite file (the browser check runs once)."""
+    return make_settings(f"sqlite:///{tmp_path / 'serve.db'}", tiny_model)
+
+
+@pytest.fixture
+def served(sqlite_settings: Settings, tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """`scanner serve` (the installed command) on a free loopback port over a finished job: (base URL, job id)."""
+    settings = sqlite_settings
+    job_id = review_job(settings, tmp_path / "in")
+    port = free_port()
+    env = {**os.environ, **settings_env(settings), "SCANNER_CACHE_DIR": str(tmp_path / "cache")}
+    command = [str(Path(sys.executable).parent / "scanner"), "serve", "--port", str(port), "--reviewer", "dana"]
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read() if server.stdout else ""
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}", job_id
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+
+
+def browser():  # type: ignore[no-untyped-def]
+    """Debian's Chromium, headless, driven by the system chromedriver (nothing downloaded)."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    assert CHROMIUM and CHROMEDRIVER, "chromium and chromedriver are not installed: scripts/services.sh installs them"
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run"):  # fmt: skip
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+
+
+def test_review_with_the_keyboard_in_a_real_browser(
+    sqlite_settings: Settings, served: tuple[str, int], tmp_path: Path
+) -> None:
+    settings = sqlite_settings
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, job_id = served
+    driver = browser()
+    try:
+        driver.get(f"{base}/jobs/{job_id}?label=fake")
+        first_link = driver.find_element(By.CSS_SELECTOR, "#queue tbody a")
+        first = int(first_link.text)
+        first_link.click()
+        WebDriverWait(driver, 20).until(lambda d: f"/items/{first}" in d.current_url)
+        WebDriverWait(driver, 30).until(
+            lambda d: d.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
+        )
+        driver.find_element(By.TAG_NAME, "body").send_keys("f")
+        WebDriverWait(driver, 20).until(lambda d: f"/items/{first}?" not in d.current_url)
+        assert decisions(settings, first) == [("fake", "dana")], (driver.current_url, driver.page_source[:3000])
+        moved_to = int(re.search(r"/items/(\d+)", driver.current_url).group(1))  # type: ignore[union-attr]
+        assert moved_to != first
+        with open_database(settings)() as session:
+            hostile = session.scalar(select(Item.id).where(Item.uri.like("%pwned%")))
+        driver.get(f"{base}/items/{hostile}")
+        assert driver.find_element(By.ID, "source").text.endswith(HOSTILE_NAME)  # shown as text
+        assert driver.execute_script("return window.pwned === undefined")
+        errors = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
+        # Defence in depth: even a script that got into the page would not run under the CSP.
+        driver.execute_script(
+            "window.blocked = 0; document.addEventListener('securitypolicyviolation', () => window.blocked++);"
+            "const s = document.createElement('script'); s.textContent = 'window.pwned = 2';"
+            "document.body.appendChild(s);"
+        )
+        WebDriverWait(driver, 10).until(lambda d: d.execute_script("return window.blocked") > 0)
+        assert driver.execute_script("return window.pwned === undefined")
+        driver.get(f"{base}/jobs/{job_id}")
+        screenshot = tmp_path / "queue.png"
+        driver.save_screenshot(str(screenshot))
+        assert screenshot.stat().st_size > 10_000
+    finally:
+        driver.quit()
