@@ -71,7 +71,7 @@ class Item(Base):
     __tablename__ = "items"
     __table_args__ = (
         UniqueConstraint("job_id", "uri", name="uq_items_job_id_uri"),
-        Index("ix_items_job_id_status", "job_id", "status"),
+        Index("ix_items_job_id_status_label", "job_id", "status", "label"),  # counts without reading rows
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
@@ -88,6 +88,10 @@ class Item(Base):
     final_url: Mapped[str | None] = mapped_column(Text)
     http_status: Mapped[int | None] = mapped_column(Integer)
     verdict_id: Mapped[int | None] = mapped_column(ForeignKey("verdicts.id"), index=True)
+    # Copies of the verdict's score and label (verdicts never change): counts and the review queue read only
+    # the items table and its indexes (ix_items_job_id_score: job, score descending, id; migration 0005).
+    score: Mapped[float | None] = mapped_column(Float)
+    label: Mapped[str | None] = mapped_column(String(8))
     worker: Mapped[str | None] = mapped_column(String(128))
     scanned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
@@ -158,6 +162,7 @@ class Decision(Base):
     """A reviewer's decision on an item; never overwrites the model's verdict."""
 
     __tablename__ = "decisions"
+    __table_args__ = (Index("ix_decisions_item_id_id", "item_id", "id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), index=True)
     decision: Mapped[str] = mapped_column(String(8))
@@ -171,6 +176,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: review queries read large jobs in score order
     cursor.close()
 
 

@@ -9,12 +9,15 @@ Needs the local Redis and PostgreSQL. Each run uses a fresh database and its own
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import time
 import uuid
 from pathlib import Path
 
 import psycopg
+import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -23,8 +26,9 @@ from bench_embedded import parse_args  # noqa: E402
 from scanner.db import upgrade  # noqa: E402
 from scanner.pipeline.scan import ScanContext, complete_batch, prepare_batch  # noqa: E402
 from scanner.pipeline.submit import open_database, submit  # noqa: E402
-from scanner.settings import Settings  # noqa: E402
-from tests.workers import WorkerProcess, purge_queue, wait_for_job  # noqa: E402
+from scanner.settings import ENV_NAMES, Settings  # noqa: E402
+
+SCANNER = str(Path(sys.executable).with_name("scanner"))
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -60,20 +64,35 @@ def in_process(paths: list[Path], settings: Settings) -> float:
     return len(paths) / elapsed
 
 
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
+    """`scanner worker` (one process) with the settings in its environment; returns once Celery says ready."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    passed = ("database_url", "broker_url", "queue", "batch_size", "torch_threads")
+    env.update({ENV_NAMES[name]: str(getattr(settings, name)) for name in passed})
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen([SCANNER, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while b"ready." not in log_path.read_bytes():
+        if worker.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"worker did not start:\n{log_path.read_text()}")
+        time.sleep(0.2)
+    return worker
+
+
 def distributed(paths: list[Path], settings: Settings, processes: int, log_dir: Path) -> float:
-    """Submit to finished with `processes` single-process workers already running."""
-    workers = [WorkerProcess(settings, log_dir, f"bench{processes}-{i}") for i in range(processes)]
+    """Submit to finished (submit follows the job) with `processes` single-process workers already running."""
+    workers = [start_worker(settings, log_dir / f"bench{processes}-{i}.log") for i in range(processes)]
     try:
-        for worker in workers:
-            worker.wait_ready()
         started = time.perf_counter()
-        job_id = submit(settings, [str(p) for p in paths], wait=False).summary["job_id"]
-        wait_for_job(settings, job_id, timeout=1800)
+        summary = submit(settings, [str(p) for p in paths], wait=True).summary
+        assert summary["finished"], summary
         return len(paths) / (time.perf_counter() - started)
     finally:
         for worker in workers:
-            worker.stop()
-        purge_queue(settings)
+            os.killpg(worker.pid, signal.SIGTERM)
+            worker.wait(60)
+        redis.Redis.from_url(settings.broker_url or "").delete(settings.queue)
 
 
 def main() -> None:

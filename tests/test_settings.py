@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -53,7 +54,7 @@ def test_db_upgrade_command(pg_url: str) -> None:
     result = CliRunner().invoke(app, ["db", "upgrade"], env={"SCANNER_DATABASE_URL": pg_url})
     assert result.exit_code == 0, result.output
     engine = make_engine(pg_url)
-    assert current_revision(engine) == head_revision(pg_url) == "0004"
+    assert current_revision(engine) == head_revision(pg_url) == "0005"
     engine.dispose()
     dead = CliRunner().invoke(
         app, ["db", "upgrade"], env={"SCANNER_DATABASE_URL": "postgresql+psycopg://u:pw9@127.0.0.1:1/x"}
@@ -89,3 +90,39 @@ def test_readme_lists_every_setting() -> None:
     listed = {name for cell in table for name in cell.replace("`", "").split(", ")}
     assert set(ENV_NAMES.values()) <= listed, set(ENV_NAMES.values()) - listed
     assert set(ENV_NAMES) == {f.name for f in __import__("dataclasses").fields(Settings)} - {"http_max_redirects"}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0005_copies_scores_and_labels_and_goes_back(backend: str, tmp_path: Path, request: Any) -> None:
+    from sqlalchemy import text
+
+    from scanner.db import upgrade
+
+    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    upgrade(url, "0004")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO jobs (id, created_at, status, mode, sources, sources_key, model_version, threshold, "
+            "items_total, items_done, items_error, items_flagged, items_skipped) VALUES "
+            "(1, CURRENT_TIMESTAMP, 'finished', 'embedded', '[]', 'k', 'm', 0.5, 2, 1, 1, 1, 0)"
+        ))  # fmt: skip
+        connection.execute(text(
+            "INSERT INTO verdicts (id, sha256, model_version, score, label, threshold, created_at) "
+            "VALUES (7, 'abc', 'm', 0.75, 'fake', 0.5, CURRENT_TIMESTAMP)"
+        ))  # fmt: skip
+        connection.execute(text(
+            "INSERT INTO items (id, job_id, uri, kind, status, verdict_id) VALUES "
+            "(1, 1, '/a.png', 'file', 'done', 7), (2, 1, '/b.png', 'file', 'error', NULL)"
+        ))  # fmt: skip
+    upgrade(url, "0005")
+    with engine.connect() as connection:
+        rows = connection.execute(text("SELECT id, score, label FROM items ORDER BY id")).all()
+    assert [tuple(row) for row in rows] == [(1, 0.75, "fake"), (2, None, None)]
+    from alembic import command
+
+    from scanner.db import alembic_config
+
+    command.downgrade(alembic_config(url), "0004")
+    assert current_revision(engine) == "0004"
+    engine.dispose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from training.preprocess import ImageRejected, decode_image
 
 SIDES = {"thumb": 160, "large": 1024}  # the only sizes served: one cache file per image and size
 HEATMAP = "heatmap"
+SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 class ImageUnavailable(LookupError):
@@ -28,7 +30,7 @@ class ImageUnavailable(LookupError):
 
 
 class ImageCache:
-    """JPEGs of scanned items with their face boxes, written once per (sha256, verdict, size) under `root`."""
+    """JPEGs of scanned items with their face boxes, written once per (sha256, model, size) under `root`."""
 
     def __init__(
         self, settings: Settings, root: Path, explain_loader: Callable[[], tuple[str, Any]] | None = None
@@ -41,7 +43,8 @@ class ImageCache:
 
     def path_for(self, item: Item, verdict: Verdict, kind: str) -> Path:
         """Where this image (a size from SIDES, or the heatmap) is cached."""
-        name = f"{item.sha256}-{verdict.id}-{kind}.jpg"
+        model = SAFE.sub("_", verdict.model_version)[:80]  # faces and heatmaps depend on content and model only
+        name = f"{item.sha256}-{model}-{kind}.jpg"
         return self.root / str(item.sha256)[:2] / name
 
     def get(self, item: Item, verdict: Verdict | None, faces: list[Face], kind: str) -> Path:

@@ -53,21 +53,21 @@ class QueueFilter:
         return urlencode({k: v for k, v in values.items() if v not in ("", None)})
 
     def conditions(self) -> list[Any]:
-        """SQL conditions on items joined (outer) to verdicts."""
+        """SQL conditions on items (score and label are copied from the verdict)."""
         where: list[Any] = []
         if self.label:
-            where.append(Verdict.label == self.label)
+            where.append(Item.label == self.label)
         if self.reviewed:
             decided = exists().where(Decision.item_id == Item.id)
             where.append(decided if self.reviewed == "yes" else ~decided)
         if self.error_code == "any":
             where.append(Item.status == "error")
         elif self.error_code:
-            where.append(Item.error_code == self.error_code)
+            where.extend([Item.status == "error", Item.error_code == self.error_code])
         if self.score_min is not None:
-            where.append(Verdict.score >= self.score_min)
+            where.append(Item.score >= self.score_min)
         if self.score_max is not None:
-            where.append(Verdict.score <= self.score_max)
+            where.append(Item.score <= self.score_max)
         return where
 
 
@@ -85,16 +85,12 @@ def _score(params: Any, name: str) -> float | None:
 
 
 QUEUE_COLUMNS = (Item.id.label("item_id"), Item.uri, Item.kind, Item.status, Item.error_code, Item.error_message,
-                 Item.sha256, Verdict.score, Verdict.label)  # fmt: skip
-ORDER = (Verdict.score.desc().nulls_last(), Item.id)
+                 Item.sha256, Item.score, Item.label)  # fmt: skip
+ORDER = (Item.score.desc().nulls_last(), Item.id)  # walks ix_items_job_id_score (migration 0005)
 
 
 def _base(job_id: int, filters: QueueFilter) -> Any:
-    return (
-        select(*QUEUE_COLUMNS)
-        .outerjoin(Verdict, Item.verdict_id == Verdict.id)
-        .where(Item.job_id == job_id, *filters.conditions())
-    )
+    return select(*QUEUE_COLUMNS).where(Item.job_id == job_id, *filters.conditions())
 
 
 @dataclass
@@ -113,8 +109,7 @@ def queue_page(
 ) -> QueuePage:
     """The job's items matching the filters in review order: flagged first by score, unscored last."""
     get_job(session, job_id)
-    count_query = select(func.count()).select_from(Item).outerjoin(Verdict, Item.verdict_id == Verdict.id)
-    total = session.scalar(count_query.where(Item.job_id == job_id, *filters.conditions())) or 0
+    total = session.scalar(select(func.count()).where(Item.job_id == job_id, *filters.conditions())) or 0
     pages = max(1, math.ceil(total / per_page))
     page = min(max(1, page), pages)
     query = _base(job_id, filters).order_by(*ORDER).limit(per_page).offset((page - 1) * per_page)
@@ -135,27 +130,26 @@ def latest_decisions(session: Session, item_ids: list[int]) -> dict[int, dict[st
 def _after(score: float | None, item_id: int) -> Any:
     """Items that come after (score, id) in review order."""
     if score is None:
-        return and_(Verdict.score.is_(None), Item.id > item_id)
-    return or_(Verdict.score < score, and_(Verdict.score == score, Item.id > item_id), Verdict.score.is_(None))
+        return and_(Item.score.is_(None), Item.id > item_id)
+    return or_(Item.score < score, and_(Item.score == score, Item.id > item_id), Item.score.is_(None))
 
 
 def _before(score: float | None, item_id: int) -> Any:
     """Items that come before (score, id) in review order."""
     if score is None:
-        return or_(Verdict.score.is_not(None), Item.id < item_id)
-    return and_(Verdict.score.is_not(None), or_(Verdict.score > score, and_(Verdict.score == score, Item.id < item_id)))
+        return or_(Item.score.is_not(None), Item.id < item_id)
+    return and_(Item.score.is_not(None), or_(Item.score > score, and_(Item.score == score, Item.id < item_id)))
 
 
 def _item_score(session: Session, item_id: int) -> float | None:
-    query = select(Verdict.score).join(Item, Item.verdict_id == Verdict.id).where(Item.id == item_id)
-    return session.scalar(query)
+    return session.scalar(select(Item.score).where(Item.id == item_id))
 
 
 def neighbour(session: Session, job_id: int, filters: QueueFilter, item_id: int, forward: bool = True) -> int | None:
     """The item after (or before) `item_id` in the filtered queue, or None at its end."""
     score = _item_score(session, item_id)
     where = _after(score, item_id) if forward else _before(score, item_id)
-    order = ORDER if forward else (Verdict.score.asc().nulls_first(), Item.id.desc())
+    order = ORDER if forward else (Item.score.asc().nulls_first(), Item.id.desc())
     page = _base(job_id, filters).where(where).order_by(*order).limit(1).subquery()
     return session.scalar(select(page.c.item_id))
 

@@ -27,12 +27,7 @@ def job_counts(session: Session, job_id: int) -> dict[str, int]:
     """Live counts of a job's items by outcome, flagged included."""
     rows = session.execute(select(Item.status, func.count()).where(Item.job_id == job_id).group_by(Item.status)).all()
     by_status = {status: count for status, count in rows}
-    flagged = session.scalar(
-        select(func.count())
-        .select_from(Item)
-        .join(Verdict, Item.verdict_id == Verdict.id)
-        .where(Item.job_id == job_id, Verdict.label == "fake")
-    )
+    flagged = session.scalar(select(func.count()).where(Item.job_id == job_id, Item.label == "fake"))
     return {
         "items": sum(by_status.values()),
         "queued": by_status.get("queued", 0),
@@ -82,6 +77,18 @@ def worker_throughput(session: Session, job_id: int) -> list[dict[str, Any]]:
         span = (last - first).total_seconds() if first and last else 0.0
         result.append({"worker": worker, "items": count, "images_per_second": count / span if span > 0 else None})
     return result
+
+
+def job_overview(session: Session, job_id: int) -> dict[str, Any]:
+    """A job's row, live counts and errors by code: what a page header needs, read from indexes only."""
+    job = get_job(session, job_id)
+    counts = job_counts(session, job_id)
+    return {
+        "job_id": job.id, "status": job.status, "mode": job.mode, **counts, "skipped": job.items_skipped,
+        "finished": job.finished_at is not None, "created_at": _iso(job.created_at),
+        "finished_at": _iso(job.finished_at), "model_version": job.model_version, "threshold": job.threshold,
+        "errors_by_code": errors_by_code(session, job_id),
+    }  # fmt: skip
 
 
 def job_status(session: Session, job_id: int) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ from scanner.connect import SetupError
 from scanner.db import Item
 from scanner.moderation import queue
 from scanner.moderation.images import HEATMAP, SIDES, ImageCache, ImageUnavailable
-from scanner.moderation.reports import JobNotFound, errors_by_code, job_status, recent_jobs, redact_url
+from scanner.moderation.reports import JobNotFound, errors_by_code, job_overview, job_status, recent_jobs, redact_url
 from scanner.safe_text import printable
 from scanner.settings import Settings
 
@@ -179,18 +180,16 @@ class ReviewApp:
         return JSONResponse([{k: row[k] for k in keep} for row in rows], headers={"Cache-Control": "no-store"})
 
     def _job_row(self, session: Any, job: dict[str, Any]) -> dict[str, Any]:
-        first, last = session.execute(
-            select(func.min(Item.scanned_at), func.max(Item.scanned_at)).where(Item.job_id == job["job_id"])
-        ).one()
-        span = (last - first).total_seconds() if first and last else 0.0
-        status = job_status(session, job["job_id"])
+        row = session.get(queue.Job, job["job_id"])
+        end = _aware(row.finished_at) if row.finished_at else datetime.now(UTC)
+        elapsed = (end - _aware(row.created_at)).total_seconds() if row.created_at else 0.0
         reviewed = session.scalar(
             select(func.count(func.distinct(queue.Decision.item_id)))
             .join(Item, Item.id == queue.Decision.item_id)
             .where(Item.job_id == job["job_id"])
         )
-        rate = round(job["done"] / span, 1) if span > 0 else None
-        return {**job, "model_version": status["model_version"], "threshold": status["threshold"],
+        rate = round(job["done"] / elapsed, 1) if elapsed > 0 and job["done"] else None
+        return {**job, "model_version": row.model_version, "threshold": row.threshold,
                 "reviewed": reviewed or 0, "images_per_second": rate}  # fmt: skip
 
     def job_queue(self, request: Request) -> Response:
@@ -203,7 +202,7 @@ class ReviewApp:
         with self.sessions() as session:
             try:
                 page = queue.queue_page(session, job_id, filters, page_number)
-                status = job_status(session, job_id)
+                status = job_overview(session, job_id)
             except JobNotFound as exc:
                 return self._error(request, 404, str(exc))
         context = {"job": status, "page": page, "filters": filters, "codes": list(status["errors_by_code"])}
@@ -394,6 +393,11 @@ class ReviewApp:
 
 def _set_cookie(response: Response, session_id: str) -> None:
     response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", path="/")
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite returns naive UTC datetimes; PostgreSQL aware ones."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _int(raw: Any, default: int) -> int:

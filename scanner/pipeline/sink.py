@@ -74,8 +74,8 @@ def _verdict_values(sha: str, scored: ViewScores, model_version: str, threshold:
     }  # fmt: skip
 
 
-ITEM_COLUMNS = ("status", "error_code", "error_message", "verdict_id", "sha256", "size_bytes", "format", "width",
-                "height", "final_url", "http_status", "worker", "scanned_at")  # fmt: skip
+ITEM_COLUMNS = ("status", "error_code", "error_message", "verdict_id", "score", "label", "sha256", "size_bytes",
+                "format", "width", "height", "final_url", "http_status", "worker", "scanned_at")  # fmt: skip
 ITEMS = Item.__table__
 ITEM_RESULT = (
     update(ITEMS)  # type: ignore[arg-type]
@@ -92,6 +92,8 @@ def _item_values(loaded: LoadedItem, verdict: Verdict | None, worker: str, now: 
         "error_code": None if done else loaded.error_code or "internal_error",
         "error_message": None if done else loaded.error_message or "no verdict was produced",
         "verdict_id": verdict.id if done and verdict is not None else None,
+        "score": verdict.score if done and verdict is not None else None,
+        "label": verdict.label if done and verdict is not None else None,
         "sha256": loaded.sha256, "size_bytes": loaded.size_bytes, "format": loaded.format,
         "width": loaded.width, "height": loaded.height, "final_url": loaded.final_url,
         "http_status": loaded.http_status, "worker": worker, "scanned_at": now,
