@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
-
-from scanner.db import current_revision, head_revision, make_engine, session_factory, upgrade
 from scanner.settings import Settings
+
+# SQLAlchemy and the ORM models are imported inside the functions that need them, so that importing this
+# module (as the CLI does for SetupError) stays cheap: `scanner --help` does not load SQLAlchemy.
 
 
 class SetupError(Exception):
@@ -42,14 +41,19 @@ def describe_db_error(exc: Exception, url: str) -> str:
 
 def open_database(settings: Settings) -> Any:
     """Sessions on a reachable database at the newest schema; SQLite is upgraded automatically."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from scanner.db import SCHEMA_HEAD, current_revision, make_engine, session_factory, upgrade
+
     engine = make_engine(settings.database_url)
     try:
         with engine.connect() as connection:
             connection.execute(text("SELECT 1"))
         if engine.dialect.name == "sqlite":
-            if current_revision(engine) != head_revision(settings.database_url):
+            if current_revision(engine) != SCHEMA_HEAD:
                 upgrade(settings.database_url)
-        elif current_revision(engine) != head_revision(settings.database_url):
+        elif current_revision(engine) != SCHEMA_HEAD:
             raise SetupError(
                 f"the database at {safe_url(settings.database_url)} is not at the newest schema: "
                 "run `scanner db upgrade`"

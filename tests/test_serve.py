@@ -131,6 +131,14 @@ def test_keyboard_flow_records_decisions_and_moves_on(settings: Settings, tmp_pa
     assert flagged.index(second) == flagged.index(first) + 1  # the next unreviewed flagged item in queue order
     unreviewed = queue_ids(client.get(f"/jobs/{job_id}?label=fake&reviewed=no").text)
     assert first not in unreviewed and second in unreviewed
+    live = {job["job_id"]: job for job in client.get("/api/jobs").json()}
+    assert live[job_id]["reviewed"] == 1 and live[job_id]["flagged"] == len(flagged)
+    out = tmp_path / "labels"
+    exported = CliRunner().invoke(
+        cli_app, ["export-labels", str(job_id), "--out", str(out)], env=settings_env(settings)
+    )
+    assert exported.exit_code == 0, exported.output
+    assert len(list((out / "fake").iterdir())) == 1 and not (out / "real").exists()  # the browser's decision
 
 
 def test_second_reviewer_sees_the_first_decision_instead_of_overwriting_it(settings: Settings, tmp_path: Path) -> None:

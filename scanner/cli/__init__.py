@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
 from scanner.cli import model as cli_model
 from scanner.cli.console import echo, fail, progress_bar, say_error
@@ -85,6 +84,8 @@ def resume(
 
 
 def _run_and_print(settings: Settings, run: Callable[[Any], Any], as_json: bool) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         with progress_bar() as new_task:
             result = run(new_task)
@@ -231,6 +232,8 @@ def review(
     ] = None,
 ) -> None:
     """Record a reviewer decision on an item (never changes the model's verdict)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     from scanner.moderation.review import ReviewError, add_decision, import_decisions
 
     who = reviewer or os.environ.get("USER") or "unknown"
@@ -285,6 +288,7 @@ def export_labels(
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply database migrations (PostgreSQL or SQLite)."""
+    from sqlalchemy.exc import SQLAlchemyError
 
     from scanner.db import upgrade
 
