@@ -240,8 +240,8 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
             "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - started,
         })  # fmt: skip
         print(_epoch_line(history[-1]), file=sys.stderr, flush=True)
-        _write_outputs(model, config, arch_args, preprocess, history, val, val_scores, val_labels,
-                       optimizer, scheduler, epoch, train)  # fmt: skip
+        run = TrainingRun(model, config, arch_args, preprocess, train, val, optimizer, scheduler, history)
+        _write_outputs(run, epoch, val_scores, val_labels)
     if not val_scores:
         _, val_scores, val_labels = evaluate(model, val_loader, device)
     return _final_metrics(config, history, val, val_scores, val_labels)
@@ -279,21 +279,34 @@ def per_dataset_metrics(samples: list[Sample], scores: list[float], threshold: f
     return result
 
 
-def _write_outputs(
-    model: nn.Module, config: TrainConfig, arch_args: dict[str, Any], preprocess: Preprocess,
-    history: list[dict[str, float]], val: list[Sample], scores: list[float], labels: list[int],
-    optimizer: Any, scheduler: Any, epoch: int, train: list[Sample],
-) -> None:  # fmt: skip
-    metrics = _final_metrics(config, history, val, scores, labels)
+@dataclass
+class TrainingRun:
+    """What one training run holds between epochs: the model, its recipe, data and optimiser state."""
+
+    model: nn.Module
+    config: TrainConfig
+    arch_args: dict[str, Any]
+    preprocess: Preprocess
+    train: list[Sample]
+    val: list[Sample]
+    optimizer: Any
+    scheduler: Any
+    history: list[dict[str, float]]
+
+
+def _write_outputs(run: TrainingRun, epoch: int, scores: list[float], labels: list[int]) -> None:
+    """Checkpoint (resumable), metrics JSON and plots after an epoch."""
+    config, history = run.config, run.history
+    metrics = _final_metrics(config, history, run.val, scores, labels)
     out = Path(config.out)
     checkpoint = build_checkpoint(
-        model, config.arch, arch_args, preprocess, metrics["threshold"],
+        run.model, config.arch, run.arch_args, run.preprocess, metrics["threshold"],
         threshold_rule=config.threshold_rule,
         metrics={k: v for k, v in metrics.items() if k != "history"},
-        data=data_summary(train, val),
+        data=data_summary(run.train, run.val),
         train_config=asdict(config),
-        train_state={"epoch": epoch, "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "history": history},
+        train_state={"epoch": epoch, "optimizer": run.optimizer.state_dict(),
+                     "scheduler": run.scheduler.state_dict(), "history": history},
     )  # fmt: skip
     save_checkpoint(checkpoint, out)
     metrics["model_version"] = checkpoint["model_version"]

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -53,7 +54,7 @@ def train(
     from training.train import main as train_main
 
     config = _train_config(data_dirs, out, arch, resume)
-    overrides = {
+    overrides: dict[str, Any] = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment, "max_side": max_side,
         "device": device or Settings.from_env().device,
     }  # fmt: skip
@@ -64,9 +65,7 @@ def train(
         )  # fmt: skip
     if views not in ("center", "faces"):
         fail("--views must be 'center' or 'faces'")
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(config, key, value)
+    config = replace(config, **{key: value for key, value in overrides.items() if value is not None})
     try:
         with progress_bar() as new_task:
             metrics = train_main(config, resume=resume, progress_factory=new_task)
