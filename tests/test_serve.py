@@ -377,3 +377,18 @@ def test_review_with_the_keyboard_in_a_real_browser(
         assert screenshot.stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_oversized_or_unsized_forms_are_refused(settings: Settings, tmp_path: Path) -> None:
+    client = client_for(settings, tmp_path)
+    client.get("/")
+    big = client.post("/items/1/decision", content=b"a=" + b"x" * 70_000,
+                      headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert big.status_code == 413
+
+    def chunks() -> Iterator[bytes]:
+        yield b"decision=fake"
+
+    unsized = client.post("/items/1/decision", content=chunks(),
+                          headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert unsized.status_code == 411

@@ -9,11 +9,11 @@ strict Content-Security-Policy allows nothing but this server's own files.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import secrets
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -310,7 +310,7 @@ class ReviewApp:
             return form
         reviewer = self._reviewer_for(str(form.get("token", "")), str(form.get("reviewer", "")))
         if reviewer is None:
-            time.sleep(0.5)  # slows guessing
+            await asyncio.sleep(0.5)  # slows guessing without holding up other requests
             shared = bool(self.config.tokens and None in self.config.tokens.values())
             context = {"ask_name": shared, "message": "unknown token, or no reviewer name given"}
             return self._page(request, "login.html", context, status_code=403)
@@ -338,7 +338,10 @@ class ReviewApp:
     # ---- plumbing -----------------------------------------------------------------------------------------------
     async def _verified_form(self, request: Request) -> Any:
         """The posted form, once its size, origin and CSRF token are checked; else a 403/413 response."""
-        if int(request.headers.get("content-length") or 0) > MAX_FORM_BYTES:
+        length = request.headers.get("content-length")
+        if length is None or not length.isdigit():
+            return PlainTextResponse("a form needs a Content-Length", status_code=411)
+        if int(length) > MAX_FORM_BYTES:
             return PlainTextResponse("request too large", status_code=413)
         origin = request.headers.get("origin")
         if origin and origin != f"{request.url.scheme}://{request.url.netloc}":
