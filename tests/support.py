@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from sqlalchemy import select
 
 from scanner.db import Item, make_engine
 from scanner.pipeline.errors import ERROR_CODES
 from scanner.settings import Settings
 from tests.httpserver import EXPECTED, HostileServer
+from tests.imaging import encode, noisy_image, smooth_image
 
 
 def items_by_uri(settings: Settings, job_id: int) -> dict[str, Item]:
@@ -17,6 +20,23 @@ def items_by_uri(settings: Settings, job_id: int) -> dict[str, Item]:
         rows = {row.uri: row for row in connection.execute(select(Item).where(Item.job_id == job_id))}
     engine.dispose()
     return rows
+
+
+def scanned_job(
+    settings: Settings, folder: Path, pairs: int = 5, seed: int = 200, extra: dict[str, bytes] | None = None
+) -> int:
+    """A finished job over `pairs` smooth (real-looking) and noisy (fake-looking) images, one broken file and any
+    `extra` files (name -> bytes)."""
+    from scanner.pipeline.submit import submit
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for index in range(pairs):
+        (folder / f"real_{index}.png").write_bytes(encode(smooth_image(seed + index, 32)))
+        (folder / f"fake_{index}.png").write_bytes(encode(noisy_image(seed + index, 32)))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    for name, data in (extra or {}).items():
+        (folder / name).write_bytes(data)
+    return int(submit(settings, [str(folder)], wait=True).summary["job_id"])
 
 
 URL_LIMITS = {"http_timeout": 1.0, "http_retries": 1, "max_file_bytes": 1_000_000}

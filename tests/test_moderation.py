@@ -20,10 +20,11 @@ from scanner.moderation.html_report import render_html
 from scanner.moderation.queue import item_detail
 from scanner.moderation.reports import job_status, render_jsonl, report_rows
 from scanner.moderation.review import ReviewError, add_decision, export_labels, import_decisions
-from scanner.pipeline.submit import open_database, submit
+from scanner.pipeline.submit import open_database
 from scanner.settings import Settings
 from tests.conftest import settings_env
 from tests.imaging import encode, noisy_image, smooth_image
+from tests.support import scanned_job
 from training.checkpoint import load_model
 from training.data import find_samples
 from training.preprocess import preprocess_bytes
@@ -31,16 +32,6 @@ from training.preprocess import preprocess_bytes
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-
-
-def scanned_job(settings: Settings, folder: Path) -> int:
-    """A finished job over smooth (real-looking) and noisy (fake-looking) images plus one broken file."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(5):
-        (folder / f"real_{index}.png").write_bytes(encode(smooth_image(200 + index, 32)))
-        (folder / f"fake_{index}.png").write_bytes(encode(noisy_image(200 + index, 32)))
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
-    return int(submit(settings, [str(folder)], wait=True).summary["job_id"])
 
 
 def chromium(*args: str, timeout: float = 90) -> str:

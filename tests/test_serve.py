@@ -24,23 +24,18 @@ from scanner.connect import SetupError
 from scanner.db import Decision, Item, Verdict
 from scanner.moderation.queue import decide
 from scanner.moderation.serve import ServeConfig, check_binding, create_app
-from scanner.pipeline.submit import open_database, submit
+from scanner.pipeline.submit import open_database
 from scanner.settings import Settings
 from tests.conftest import make_settings, settings_env
-from tests.imaging import encode, noisy_image, smooth_image
+from tests.imaging import encode, noisy_image
+from tests.support import scanned_job
 
 HOSTILE_NAME = "<img src=x onerror=window.pwned=1>.png"
 
 
 def review_job(settings: Settings, folder: Path) -> int:
     """A finished job: 6 smooth and 6 noisy images, one broken file and one with markup in its name."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for index in range(6):
-        (folder / f"real_{index}.png").write_bytes(encode(smooth_image(300 + index, 32)))
-        (folder / f"fake_{index}.png").write_bytes(encode(noisy_image(300 + index, 32)))
-    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
-    (folder / HOSTILE_NAME).write_bytes(encode(noisy_image(399, 32)))
-    return int(submit(settings, [str(folder)], wait=True).summary["job_id"])
+    return scanned_job(settings, folder, pairs=6, seed=300, extra={HOSTILE_NAME: encode(noisy_image(399, 32))})
 
 
 def client_for(settings: Settings, tmp_path: Path, config: ServeConfig | None = None) -> TestClient:
