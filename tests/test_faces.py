@@ -221,3 +221,35 @@ def test_face_finding_is_safe_from_the_first_call_in_many_threads() -> None:
     for _ in range(3):  # a fresh process each time: the race is on OpenCV's first import
         out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=repo, timeout=120)
         assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
+
+
+def test_native_patch_view_fine_tuned_from_a_released_model(face_model: Path, face_data: Path, tmp_path: Path) -> None:
+    from training.train import TrainConfig
+    from training.train import main as train_main
+
+    base = read_checkpoint(face_model)
+    config = TrainConfig(**{**base["train_config"], "out": str(tmp_path / "patch.pt"), "epochs": 1,
+                            "views": "faces+patch", "init": str(face_model)})  # fmt: skip
+    train_main(config)
+    loaded = load_model(tmp_path / "patch.pt", "cpu")
+    assert loaded.preprocess.image_views == 2 and loaded.preprocess.uses_faces
+    samples = find_samples(face_data)[:4]
+    finder = FaceFinder(loaded.preprocess.faces)
+    direct, wholes = [], []
+    for sample in samples:
+        views = make_views(Image.open(sample.path).convert("RGB"), loaded.preprocess, finder)
+        assert len(views.tensors) == 2 + len(views.boxes) and views.boxes  # whole, native patch, the face
+        with torch.inference_mode():
+            scores = predict_scores(loaded.model, views.tensors).tolist()
+        direct.append(max(scores))
+        wholes.append(max(scores[:2]))
+    assert score_samples(loaded, samples, batch_size=4, workers=0) == pytest.approx(direct, abs=1e-5)
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", tmp_path / "patch.pt")
+    job_id = submit(settings, [str(s.path) for s in samples], wait=True).summary["job_id"]
+    with open_database(settings)() as session:
+        rows = {row["uri"]: row for row in report_rows(session, job_id)}
+    assert [rows[str(s.path)]["score"] for s in samples] == pytest.approx(direct, abs=1e-4)
+    assert [rows[str(s.path)]["whole_score"] for s in samples] == pytest.approx(wholes, abs=1e-4)
+    other = TrainConfig(**{**config.__dict__, "arch_args": {"widths": [4, 4], "dropout": 0.0}})
+    with pytest.raises(ValueError, match="--init"):
+        train_main(other)

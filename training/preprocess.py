@@ -45,6 +45,11 @@ class ImageRejected(Exception):
         self.message = message
 
 
+# center: one centre crop (v1); faces: the whole image scaled + face crops; faces+patch: also a centre patch
+# at native pixels (up to max_side), where generator traces that scaling blurs survive.
+VIEW_POLICIES = ("center", "faces", "faces+patch")
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Preprocessing parameters stored in every checkpoint."""
@@ -71,7 +76,12 @@ class Preprocess:
     @property
     def uses_faces(self) -> bool:
         """True when the model scores face crops besides the whole image."""
-        return self.views == "faces"
+        return self.views in ("faces", "faces+patch")
+
+    @property
+    def image_views(self) -> int:
+        """How many views of the whole image come before the faces: the scaled image, and a native-pixel patch."""
+        return 2 if self.views == "faces+patch" else 1
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:

@@ -64,6 +64,7 @@ class TrainConfig:
     balance: bool = False
     samples_per_epoch: int = 0
     pretrained: bool = True
+    init: str = ""  # start from this checkpoint's weights (same architecture): fine-tuning a released model
 
 
 def paper_config(data_dirs: list[str], out: str) -> TrainConfig:
@@ -212,7 +213,10 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     arch_args = config.arch_args or dict(DEFAULT_ARGS[config.arch])
     if config.arch == "paper-cnn":
         arch_args["input_size"] = config.size
-    model = build_model(config.arch, arch_args, pretrained=config.pretrained and resume is None).to(device)
+    fresh = resume is None and not config.init
+    model = build_model(config.arch, arch_args, pretrained=config.pretrained and fresh).to(device)
+    if config.init and resume is None:
+        init_weights(model, Path(config.init), config.arch, arch_args)
     augment = Augmenter(PRESETS[config.augment], config.seed)
     train_loader = make_loader(train, preprocess, augment, config, shuffle=True)
     val_loader = make_eval_loader(val, preprocess, None, config.batch_size, config.workers)
@@ -245,6 +249,14 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     if not val_scores:
         _, val_scores, val_labels = evaluate(model, val_loader, device)
     return _final_metrics(config, history, val, val_scores, val_labels)
+
+
+def init_weights(model: nn.Module, path: Path, arch: str, arch_args: dict[str, Any]) -> None:
+    """Load another checkpoint's weights into the model; it must be the same architecture with the same arguments."""
+    source = read_checkpoint(path)
+    if source["arch"] != arch or source["arch_args"] != arch_args:
+        raise ValueError(f"--init {path} is {source['arch']} {source['arch_args']}, not {arch} {arch_args}")
+    model.load_state_dict(source["state_dict"])
 
 
 def _epoch_line(row: dict[str, float]) -> str:

@@ -44,6 +44,11 @@ def whole_view(image: Image.Image, config: Preprocess) -> Image.Image:
     return resize_center_crop(image, config.size, max_side, config.resample)
 
 
+def patch_view(image: Image.Image, config: Preprocess) -> Image.Image:
+    """A centre patch at native pixels (the image's shorter side kept up to max_side): no downscaling blur."""
+    return resize_center_crop(image, config.size, config.max_side, config.resample)
+
+
 def face_view(image: Image.Image, box: Box, config: Preprocess, widen: float | None = None) -> Image.Image:
     """One face at the canonical framing: a widened square around the box, scaled to the input size."""
     region = face_region(box, image.width, image.height, widen or config.faces.widen)
@@ -57,8 +62,9 @@ def find_faces(image: Image.Image, config: Preprocess, finder: FaceFinder | None
 
 
 def view_images(image: Image.Image, config: Preprocess, boxes: list[Box]) -> list[Image.Image]:
-    """The views as images (the whole image first), for scoring and for heatmaps."""
-    return [whole_view(image, config), *(face_view(image, box, config) for box in boxes)]
+    """The views as images (the whole image first, then any native patch, then faces), for scoring and heatmaps."""
+    patch = [patch_view(image, config)] if config.image_views == 2 else []
+    return [whole_view(image, config), *patch, *(face_view(image, box, config) for box in boxes)]
 
 
 def make_views(image: Image.Image, config: Preprocess, finder: FaceFinder | None) -> ImageViews:
@@ -68,12 +74,12 @@ def make_views(image: Image.Image, config: Preprocess, finder: FaceFinder | None
     return ImageViews(tensors, boxes)
 
 
-def split_scores(flat_scores: list[float], counts: list[int]) -> list[ViewScores]:
-    """Regroup a flat list of view scores into one ViewScores per image."""
+def split_scores(flat_scores: list[float], counts: list[int], image_views: int = 1) -> list[ViewScores]:
+    """Regroup a flat list of view scores into one ViewScores per image (`whole`: the highest whole-image view)."""
     result, start = [], 0
     for count in counts:
         chunk = flat_scores[start : start + count]
-        result.append(ViewScores(whole=chunk[0], faces=chunk[1:]))
+        result.append(ViewScores(whole=max(chunk[:image_views]), faces=chunk[image_views:]))
         start += count
     return result
 
@@ -81,7 +87,8 @@ def split_scores(flat_scores: list[float], counts: list[int]) -> list[ViewScores
 def training_view(
     image: Image.Image, boxes: list[Box], config: Preprocess, augment: Augment | None, rng: random.Random
 ) -> torch.Tensor:
-    """One randomly chosen view for training: a face (framing jittered a little) half the time, if any."""
+    """One randomly chosen view for training: a face (framing jittered a little) half the time, if any; else the
+    whole image, or (faces+patch) the native patch half of those times."""
     if boxes and rng.random() < 0.5:
         box = rng.choice(boxes)
         shift = round(0.08 * max(box.w, box.h))
@@ -93,4 +100,6 @@ def training_view(
         return to_tensor(crop.resize((config.size, config.size), Image.Resampling.BILINEAR), config)
     if augment is not None:
         image = augment(image)
+    if config.image_views == 2 and rng.random() < 0.5:
+        return to_tensor(patch_view(image, config), config)
     return to_tensor(whole_view(image, config), config)

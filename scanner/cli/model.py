@@ -40,7 +40,10 @@ def train(
         str, typer.Option(help="fpr:0.05, source-fpr:0.05 (at most 5% on every source's reals) or youden.")
     ] = "fpr:0.05",
     views: Annotated[
-        str, typer.Option(help="center (one centre crop) or faces (whole image + face crops).")
+        str,
+        typer.Option(
+            help="center (centre crop), faces (whole image + face crops), faces+patch (+ native-pixel patch)."
+        ),
     ] = "center",
     balance: Annotated[bool, typer.Option(help="Sample every dataset, and every class in it, equally.")] = False,
     samples_per_epoch: Annotated[int, typer.Option(help="Images drawn per epoch when balancing (0: all).")] = 0,
@@ -48,9 +51,13 @@ def train(
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 1,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint's state.")] = None,
+    init: Annotated[
+        str | None, typer.Option(help="Start from this model's weights (a name or checkpoint; same architecture).")
+    ] = None,
 ) -> None:
     """Train a detector on labelled image folders."""
     from training.checkpoint import CheckpointError
+    from training.preprocess import VIEW_POLICIES
     from training.train import main as train_main
 
     config = _train_config(data_dirs, out, arch, resume)
@@ -62,9 +69,10 @@ def train(
         overrides.update(
             size=size, seed=seed, threshold_rule=threshold_rule, max_per_dataset=max_per_dataset,
             workers=workers, views=views, balance=balance, samples_per_epoch=samples_per_epoch,
+            init=str(resolve_model(init)) if init else None,
         )  # fmt: skip
-    if views not in ("center", "faces"):
-        fail("--views must be 'center' or 'faces'")
+    if views not in VIEW_POLICIES:
+        fail(f"--views must be one of {', '.join(VIEW_POLICIES)}, not {views!r}", code=2)
     config = replace(config, **{key: value for key, value in overrides.items() if value is not None})
     try:
         with progress_bar() as new_task:
