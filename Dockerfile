@@ -10,6 +10,6 @@ COPY scanner ./scanner
 COPY worker ./worker
 COPY training ./training
 COPY migrations ./migrations
-RUN pip install ".[monitoring]" && useradd --create-home fauxscan
+RUN pip install ".[monitoring]" && useradd --create-home fauxscan && mkdir /cache && chown fauxscan /cache
 USER fauxscan
 CMD ["scanner", "--help"]

@@ -67,3 +67,10 @@ def test_dockerfile_installs_the_package_and_pins_torch() -> None:
     for folder in ("scanner", "worker", "training", "migrations"):
         assert f"COPY {folder} ./{folder}" in dockerfile
     assert "USER fauxscan" in dockerfile
+
+
+def test_review_app_needs_a_token_and_publishes_on_loopback_only() -> None:
+    review = SERVICES["review"]
+    assert review["environment"]["SCANNER_SERVE_TOKEN"].startswith("${SCANNER_SERVE_TOKEN:?")
+    assert all(port.startswith("127.0.0.1:") for port in review["ports"])
+    assert "0.0.0.0" in review["command"]  # inside the container; refused by `scanner serve` without the token
