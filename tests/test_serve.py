@@ -387,3 +387,15 @@ def test_oversized_or_unsized_forms_are_refused(settings: Settings, tmp_path: Pa
     unsized = client.post("/items/1/decision", content=chunks(),
                           headers={"content-type": "application/x-www-form-urlencoded"})  # fmt: skip
     assert unsized.status_code == 411
+
+
+def test_two_reviewers_on_one_queue_are_sent_to_different_items(settings: Settings, tmp_path: Path) -> None:
+    job_id = review_job(settings, tmp_path / "in")
+    app = create_app(settings, open_database(settings), ServeConfig(reviewer="team"), tmp_path / "cache")
+    first, second = TestClient(app, base_url="http://127.0.0.1"), TestClient(app, base_url="http://127.0.0.1")
+    a = first.get(f"/jobs/{job_id}/next", follow_redirects=False).headers["location"]
+    first.get(a)  # first reviewer has it open
+    b = second.get(f"/jobs/{job_id}/next", follow_redirects=False).headers["location"]
+    assert a.split("?")[0] != b.split("?")[0]
+    again = first.get(f"/jobs/{job_id}/next", follow_redirects=False).headers["location"]
+    assert again.split("?")[0] == a.split("?")[0]  # one's own open item is not held from oneself

@@ -154,10 +154,14 @@ def neighbour(session: Session, job_id: int, filters: QueueFilter, item_id: int,
     return session.scalar(select(page.c.item_id))
 
 
-def next_unreviewed(session: Session, job_id: int, filters: QueueFilter, item_id: int | None = None) -> int | None:
-    """The first item with no decision after `item_id` (or from the start) in the filtered queue."""
+def next_unreviewed(
+    session: Session, job_id: int, filters: QueueFilter, item_id: int | None = None, busy: frozenset[int] = frozenset()
+) -> int | None:
+    """The first item with no decision after `item_id` (or from the start) in the filtered queue, not in `busy`."""
     unreviewed = ~exists().where(Decision.item_id == Item.id)
     query = _base(job_id, filters).where(unreviewed)
+    if busy:
+        query = query.where(Item.id.not_in(sorted(busy)))
     if item_id is not None:
         query = query.where(_after(_item_score(session, item_id), item_id))
     return session.scalar(select(query.order_by(*ORDER).limit(1).subquery().c.item_id))

@@ -14,6 +14,7 @@ import hmac
 import ipaddress
 import secrets
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +48,7 @@ CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self';
 COOKIE = "fauxscan_session"
 MAX_SESSIONS = 10_000
 MAX_FORM_BYTES = 64_000
+HOLD_SECONDS = 120  # an opened item is not handed to another reviewer for this long
 
 
 @dataclass
@@ -117,6 +119,28 @@ class Visitor:
     csrf: str
 
 
+class OpenItems:
+    """Which reviewer has which item open (for HOLD_SECONDS), so that the next reviewer is sent to another one."""
+
+    def __init__(self) -> None:
+        self._open: OrderedDict[int, tuple[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def opened(self, item_id: int, reviewer: str) -> None:
+        """Note that `reviewer` is looking at the item now."""
+        with self._lock:
+            self._open[item_id] = (reviewer, time.monotonic())
+            self._open.move_to_end(item_id)
+            while len(self._open) > MAX_SESSIONS:
+                self._open.popitem(last=False)
+
+    def held_by_others(self, reviewer: str) -> frozenset[int]:
+        """Items another reviewer opened within HOLD_SECONDS."""
+        now = time.monotonic()
+        with self._lock:
+            return frozenset(i for i, (who, at) in self._open.items() if who != reviewer and now - at < HOLD_SECONDS)
+
+
 class Visitors:
     """Browser sessions in memory (a restart logs everyone out), at most MAX_SESSIONS, oldest dropped first."""
 
@@ -163,6 +187,7 @@ class ReviewApp:
     def __init__(self, settings: Settings, sessions: Any, config: ServeConfig, images: ImageCache) -> None:
         self.settings, self.sessions, self.config, self.images = settings, sessions, config, images
         self.visitors = Visitors()
+        self.open_items = OpenItems()
         self.templates = _templates()
 
     # ---- pages ------------------------------------------------------------------------------------------------
@@ -226,8 +251,9 @@ class ReviewApp:
         if isinstance(filters, Response):
             return filters
         after = _int(request.query_params.get("after"), 0) or None
+        busy = self.open_items.held_by_others(_reviewer(request))
         with self.sessions() as session:
-            item_id = queue.next_unreviewed(session, job_id, filters, after)
+            item_id = queue.next_unreviewed(session, job_id, filters, after, busy)
         if item_id is None:
             return RedirectResponse(f"/jobs/{job_id}?{filters.query_string(done=1)}", status_code=303)
         return RedirectResponse(f"/items/{item_id}?{filters.query_string()}", status_code=303)
@@ -238,6 +264,8 @@ class ReviewApp:
         filters = self._filters(request)
         if isinstance(filters, Response):
             return filters
+        reviewer = _reviewer(request)
+        self.open_items.opened(item_id, reviewer)
         with self.sessions() as session:
             detail = queue.item_detail(session, item_id)
             if detail is None:
@@ -245,7 +273,7 @@ class ReviewApp:
             job_id = detail["item"].job_id
             previous = queue.neighbour(session, job_id, filters, item_id, forward=False)
             following = queue.neighbour(session, job_id, filters, item_id, forward=True)
-            skip_to = queue.next_unreviewed(session, job_id, filters, item_id)
+            skip_to = queue.next_unreviewed(session, job_id, filters, item_id, self.open_items.held_by_others(reviewer))
         seen = detail["history"][-1].id if detail["history"] else 0
         context = {**detail, "filters": filters, "previous": previous, "following": following, "skip_to": skip_to,
                    "seen": seen, "conflict": conflict, "heatmaps": self.config.heatmaps}  # fmt: skip
@@ -392,6 +420,14 @@ class ReviewApp:
         response.headers["X-Frame-Options"] = "DENY"
         response.headers.setdefault("Cache-Control", "no-store")
         return response
+
+
+def _reviewer(request: Request) -> str:
+    """The reviewer behind a request ('' when not known); each browser session counts as its own on loopback."""
+    visitor: Visitor | None = getattr(request.state, "visitor", None)
+    if visitor is None:
+        return ""
+    return f"{visitor.reviewer}/{visitor.csrf[:8]}"
 
 
 def _set_cookie(response: Response, session_id: str) -> None:
