@@ -10,9 +10,15 @@ from training.checkpoint import CheckpointError, read_checkpoint
 
 def _input_policy(preprocess: dict[str, Any]) -> str:
     size = preprocess.get("size")
-    if preprocess.get("views") == "faces":
+    views = preprocess.get("views")
+    if views in ("faces", "faces+patch"):
         faces = preprocess.get("faces", {})
-        return f"whole image + up to {faces.get('max_faces', 3)} face crops at {size} px (score: the highest)"
+        patch = (
+            f", a native-pixel centre patch (up to {preprocess.get('max_side', 0)} px)"
+            if views == "faces+patch"
+            else ""
+        )
+        return f"whole image{patch} + up to {faces.get('max_faces', 3)} face crops at {size} px (score: the highest)"
     return f"centre crop of {size} px (shorter side kept up to {preprocess.get('max_side', 0)} px)"
 
 
