@@ -1,0 +1,75 @@
+"""How to combine a model's view scores: each rule's AUCs and recall at a per-source-calibrated threshold
+(`source-fpr:0.05`, chosen on the same validation images for every rule), on a checkpoint's validation split.
+
+    .venv/bin/python scripts/view_rules.py [CHECKPOINT]     # default runs/v3-release.pt (a faces+patch model)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from detector_report import GAN_FAKES, HQ_REALS, SETS, auc_of, pick  # noqa: E402
+
+from training.checkpoint import load_model  # noqa: E402
+from training.data import Sample  # noqa: E402
+from training.evaluate import make_eval_loader, select_samples  # noqa: E402
+from training.metrics import choose_threshold, roc_auc  # noqa: E402
+from training.models import predict_scores  # noqa: E402
+
+Rule = Callable[[list[float]], float]
+RULES: dict[str, Rule] = {
+    "max (shipped)": max,
+    "whole (scaled)": lambda v: v[0],
+    "patch (native)": lambda v: v[1],
+    "faces, else whole": lambda v: max(v[2:]) if len(v) > 2 else max(v[:2]),
+    "mean": lambda v: float(np.mean(v)),
+}
+
+
+def view_scores(model: Path) -> tuple[list[Sample], list[list[float]]]:
+    """Every view score of every validation image, views in the scanner's order (whole, patch, faces)."""
+    loaded = load_model(model, "cpu")
+    samples = select_samples([f"../shared/data/{name}" for name in SETS], model, "val")
+    per_image: list[list[float]] = []
+    with torch.inference_mode():
+        for views, counts, _ in make_eval_loader(samples, loaded.preprocess, None, 64, 1):
+            flat = predict_scores(loaded.model, views).float().tolist()
+            for end, count in zip(np.cumsum(counts), counts):
+                per_image.append(flat[end - count : end])
+    return samples, per_image
+
+
+def rule_row(name: str, samples: list[Sample], scores: list[float]) -> str:
+    """One Markdown row: threshold, pooled AUC, GAN-vs-HQ AUC, GAN caught, mean recall over fake sources."""
+    threshold = choose_threshold([s.label for s in samples], scores, "source-fpr:0.05", [s.dataset for s in samples])
+    gan = pick(samples, scores, GAN_FAKES)
+    recalls = [
+        float(np.mean([score >= threshold for score, s in zip(scores, samples) if s.dataset == d and s.label == 1]))
+        for d in SETS
+        if any(s.dataset == d and s.label == 1 for s in samples)
+    ]
+    pooled = roc_auc([s.label for s in samples], scores)
+    ganhq = auc_of(pick(samples, scores, HQ_REALS), gan)
+    gan_caught = float(np.mean([g >= threshold for g in gan]))
+    return (f"| {name} | {threshold:.4f} | {pooled:.3f} | {ganhq:.3f} | {gan_caught:.3f} | "
+            f"{np.mean(recalls):.3f} |")  # fmt: skip
+
+
+def main() -> None:
+    """Print the table."""
+    samples, per_image = view_scores(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/v3-release.pt"))
+    print("| rule | threshold | pooled AUC | GAN vs HQ AUC | GAN caught | mean recall, fake sources |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, rule in RULES.items():
+        print(rule_row(name, samples, [rule(views) for views in per_image]))
+
+
+if __name__ == "__main__":
+    main()
