@@ -4,8 +4,8 @@
         --epochs 4 --samples-per-epoch 3000
 
 Each run writes runs/loso-SET.pt (resumable with the same command) and prints one Markdown row: the set's
-AUC against the reals it is scored with (its own, or for a one-class set the validation reals of the
-others), and at the run's own threshold its false-positive and true-positive rates.
+AUC against the other class it is scored with (its own, or for a one-class set that class from the
+validation images of the others), and at the run's own threshold its false-positive and true-positive rates.
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ def recipe(data_dirs: list[str], out: Path, epochs: int, samples: int) -> TrainC
 
 
 def held_out_row(model: Path, data: Path, left_out: str) -> str:
-    """Score the left-out set (and, for a one-class set, the others' validation reals as negatives)."""
+    """Score the left-out set (for a one-class set, against the other class of the others' validation images)."""
     loaded = load_model(model, "cpu")
     samples = find_samples(data / left_out)
-    if len({s.label for s in samples}) < 2:
+    classes = {s.label for s in samples}
+    if len(classes) < 2:  # a one-class set: the other class from the other sets' validation images
         others = [str(data / name) for name in SETS if name != left_out]
-        samples += [s for s in select_samples(others, model, "val") if s.label == 0]
+        samples += [s for s in select_samples(others, model, "val") if s.label not in classes]
     scores = score_samples(loaded, samples)
     labels = [s.label for s in samples]
     fakes = [sc for sc, y in zip(scores, labels) if y == 1]
