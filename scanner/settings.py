@@ -110,6 +110,16 @@ class Settings:
             values[name] = _parse(variable, raw, type(defaults[name]))
         return cls(**values)
 
+    def to_env(self) -> dict[str, str]:
+        """The SCANNER_* variables that reproduce these settings in another process (unset: empty or None)."""
+        env = {}
+        for name, variable in ENV_NAMES.items():
+            value = getattr(self, name)
+            if value is None or value == "":
+                continue
+            env[variable] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+        return env
+
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced (how CLI flags apply); a model may be given by name."""
         changes = {k: v for k, v in overrides.items() if v is not None}

@@ -26,7 +26,7 @@ from bench_embedded import parse_args  # noqa: E402
 from scanner.db import upgrade  # noqa: E402
 from scanner.pipeline.scan import ScanContext, complete_batch, prepare_batch  # noqa: E402
 from scanner.pipeline.submit import open_database, submit  # noqa: E402
-from scanner.settings import ENV_NAMES, Settings  # noqa: E402
+from scanner.settings import Settings  # noqa: E402
 
 SCANNER = str(Path(sys.executable).with_name("scanner"))
 
@@ -66,9 +66,7 @@ def in_process(paths: list[Path], settings: Settings) -> float:
 
 def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
     """`scanner worker` (one process) with the settings in its environment; returns once Celery says ready."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    passed = ("database_url", "broker_url", "queue", "batch_size", "torch_threads")
-    env.update({ENV_NAMES[name]: str(getattr(settings, name)) for name in passed})
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
     with log_path.open("wb") as log:
         worker = subprocess.Popen([SCANNER, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                   start_new_session=True)  # fmt: skip

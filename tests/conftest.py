@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from scanner.db import upgrade
-from scanner.settings import ENV_NAMES, Settings
+from scanner.settings import Settings
 from tests.imaging import write_dataset, write_face_dataset
 from training.train import TrainConfig
 from training.train import main as train_main
@@ -107,10 +107,4 @@ def make_settings(db_url: str, model: Path, **overrides: object) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment variables that reproduce `settings` in a subprocess or CLI run (every field)."""
-    env = {}
-    for name, variable in ENV_NAMES.items():
-        value = getattr(settings, name)
-        if value is None or value == "":
-            continue
-        env[variable] = ("1" if value else "0") if isinstance(value, bool) else str(value)
-    return env
+    return settings.to_env()
