@@ -11,13 +11,12 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image
 
+from scanner.moderation.images import ImageUnavailable, boxes_on, draw_boxes, scanned_image
 from scanner.moderation.reports import redact_row
-from scanner.pipeline.loader import read_item
 from scanner.settings import Settings
-from training.faces import Box, scale_box, upright_size
-from training.preprocess import ImageRejected, decode_image
+from training.faces import Box
 
 THUMB_SIDE = 112
 PAGE_SIZE = 100
@@ -35,29 +34,14 @@ def jpeg_data_uri(image: Image.Image, side: int = THUMB_SIDE, quality: int = 70)
 
 def boxes_in(image: Image.Image, row: dict[str, Any]) -> list[Box]:
     """The row's stored face boxes (upright full-size pixels) scaled to `image`."""
-    full_size = upright_size(image.size, row.get("width") or image.width, row.get("height") or image.height)
-    return [scale_box(Box(*face["box"]), full_size, image.size) for face in row.get("faces") or []]
-
-
-def draw_boxes(image: Image.Image, boxes: list[Box], scores: list[float], threshold: float) -> Image.Image:
-    """A copy with each face outlined: red when its crop scored at or above the threshold, green below."""
-    marked = image.copy()
-    pen = ImageDraw.Draw(marked)
-    width = max(2, round(max(image.size) / 100))
-    for box, score in zip(boxes, scores):
-        colour = (220, 40, 40) if score >= threshold else (40, 200, 90)
-        pen.rectangle([box.x, box.y, box.x + box.w, box.y + box.h], outline=colour, width=width)
-    return marked
+    return boxes_on(image, row.get("width"), row.get("height"), [Box(*face["box"]) for face in row.get("faces") or []])
 
 
 def _visuals(row: dict[str, Any], settings: Settings, explain: Explain | None) -> tuple[str | None, str | None]:
-    loaded, data = read_item(row["item_id"], row["uri"], row["kind"], settings)
-    if data is None or (row["sha256"] and loaded.sha256 != row["sha256"]):
-        return None, None  # the source is gone or changed since the scan: placeholder
     try:
-        image = decode_image(data, 4 * THUMB_SIDE, settings.max_pixels).image
-    except ImageRejected:
-        return None, None
+        image = scanned_image(row["item_id"], row["uri"], row["kind"], row["sha256"], 4 * THUMB_SIDE, settings)
+    except ImageUnavailable:
+        return None, None  # the source is gone, changed since the scan, or no longer decodes: placeholder
     boxes = boxes_in(image, row)
     heat = jpeg_data_uri(explain(image, boxes), side=4 * THUMB_SIDE) if explain and row["label"] == "fake" else None
     scores = [face["score"] for face in row.get("faces") or []]

@@ -11,10 +11,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from scanner.db import Face, Item, Verdict
-from scanner.moderation.html_report import draw_boxes
 from scanner.pipeline.loader import read_item
 from scanner.settings import Settings
 from training.faces import Box, scale_box, upright_size
@@ -59,23 +58,11 @@ class ImageCache:
 
     def _render(self, item: Item, verdict: Verdict, faces: list[Face], kind: str) -> Image.Image:
         side = SIDES["large"] if kind == HEATMAP else SIDES[kind]
-        image = self._decode(item, side)
-        full = upright_size(image.size, item.width or image.width, item.height or image.height)
-        boxes = [scale_box(Box(f.x, f.y, f.w, f.h), full, image.size) for f in faces]
+        image = scanned_image(item.id, item.uri, item.kind, item.sha256, side, self.settings)
+        boxes = boxes_on(image, item.width, item.height, [Box(f.x, f.y, f.w, f.h) for f in faces])
         if kind == HEATMAP:
             return self._heatmap(image, boxes, verdict.model_version)
         return draw_boxes(image, boxes, [f.score for f in faces], verdict.threshold)
-
-    def _decode(self, item: Item, side: int) -> Image.Image:
-        loaded, data = read_item(item.id, item.uri, item.kind, self.settings)
-        if data is None:
-            raise ImageUnavailable(f"the source is not readable now ({loaded.error_code})")
-        if loaded.sha256 != item.sha256:
-            raise ImageUnavailable("the source changed since it was scanned")
-        try:
-            return decode_image(data, side, self.settings.max_pixels).image
-        except ImageRejected as exc:
-            raise ImageUnavailable(str(exc)) from None
 
     def _heatmap(self, image: Image.Image, boxes: list[Box], model_version: str) -> Image.Image:
         if self._explain_loader is None:
@@ -87,6 +74,37 @@ class ImageCache:
             if version != model_version:
                 raise ImageUnavailable(f"scored by {model_version}; this server holds {version} (--model)")
             return explain(image, boxes)  # type: ignore[no-any-return]
+
+
+def scanned_image(item_id: int, uri: str, kind: str, sha256: str | None, side: int, settings: Settings) -> Image.Image:
+    """The item's source decoded towards `side`, read through the scan's limits; ImageUnavailable (with why) when
+    it cannot be read now, is no longer the content that was scanned, or does not decode."""
+    loaded, data = read_item(item_id, uri, kind, settings)
+    if data is None:
+        raise ImageUnavailable(f"the source is not readable now ({loaded.error_code})")
+    if sha256 and loaded.sha256 != sha256:
+        raise ImageUnavailable("the source changed since it was scanned")
+    try:
+        return decode_image(data, side, settings.max_pixels).image
+    except ImageRejected as exc:
+        raise ImageUnavailable(str(exc)) from None
+
+
+def boxes_on(image: Image.Image, width: int | None, height: int | None, boxes: list[Box]) -> list[Box]:
+    """Face boxes stored in the full-size upright image (`width` x `height`) scaled to `image`."""
+    full_size = upright_size(image.size, width or image.width, height or image.height)
+    return [scale_box(box, full_size, image.size) for box in boxes]
+
+
+def draw_boxes(image: Image.Image, boxes: list[Box], scores: list[float], threshold: float) -> Image.Image:
+    """A copy with each face outlined: red when its crop scored at or above the threshold, green below."""
+    marked = image.copy()
+    pen = ImageDraw.Draw(marked)
+    width = max(2, round(max(image.size) / 100))
+    for box, score in zip(boxes, scores):
+        colour = (220, 40, 40) if score >= threshold else (40, 200, 90)
+        pen.rectangle([box.x, box.y, box.x + box.w, box.y + box.h], outline=colour, width=width)
+    return marked
 
 
 def _write_atomically(path: Path, image: Image.Image) -> None:
