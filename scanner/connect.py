@@ -41,19 +41,16 @@ def describe_db_error(exc: Exception, url: str) -> str:
 
 def open_database(settings: Settings) -> Any:
     """Sessions on a reachable database at the newest schema; SQLite is upgraded automatically."""
-    from sqlalchemy import text
     from sqlalchemy.exc import SQLAlchemyError
 
     from scanner.db import SCHEMA_HEAD, current_revision, make_engine, session_factory, upgrade
 
     engine = make_engine(settings.database_url)
     try:
-        with engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-        if engine.dialect.name == "sqlite":
-            if current_revision(engine) != SCHEMA_HEAD:
-                upgrade(settings.database_url)
-        elif current_revision(engine) != SCHEMA_HEAD:
+        stale = current_revision(engine) != SCHEMA_HEAD  # also the first connection: an unreachable database fails here
+        if stale and engine.dialect.name == "sqlite":
+            upgrade(settings.database_url)
+        elif stale:
             raise SetupError(
                 f"the database at {safe_url(settings.database_url)} is not at the newest schema: "
                 "run `scanner db upgrade`"

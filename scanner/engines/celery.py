@@ -35,12 +35,14 @@ class CeleryEngine:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self.app = create_app(settings)  # one app (and connection pool) for the check, the messages and the follow
+        self.send = batch_sender(self.app, settings.queue)
+        self.queue_empty = queue_empty_check(self.app, settings.queue)
 
     def check(self) -> None:
         """Fail fast with a clear message when the broker cannot be reached."""
-        app = create_app(self.settings)
         try:
-            with app.connection_for_write() as connection:
+            with self.app.connection_for_write() as connection:
                 connection.ensure_connection(max_retries=1, timeout=5)
         except Exception as exc:  # noqa: BLE001 - kombu raises many transport-specific types
             url = safe_url(self.settings.broker_url or "")
@@ -49,14 +51,14 @@ class CeleryEngine:
     def run(self, sessions: Any, job_id: int, queued: int, wait: bool, progress: ProgressFactory | None) -> None:
         """Send one message per batch; with `wait`, follow the job until it is finished."""
         try:
-            enqueue_distributed(self.settings, sessions, job_id)
+            enqueue_distributed(self.settings, sessions, job_id, self.send)
         except Exception as exc:  # noqa: BLE001 - kombu raises transport-specific errors
             raise SetupError(
                 f"job {job_id} is recorded but could not be fully enqueued ({type(exc).__name__}); "
                 "run the same command again to resume it"
             ) from None
         if wait:
-            follow_job(self.settings, sessions, job_id, queued, progress)
+            follow_job(self.settings, sessions, job_id, queued, progress, self.send, self.queue_empty)
 
 
 def create_app(settings: Settings) -> Celery:
@@ -110,13 +112,7 @@ def queue_empty_check(app: Celery, queue: str) -> Callable[[], bool]:
     return empty
 
 
-def celery_messaging(settings: Settings) -> tuple[Send, Callable[[], bool]]:
-    """(send one batch message, is the workers' queue empty?) over one Celery app for these settings."""
-    app = create_app(settings)
-    return batch_sender(app, settings.queue), queue_empty_check(app, settings.queue)
-
-
-def enqueue_distributed(settings: Settings, sessions: Any, job_id: int) -> int:
+def enqueue_distributed(settings: Settings, sessions: Any, job_id: int, send: Send) -> int:
     """Record one leased batch per chunk of queued item ids and send one Celery task per batch; returns how many.
 
     Batches of an earlier run of this job are superseded (never reaped again); their items are in the new ones.
@@ -128,19 +124,24 @@ def enqueue_distributed(settings: Settings, sessions: Any, job_id: int) -> int:
             .values(status="superseded", lease_until=None)
         )
         batch_ids = create_batches(session, job_id, list(chunks(queued_item_ids(session, job_id), settings.batch_size)))
-    send, _ = celery_messaging(settings)
     for batch_id in batch_ids:
         send(job_id, batch_id)
     return len(batch_ids)
 
 
 def follow_job(
-    settings: Settings, sessions: Any, job_id: int, queued: int, progress: ProgressFactory | None, poll: float = 0.5
+    settings: Settings,
+    sessions: Any,
+    job_id: int,
+    queued: int,
+    progress: ProgressFactory | None,
+    send: Send,
+    queue_empty: Callable[[], bool],
+    poll: float = 0.5,
 ) -> None:
     """Poll SQL until the job is finished, re-sending batches of dead workers; give up after a stall."""
     advance = progress("scanning", queued) if progress and queued else None
     remaining, last_change, next_reap = queued, time.monotonic(), 0.0
-    send, queue_empty = celery_messaging(settings)
     while True:
         with sessions() as session:
             counts = job_counts(session, job_id)
