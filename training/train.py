@@ -230,6 +230,7 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
         scheduler.load_state_dict(state["train_state"]["scheduler"])
         history = list(state["train_state"]["history"])
         start_epoch = int(state["train_state"]["epoch"]) + 1
+    run = TrainingRun(model, config, arch_args, preprocess, train, val, optimizer, scheduler, history)
     val_scores: list[float] = []
     val_labels: list[int] = []
     for epoch in range(start_epoch, config.epochs + 1):
@@ -244,7 +245,6 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
             "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - started,
         })  # fmt: skip
         print(_epoch_line(history[-1]), file=sys.stderr, flush=True)
-        run = TrainingRun(model, config, arch_args, preprocess, train, val, optimizer, scheduler, history)
         _write_outputs(run, epoch, val_scores, val_labels)
     if not val_scores:
         _, val_scores, val_labels = evaluate(model, val_loader, device)

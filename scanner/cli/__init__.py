@@ -25,6 +25,11 @@ app.command()(cli_model.train)
 app.command()(cli_model.evaluate)
 
 JobId = Annotated[int, typer.Argument(help="Job id (from `scanner submit` or `scanner jobs`).")]
+# Options `submit` and `resume` share.
+Wait = Annotated[bool, typer.Option(help="Wait for the job to finish (distributed mode).")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+BatchSize = Annotated[int | None, typer.Option(help="Images per batch.")]
+Device = Annotated[str | None, typer.Option(help="auto, cpu or cuda.")]
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -51,11 +56,11 @@ def _read_from_file(source: str) -> list[str]:
 def submit(
     paths: Annotated[list[str] | None, typer.Argument(help="Files, directories and http(s) URLs.")] = None,
     from_file: Annotated[str | None, typer.Option(help="File with one path or URL per line ('-': stdin).")] = None,
-    wait: Annotated[bool, typer.Option(help="Wait for the job to finish (distributed mode).")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    wait: Wait = True,
+    as_json: AsJson = False,
+    batch_size: BatchSize = None,
     model: Annotated[str | None, typer.Option(help="A model name from `scanner models`, or a checkpoint path.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    device: Device = None,
 ) -> None:
     """Scan images: record a job, scan it, print a summary."""
     arguments = list(paths or []) + (_read_from_file(from_file) if from_file else [])
@@ -70,11 +75,11 @@ def submit(
 @app.command()
 def resume(
     job_id: JobId,
-    wait: Annotated[bool, typer.Option(help="Wait for the job to finish (distributed mode).")] = True,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    wait: Wait = True,
+    as_json: AsJson = False,
+    batch_size: BatchSize = None,
     model: Annotated[str | None, typer.Option(help="The job's model, if not the default.")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    device: Device = None,
 ) -> None:
     """Carry on with an unfinished job by id (after Ctrl-C, a crash or a dead worker)."""
     from scanner.pipeline.submit import resume as run_resume
@@ -132,7 +137,7 @@ def _sessions(settings: Settings) -> Any:
 
 
 @app.command()
-def status(job_id: JobId, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def status(job_id: JobId, as_json: AsJson = False) -> None:
     """Progress, counts, errors, skipped files and per-worker throughput of a job."""
     from scanner.moderation.reports import JobNotFound, job_status
 

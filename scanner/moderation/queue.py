@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from sqlalchemy import and_, exists, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
 
-from scanner.db import Decision, Face, Item, Job, Verdict, utcnow
+from scanner.db import Decision, Face, Item, Verdict, utcnow
 from scanner.moderation.reports import get_job
 from scanner.moderation.review import DECISIONS, MAX_ID, ReviewError, check_decision
 
@@ -168,7 +168,7 @@ def next_unreviewed(
 
 
 def item_detail(session: Session, item_id: int) -> dict[str, Any] | None:
-    """Everything the item page shows: the item, its verdict and faces, its job, and every decision (oldest first)."""
+    """Everything the item page shows: the item, its verdict and faces, and every decision (oldest first)."""
     if not 1 <= item_id <= MAX_ID:
         return None
     item = session.get(Item, item_id)
@@ -179,8 +179,7 @@ def item_detail(session: Session, item_id: int) -> dict[str, Any] | None:
         session.scalars(select(Face).where(Face.verdict_id == verdict.id).order_by(Face.rank)).all() if verdict else []
     )
     history = session.scalars(select(Decision).where(Decision.item_id == item_id).order_by(Decision.id)).all()
-    return {"item": item, "verdict": verdict, "faces": list(faces), "job": session.get(Job, item.job_id),
-            "history": list(history)}  # fmt: skip
+    return {"item": item, "verdict": verdict, "faces": list(faces), "history": list(history)}
 
 
 @dataclass

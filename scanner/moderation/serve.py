@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from scanner.connect import SetupError
-from scanner.db import Item
+from scanner.db import Decision, Item, Job
 from scanner.moderation import queue
 from scanner.moderation.images import HEATMAP, SIDES, ImageCache, ImageUnavailable
 from scanner.moderation.reports import JobNotFound, errors_by_code, job_overview, job_status, recent_jobs, redact_url
@@ -65,6 +65,11 @@ class ServeConfig:
     def requires_login(self) -> bool:
         """Whether a token is needed (always when one is configured)."""
         return bool(self.tokens)
+
+    @property
+    def asks_name(self) -> bool:
+        """Whether the login form asks for a name (a shared token does not say who is reviewing)."""
+        return bool(self.tokens) and None in (self.tokens or {}).values()
 
 
 def is_loopback(host: str) -> bool:
@@ -193,24 +198,25 @@ class ReviewApp:
     # ---- pages ------------------------------------------------------------------------------------------------
     def jobs(self, request: Request) -> Response:
         """Recent jobs with live progress."""
-        with self.sessions() as session:
-            rows = [self._job_row(session, job) for job in recent_jobs(session, 50)]
-        return self._page(request, "jobs.html", {"jobs": rows})
+        return self._page(request, "jobs.html", {"jobs": self._job_rows()})
 
     def jobs_json(self, request: Request) -> Response:
         """The jobs page's figures as JSON (polled while jobs run)."""
-        with self.sessions() as session:
-            rows = [self._job_row(session, job) for job in recent_jobs(session, 50)]
+        rows = self._job_rows()
         keep = ("job_id", "status", "items", "done", "queued", "errors", "flagged", "reviewed", "images_per_second")
         return JSONResponse([{k: row[k] for k in keep} for row in rows], headers={"Cache-Control": "no-store"})
 
+    def _job_rows(self) -> list[dict[str, Any]]:
+        with self.sessions() as session:
+            return [self._job_row(session, job) for job in recent_jobs(session, 50)]
+
     def _job_row(self, session: Any, job: dict[str, Any]) -> dict[str, Any]:
-        row = session.get(queue.Job, job["job_id"])
+        row = session.get(Job, job["job_id"])
         end = _aware(row.finished_at) if row.finished_at else datetime.now(UTC)
         elapsed = (end - _aware(row.created_at)).total_seconds() if row.created_at else 0.0
         reviewed = session.scalar(
-            select(func.count(func.distinct(queue.Decision.item_id)))
-            .join(Item, Item.id == queue.Decision.item_id)
+            select(func.count(func.distinct(Decision.item_id)))
+            .join(Item, Item.id == Decision.item_id)
             .where(Item.job_id == job["job_id"])
         )
         rate = round(job["done"] / elapsed, 1) if elapsed > 0 and job["done"] else None
@@ -328,8 +334,7 @@ class ReviewApp:
     # ---- login ------------------------------------------------------------------------------------------------
     def login_page(self, request: Request) -> Response:
         """The token form (only when tokens are configured)."""
-        shared = bool(self.config.tokens and None in self.config.tokens.values())
-        return self._page(request, "login.html", {"ask_name": shared, "message": ""})
+        return self._page(request, "login.html", {"ask_name": self.config.asks_name, "message": ""})
 
     async def login(self, request: Request) -> Response:
         """Exchange a token for a session cookie."""
@@ -339,8 +344,7 @@ class ReviewApp:
         reviewer = self._reviewer_for(str(form.get("token", "")), str(form.get("reviewer", "")))
         if reviewer is None:
             await asyncio.sleep(0.5)  # slows guessing without holding up other requests
-            shared = bool(self.config.tokens and None in self.config.tokens.values())
-            context = {"ask_name": shared, "message": "unknown token, or no reviewer name given"}
+            context = {"ask_name": self.config.asks_name, "message": "unknown token, or no reviewer name given"}
             return self._page(request, "login.html", context, status_code=403)
         self.visitors.drop(request.cookies.get(COOKIE))
         session_id, _ = self.visitors.new(reviewer)
