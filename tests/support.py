@@ -39,6 +39,25 @@ def scanned_job(
     return int(submit(settings, [str(folder)], wait=True).summary["job_id"])
 
 
+def browser():  # type: ignore[no-untyped-def]
+    """Debian's Chromium, headless, driven by the system chromedriver through Selenium (nothing downloaded)."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromedriver = shutil.which("chromedriver")
+    assert chromium and chromedriver, "chromium and chromedriver are not installed: scripts/services.sh installs them"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
+                 "--disable-background-networking", "--disable-component-update", "--no-first-run"):  # fmt: skip
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    return webdriver.Chrome(options=options, service=Service(executable_path=chromedriver))
+
+
 URL_LIMITS = {"http_timeout": 1.0, "http_retries": 1, "max_file_bytes": 1_000_000}
 
 

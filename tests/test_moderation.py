@@ -24,7 +24,7 @@ from scanner.pipeline.submit import open_database
 from scanner.settings import Settings
 from tests.conftest import settings_env
 from tests.imaging import encode, noisy_image, smooth_image
-from tests.support import scanned_job
+from tests.support import browser, scanned_job
 from training.checkpoint import load_model
 from training.data import find_samples
 from training.preprocess import preprocess_bytes
@@ -39,6 +39,19 @@ def chromium(*args: str, timeout: float = 90) -> str:
     assert CHROMIUM, "chromium is not installed: scripts/test.sh installs Debian's chromium"
     result = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, *args], capture_output=True, text=True, timeout=timeout)
     return result.stdout
+
+
+def rendered_dom(page: Path) -> str:
+    """The page's DOM once its script has counted the loaded thumbnails (a wait on the page, not on a timer)."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser()
+    try:
+        driver.get(page.as_uri())
+        WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.body.dataset.thumbsLoaded"))
+        return str(driver.page_source)
+    finally:
+        driver.quit()
 
 
 def test_html_report_renders_in_a_real_browser(settings: Settings, tmp_path: Path) -> None:
@@ -59,9 +72,7 @@ def test_html_report_renders_in_a_real_browser(settings: Settings, tmp_path: Pat
     html = report.read_text()
     assert "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
     assert "<script>alert(1)" not in html
-    dom = chromium(
-        "--run-all-compositor-stages-before-draw", "--virtual-time-budget=10000", "--dump-dom", report.as_uri()
-    )
+    dom = rendered_dom(report)
     rows = re.findall(r'<tr class="(fake|real)" data-item-id="(\d+)"', dom)
     assert len(rows) == 10
     labels = [label for label, _ in rows]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from scanner.pipeline.submit import open_database
 from scanner.settings import Settings
 from tests.conftest import make_settings, settings_env
 from tests.imaging import encode, noisy_image
-from tests.support import scanned_job
+from tests.support import browser, scanned_job
 
 HOSTILE_NAME = "<img src=x onerror=window.pwned=1>.png"
 
@@ -272,9 +271,6 @@ def test_tokens_gate_every_page_and_name_the_reviewer(settings: Settings, tmp_pa
 
 # ---- a real browser against the real `scanner serve` command ----------------------------------------------------
 
-CHROMEDRIVER = shutil.which("chromedriver")
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
 
 def free_port() -> int:
     """A TCP port nobody listens on now."""
@@ -311,21 +307,6 @@ def served(sqlite_settings: Settings, tmp_path: Path) -> Iterator[tuple[str, int
     finally:
         server.terminate()
         server.wait(timeout=20)
-
-
-def browser():  # type: ignore[no-untyped-def]
-    """Debian's Chromium, headless, driven by the system chromedriver (nothing downloaded)."""
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    assert CHROMIUM and CHROMEDRIVER, "chromium and chromedriver are not installed: scripts/services.sh installs them"
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1400,1000",
-                 "--disable-background-networking", "--disable-component-update", "--no-first-run"):  # fmt: skip
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
 
 
 def test_review_with_the_keyboard_in_a_real_browser(
