@@ -8,6 +8,7 @@ import json
 import math
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,51 @@ def test_native_patch_view_fine_tuned_from_a_released_model(face_model: Path, fa
     other = TrainConfig(**{**config.__dict__, "arch_args": {"widths": [4, 4], "dropout": 0.0}})
     with pytest.raises(ValueError, match="--init"):
         train_main(other)
+
+
+def test_face_box_file_gives_the_views_that_finding_faces_gives(
+    face_model: Path, face_data: Path, tmp_path: Path
+) -> None:
+    from training.data import ImageFolderDataset, ViewsDataset
+    from training.faces import load_boxes
+
+    preprocess = load_model(face_model, "cpu").preprocess
+    out = tmp_path / "boxes.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "face_boxes.py"
+    args = ["--size", "32", "--max-side", "160", "--views", "faces", "--jobs", "1", "--out", str(out)]
+    done = subprocess.run([sys.executable, str(script), str(face_data), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    known = load_boxes(out, preprocess.faces)
+    samples = find_samples(face_data)
+    assert sorted(known) == sorted(s.key for s in samples) and samples[0].key.startswith(f"{face_data.name}/")
+    assert all(known[s.key] for s in samples)  # every drawn face was found
+    for index in range(4):
+        searched, cached = (
+            ViewsDataset(samples, preprocess, None)[index],
+            ViewsDataset(samples, preprocess, None, known)[index],
+        )
+        assert torch.equal(searched[0], cached[0])
+        assert torch.equal(ImageFolderDataset(samples, preprocess, None)[index][0],
+                           ImageFolderDataset(samples, preprocess, None, known)[index][0])  # fmt: skip
+    no_faces = {**known, samples[0].key: []}  # the file is what is used: no search behind it
+    assert len(ViewsDataset(samples, preprocess, None, no_faces)[0][0]) == 1 < len(searched[0])
+    with pytest.raises(ValueError, match="face settings"):
+        load_boxes(out, FaceSettings(detect_side=99))
+
+
+def test_set_weights_scale_a_sets_share_of_the_draws(face_data: Path, tmp_path: Path) -> None:
+    from training.data import Sample, balanced_weights
+
+    samples = [
+        Sample(Path(f"/{n}/{i}.jpg"), i % 2, n, f"{n}{i}", "x")
+        for n in ("a", "b")
+        for i in range(10 if n == "a" else 30)
+    ]
+    weights = balanced_weights(samples, {"a": 3.0})
+    share_a = sum(w for w, s in zip(weights, samples, strict=True) if s.dataset == "a") / sum(weights)
+    assert share_a == pytest.approx(0.75)
+    fakes_a = sum(w for w, s in zip(weights, samples, strict=True) if s.dataset == "a" and s.label == 1)
+    assert fakes_a / sum(weights) == pytest.approx(0.375)
+    for bad in ("a", "a=x", "=2", "a=0"):
+        result = CliRunner().invoke(app, ["train", str(face_data), "--out", str(tmp_path / "m.pt"), "--weight", bad])
+        assert result.exit_code == 2 and "--weight" in result.output

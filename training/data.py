@@ -6,6 +6,7 @@ import csv
 import random
 import re
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,9 @@ from torch.utils.data import Dataset
 
 from training.faces import Box, FaceFinder
 from training.preprocess import IMAGE_SUFFIXES, Augment, Preprocess, decode_image
-from training.views import find_faces, make_views, training_view
+from training.views import find_faces, make_views, training_view, views_from_boxes
+
+KnownBoxes = Mapping[str, list[Box]]
 
 CLASSES = ("real", "fake")
 LAYOUTS = (("real", "fake"), ("training_real", "training_fake"))
@@ -31,6 +34,7 @@ class Sample:
     dataset: str
     group: str
     stratum: str
+    key: str = ""  # "<set folder>/<path inside it>": names the file in a face-box file
 
 
 def _manifest_groups(root: Path) -> dict[str, str]:
@@ -64,7 +68,8 @@ def find_samples(root: Path) -> list[Sample]:
                 continue
             rel = f"{CLASSES[label]}/{path.relative_to(root / sub).as_posix()}"
             group = f"{root.name}:{groups.get(rel, rel)}"
-            samples.append(Sample(path, label, root.name, group, stratum_of(path, label)))
+            key = f"{root.name}/{path.relative_to(root).as_posix()}"
+            samples.append(Sample(path, label, root.name, group, stratum_of(path, label), key))
     return samples
 
 
@@ -106,28 +111,38 @@ def limit_per_dataset(samples: list[Sample], limit: int, seed: int) -> list[Samp
     return kept
 
 
-def balanced_weights(samples: list[Sample]) -> list[float]:
-    """Sampling weights that give every dataset the same share and, within it, every class the same share."""
+def balanced_weights(samples: list[Sample], boost: Mapping[str, float] | None = None) -> list[float]:
+    """Sampling weights that give every dataset the same share (times its `boost`), and each class half of it."""
     counts: dict[tuple[str, int], int] = defaultdict(int)
     for sample in samples:
         counts[(sample.dataset, sample.label)] += 1
     classes_of: dict[str, int] = defaultdict(int)
     for dataset, _ in counts:
         classes_of[dataset] += 1
-    return [1.0 / (classes_of[s.dataset] * counts[(s.dataset, s.label)]) for s in samples]
+    boost = boost or {}
+    return [boost.get(s.dataset, 1.0) / (classes_of[s.dataset] * counts[(s.dataset, s.label)]) for s in samples]
+
+
+def boxes_for(samples: list[Sample], known: KnownBoxes | None) -> dict[int, list[Box]]:
+    """The face boxes found earlier for these samples (by key), indexed like `samples`."""
+    if not known:
+        return {}
+    return {index: list(known[s.key]) for index, s in enumerate(samples) if s.key in known}
 
 
 class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
     """Training samples as (one view tensor, label); bytes and face boxes cached per process."""
 
-    def __init__(self, samples: list[Sample], preprocess: Preprocess, augment: Augment | None) -> None:
+    def __init__(
+        self, samples: list[Sample], preprocess: Preprocess, augment: Augment | None, known: KnownBoxes | None = None
+    ) -> None:
         self.samples = samples
         self.preprocess = preprocess
         self.augment = augment
         self.rng = random.Random(0)
         self.finder = FaceFinder(preprocess.faces)
         self._bytes: dict[int, bytes] = {}
-        self._boxes: dict[int, list[Box]] = {}
+        self._boxes: dict[int, list[Box]] = boxes_for(samples, known)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -151,11 +166,14 @@ class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
 class ViewsDataset(Dataset[tuple[torch.Tensor, int]]):
     """Evaluation samples as (all views of the image, label), after an optional degradation."""
 
-    def __init__(self, samples: list[Sample], preprocess: Preprocess, degrade: Augment | None) -> None:
+    def __init__(
+        self, samples: list[Sample], preprocess: Preprocess, degrade: Augment | None, known: KnownBoxes | None = None
+    ) -> None:
         self.samples = samples
         self.preprocess = preprocess
         self.degrade = degrade
         self.finder = FaceFinder(preprocess.faces)
+        self._boxes = boxes_for(samples, known) if degrade is None else {}
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -164,6 +182,8 @@ class ViewsDataset(Dataset[tuple[torch.Tensor, int]]):
         image = decode_image(self.samples[index].path.read_bytes(), self.preprocess.decode_side).image
         if self.degrade is not None:
             image = self.degrade(image)
+        if index in self._boxes and self.preprocess.uses_faces:
+            return views_from_boxes(image, self.preprocess, self._boxes[index]).tensors, self.samples[index].label
         return make_views(image, self.preprocess, self.finder).tensors, self.samples[index].label
 
 

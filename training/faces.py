@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -87,6 +90,20 @@ class FaceFinder:
         )
         boxes = [Box(*(round(int(v) / scale) for v in row)) for row in found]
         return sorted(boxes, key=lambda box: box.area, reverse=True)[: cfg.max_faces]
+
+
+def save_boxes(path: Path, settings: FaceSettings, boxes: Mapping[str, list[Box]]) -> None:
+    """Write face boxes found once (by sample key) with the settings that found them."""
+    payload = {"face_settings": asdict(settings), "boxes": {k: [b.to_list() for b in v] for k, v in boxes.items()}}
+    path.write_text(json.dumps(payload, sort_keys=True))
+
+
+def load_boxes(path: Path, settings: FaceSettings) -> dict[str, list[Box]]:
+    """Read a face-box file; it must have been made with these face settings."""
+    payload = json.loads(path.read_text())
+    if payload.get("face_settings") != asdict(settings):
+        raise ValueError(f"{path} was made with face settings {payload.get('face_settings')}, not {asdict(settings)}")
+    return {key: [Box(*row) for row in rows] for key, rows in payload["boxes"].items()}
 
 
 def upright_size(image_size: tuple[int, int], width: int, height: int) -> tuple[int, int]:

@@ -20,6 +20,7 @@ from training.augment import PRESETS, Augmenter
 from training.checkpoint import build_checkpoint, read_checkpoint, resolve_device, save_checkpoint
 from training.data import (
     ImageFolderDataset,
+    KnownBoxes,
     Sample,
     ViewsDataset,
     balanced_weights,
@@ -29,6 +30,7 @@ from training.data import (
     reseed_worker,
     split_samples,
 )
+from training.faces import load_boxes
 from training.metrics import choose_threshold, summarize
 from training.models import DEFAULT_ARGS, build_model, predict_scores
 from training.plots import plot_confusion, plot_curves, plot_roc
@@ -65,6 +67,8 @@ class TrainConfig:
     samples_per_epoch: int = 0
     pretrained: bool = True
     init: str = ""  # start from this checkpoint's weights (same architecture): fine-tuning a released model
+    dataset_weights: dict[str, float] = field(default_factory=dict)  # with balance: a set's share times this
+    face_boxes: str = ""  # face boxes found earlier (scripts/face_boxes.py); files not in it are searched
 
 
 def paper_config(data_dirs: list[str], out: str) -> TrainConfig:
@@ -87,16 +91,18 @@ def load_splits(config: TrainConfig) -> tuple[list[Sample], list[Sample]]:
 
 
 def make_loader(
-    samples: list[Sample], preprocess: Preprocess, augment: Augment | None, config: TrainConfig, shuffle: bool
-) -> DataLoader[Any]:
+    samples: list[Sample], preprocess: Preprocess, augment: Augment | None, config: TrainConfig, shuffle: bool,
+    known: KnownBoxes | None = None,
+) -> DataLoader[Any]:  # fmt: skip
     """Training: one random view per image, balanced by dataset and class when asked."""
     generator = torch.Generator().manual_seed(config.seed)
     sampler = None
     if config.balance and shuffle:
         count = config.samples_per_epoch or len(samples)
-        sampler = WeightedRandomSampler(balanced_weights(samples), count, replacement=True, generator=generator)
+        weights = balanced_weights(samples, config.dataset_weights)
+        sampler = WeightedRandomSampler(weights, count, replacement=True, generator=generator)
     return DataLoader(
-        ImageFolderDataset(samples, preprocess, augment),
+        ImageFolderDataset(samples, preprocess, augment, known),
         batch_size=config.batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,
@@ -108,11 +114,12 @@ def make_loader(
 
 
 def make_eval_loader(
-    samples: list[Sample], preprocess: Preprocess, degrade: Augment | None, batch_size: int, workers: int
-) -> DataLoader[Any]:
+    samples: list[Sample], preprocess: Preprocess, degrade: Augment | None, batch_size: int, workers: int,
+    known: KnownBoxes | None = None,
+) -> DataLoader[Any]:  # fmt: skip
     """Evaluation: every view of every image (the scanner's views), in order."""
     return DataLoader(
-        ViewsDataset(samples, preprocess, degrade),
+        ViewsDataset(samples, preprocess, degrade, known),
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
@@ -218,8 +225,9 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     if config.init and resume is None:
         init_weights(model, Path(config.init), config.arch, arch_args)
     augment = Augmenter(PRESETS[config.augment], config.seed)
-    train_loader = make_loader(train, preprocess, augment, config, shuffle=True)
-    val_loader = make_eval_loader(val, preprocess, None, config.batch_size, config.workers)
+    known = load_boxes(Path(config.face_boxes), preprocess.faces) if config.face_boxes else None
+    train_loader = make_loader(train, preprocess, augment, config, shuffle=True, known=known)
+    val_loader = make_eval_loader(val, preprocess, None, config.batch_size, config.workers, known)
     optimizer, scheduler = make_optimizer(model, config, len(train_loader))
     history: list[dict[str, float]] = []
     start_epoch = 1

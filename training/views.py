@@ -69,7 +69,11 @@ def view_images(image: Image.Image, config: Preprocess, boxes: list[Box]) -> lis
 
 def make_views(image: Image.Image, config: Preprocess, finder: FaceFinder | None) -> ImageViews:
     """Decoded RGB image -> the stacked model inputs and the face boxes they came from."""
-    boxes = find_faces(image, config, finder)
+    return views_from_boxes(image, config, find_faces(image, config, finder))
+
+
+def views_from_boxes(image: Image.Image, config: Preprocess, boxes: list[Box]) -> ImageViews:
+    """The stacked model inputs of an image whose face boxes are already known."""
     tensors = torch.stack([to_tensor(view, config) for view in view_images(image, config, boxes)])
     return ImageViews(tensors, boxes)
 

@@ -54,6 +54,12 @@ def train(
     init: Annotated[
         str | None, typer.Option(help="Start from this model's weights (a name or checkpoint; same architecture).")
     ] = None,
+    weight: Annotated[
+        list[str] | None, typer.Option(help="SET=FACTOR: with --balance, draw that set FACTOR times as often.")
+    ] = None,
+    face_boxes: Annotated[
+        Path | None, typer.Option(help="Face boxes found earlier (scripts/face_boxes.py); others are searched.")
+    ] = None,
 ) -> None:
     """Train a detector on labelled image folders."""
     from training.checkpoint import CheckpointError
@@ -63,13 +69,13 @@ def train(
     config = _train_config(data_dirs, out, arch, resume)
     overrides: dict[str, Any] = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment, "max_side": max_side,
-        "device": device or Settings.from_env().device,
+        "device": device or Settings.from_env().device, "face_boxes": str(face_boxes) if face_boxes else None,
     }  # fmt: skip
     if resume is None:
         overrides.update(
             size=size, seed=seed, threshold_rule=threshold_rule, max_per_dataset=max_per_dataset,
             workers=workers, views=views, balance=balance, samples_per_epoch=samples_per_epoch,
-            init=str(resolve_model(init)) if init else None,
+            init=str(resolve_model(init)) if init else None, dataset_weights=_set_weights(weight or []),
         )  # fmt: skip
     if views not in VIEW_POLICIES:
         fail(f"--views must be one of {', '.join(VIEW_POLICIES)}, not {views!r}", code=2)
@@ -81,6 +87,20 @@ def train(
         fail(str(exc))
     summary = {k: metrics[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "threshold")}
     say_error(f"wrote {out}: validation {json.dumps(summary)}")
+
+
+def _set_weights(pairs: list[str]) -> dict[str, float]:
+    """Parse repeated --weight SET=FACTOR options."""
+    weights: dict[str, float] = {}
+    for pair in pairs:
+        name, _, factor = pair.partition("=")
+        try:
+            weights[name] = float(factor)
+        except ValueError:
+            fail(f"--weight must be SET=FACTOR (a number), not {pair!r}", code=2)
+        if not name or weights[name] <= 0:
+            fail(f"--weight must name a set and a factor above 0, not {pair!r}", code=2)
+    return weights
 
 
 def _train_config(data_dirs: list[Path], out: Path, arch: str, resume: Path | None) -> TrainConfig:
