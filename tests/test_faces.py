@@ -302,3 +302,26 @@ def test_set_weights_scale_a_sets_share_of_the_draws(face_data: Path, tmp_path: 
     for bad in ("a", "a=x", "=2", "a=0"):
         result = CliRunner().invoke(app, ["train", str(face_data), "--out", str(tmp_path / "m.pt"), "--weight", bad])
         assert result.exit_code == 2 and "--weight" in result.output
+
+
+def test_missing_face_cascade_stops_the_scan_and_fails_no_image(
+    face_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import cv2
+
+    from scanner.db import Item
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    drawn_face(3, size=200).save(folder / "face.png")
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", face_model)
+    monkeypatch.setattr(cv2.data, "haarcascades", f"{tmp_path / 'opencv-5-has-none'}/")  # as OpenCV 5.x
+    result = CliRunner().invoke(app, ["submit", str(folder)], env=settings_env(settings))
+    assert result.exit_code == 1 and "opencv-python-headless>=4.8,<5" in result.output, result.output
+    with open_database(settings)() as session:
+        assert [item.status for item in session.scalars(select(Item))] == ["queued"]
+    monkeypatch.undo()
+    resumed = CliRunner().invoke(app, ["resume", "1"], env=settings_env(settings))
+    assert resumed.exit_code == 0, resumed.output
+    with open_database(settings)() as session:
+        assert [item.status for item in session.scalars(select(Item))] == ["done"]

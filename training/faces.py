@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
+NEEDS_OPENCV = "face-aware models need pip install 'opencv-python-headless>=4.8,<5'"
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,18 @@ class FaceFinder:
         cascade = getattr(self._local, "cascade", None)
         if cascade is None:
             cv2 = _opencv()
-            cascade = cv2.CascadeClassifier(cv2.data.haarcascades + CASCADE_FILE)
+            folder = getattr(getattr(cv2, "data", None), "haarcascades", "")
+            if not hasattr(cv2, "CascadeClassifier") or not folder:
+                raise RuntimeError(f"OpenCV {cv2.__version__} has no Haar cascades (5.x dropped them): {NEEDS_OPENCV}")
+            cascade = cv2.CascadeClassifier(folder + CASCADE_FILE)
             if cascade.empty():
-                raise RuntimeError(f"OpenCV could not load its bundled {CASCADE_FILE}")
+                raise RuntimeError(f"OpenCV {cv2.__version__} could not load {folder + CASCADE_FILE}: {NEEDS_OPENCV}")
             self._local.cascade = cascade
         return cascade
+
+    def check(self) -> None:
+        """Load the cascade now, so a missing one is one setup error rather than every image failing."""
+        self._cascade()
 
     def find(self, image: Image.Image) -> list[Box]:
         """Face boxes in `image` coordinates, largest first, at most `max_faces`."""

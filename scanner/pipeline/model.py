@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from scanner.connect import SetupError
 from scanner.settings import Settings
 from training.checkpoint import LoadedModel, load_model, read_checkpoint
 from training.faces import FaceFinder
@@ -47,7 +48,12 @@ class ModelRunner:
         if not preprocess.uses_faces:
             return None
         if self._finder is None:
-            self._finder = FaceFinder(preprocess.faces)
+            finder = FaceFinder(preprocess.faces)
+            try:
+                finder.check()
+            except RuntimeError as exc:
+                raise SetupError(f"{self.loaded.version}: {exc}") from exc
+            self._finder = finder
         return self._finder
 
     @torch.inference_mode()
