@@ -176,3 +176,22 @@ def test_tiny_model_learns_the_toy_task(tiny_model: Path, toy_data: Path) -> Non
 
     metrics = run_evaluation([str(toy_data)], tiny_model, device="cpu", workers=0)
     assert metrics["roc_auc"] > 0.9
+
+
+def test_a_resumed_run_does_not_replay_the_first_epochs_draws(toy_data: Path, tmp_path: Path) -> None:
+    from training.augment import PRESETS, Augmenter
+    from training.train import stream_seed
+
+    config = TrainConfig(data_dirs=[str(toy_data)], out="", balance=True, samples_per_epoch=40, workers=0, seed=3)
+    samples = find_samples(toy_data)
+
+    def first_draws(first_epoch: int) -> list[int]:
+        return list(
+            make_loader(samples, Preprocess(size=32), None, config, shuffle=True, first_epoch=first_epoch).sampler
+        )
+
+    assert first_draws(1) == first_draws(1)  # a fresh run is reproducible, as before
+    assert first_draws(5) == first_draws(5) and first_draws(5) != first_draws(1)
+    image = noisy_image(2)
+    fresh, resumed = Augmenter(PRESETS["robust"], stream_seed(3, 1)), Augmenter(PRESETS["robust"], stream_seed(3, 5))
+    assert fresh(image).tobytes() != resumed(image).tobytes()

@@ -90,12 +90,17 @@ def load_splits(config: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     return split_samples(samples, config.val_fraction, config.seed)
 
 
+def stream_seed(seed: int, first_epoch: int) -> int:
+    """Seed of the draws and augmentations from `first_epoch` on: a resumed run must not replay epoch 1's."""
+    return seed if first_epoch == 1 else seed * 1_000_003 + first_epoch
+
+
 def make_loader(
     samples: list[Sample], preprocess: Preprocess, augment: Augment | None, config: TrainConfig, shuffle: bool,
-    known: KnownBoxes | None = None,
+    known: KnownBoxes | None = None, first_epoch: int = 1,
 ) -> DataLoader[Any]:  # fmt: skip
     """Training: one random view per image, balanced by dataset and class when asked."""
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(stream_seed(config.seed, first_epoch))
     sampler = None
     if config.balance and shuffle:
         count = config.samples_per_epoch or len(samples)
@@ -224,20 +229,19 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     model = build_model(config.arch, arch_args, pretrained=config.pretrained and fresh).to(device)
     if config.init and resume is None:
         init_weights(model, Path(config.init), config.arch, arch_args)
-    augment = Augmenter(PRESETS[config.augment], config.seed)
+    state = read_checkpoint(resume) if resume is not None else None
+    start_epoch = int(state["train_state"]["epoch"]) + 1 if state else 1
+    augment = Augmenter(PRESETS[config.augment], stream_seed(config.seed, start_epoch))
     known = load_boxes(Path(config.face_boxes), preprocess.faces) if config.face_boxes else None
-    train_loader = make_loader(train, preprocess, augment, config, shuffle=True, known=known)
+    train_loader = make_loader(train, preprocess, augment, config, shuffle=True, known=known, first_epoch=start_epoch)
     val_loader = make_eval_loader(val, preprocess, None, config.batch_size, config.workers, known)
     optimizer, scheduler = make_optimizer(model, config, len(train_loader))
     history: list[dict[str, float]] = []
-    start_epoch = 1
-    if resume is not None:
-        state = read_checkpoint(resume)
+    if state is not None:
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["train_state"]["optimizer"])
         scheduler.load_state_dict(state["train_state"]["scheduler"])
         history = list(state["train_state"]["history"])
-        start_epoch = int(state["train_state"]["epoch"]) + 1
     run = TrainingRun(model, config, arch_args, preprocess, train, val, optimizer, scheduler, history)
     val_scores: list[float] = []
     val_labels: list[int] = []
