@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image, ImageEnhance
 
@@ -55,19 +55,13 @@ PRESETS: dict[str, AugmentConfig] = {
         crop_scale=(0.8, 1.0),
         jitter=0.05,
     ),
-    "robust-reposted": AugmentConfig(  # robust-faces with more re-posted copies: half size and q60-95 JPEG
-        rotate_degrees=5.0,
-        hflip=0.5,
-        jpeg_prob=0.8,
-        jpeg_quality=(55, 95),
-        rescale_prob=0.6,
-        rescale=(0.4, 1.0),
-        crop_prob=0.3,
-        crop_scale=(0.8, 1.0),
-        jitter=0.05,
-    ),
     "none": AugmentConfig(rotate_degrees=0.0, hflip=0.0),
 }
+
+
+PRESETS["robust-reposted"] = replace(  # robust-faces with more re-posted copies: shrunk, re-encoded at q55-95
+    PRESETS["robust-faces"], jpeg_prob=0.8, jpeg_quality=(55, 95), rescale_prob=0.6
+)
 
 
 def jpeg_recompress(image: Image.Image, quality: int) -> Image.Image:

@@ -35,7 +35,9 @@ def train(
         int | None, typer.Option(help="Keep native pixels up to this shorter side, then centre-crop.")
     ] = None,
     seed: Annotated[int, typer.Option()] = 1,
-    augment: Annotated[str | None, typer.Option(help="paper, robust, robust-light or none.")] = None,
+    augment: Annotated[
+        str | None, typer.Option(help="paper, robust, robust-light, robust-faces, robust-reposted or none.")
+    ] = None,
     threshold_rule: Annotated[
         str, typer.Option(help="fpr:0.05, source-fpr:0.05 (at most 5% on every source's reals) or youden.")
     ] = "fpr:0.05",
