@@ -41,21 +41,26 @@ def selected_files(data: Path, max_per_dataset: int, seed: int) -> list[Path]:
     return files
 
 
+# Bytes a member may add beyond its content: a pax header (the float mtime), its own header, block padding.
+MEMBER_OVERHEAD = 3 * tarfile.BLOCKSIZE
+# Bytes close() adds: two end-of-archive blocks, then padding to a whole record.
+CLOSING = 2 * tarfile.BLOCKSIZE + tarfile.RECORDSIZE
+
+
 def write_parts(files: list[Path], data: Path, out: Path, part_bytes: int, first_bytes: int) -> list[Path]:
     """Write tar parts of at most `part_bytes` each (the first `first_bytes`); returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     parts: list[Path] = []
     archive: tarfile.TarFile | None = None
-    size = 0
     for path in files:
-        length = path.stat().st_size + 1024
-        if archive is None or size + length > (part_bytes if len(parts) > 1 else first_bytes):
+        limit = first_bytes if len(parts) <= 1 else part_bytes
+        needed = path.stat().st_size + MEMBER_OVERHEAD + CLOSING
+        if archive is None or archive.offset + needed > limit:
             if archive is not None:
                 archive.close()
             parts.append(out / f"part-{len(parts) + 1:02d}.tar")
-            archive, size = tarfile.open(parts[-1], "w"), 1024
+            archive = tarfile.open(parts[-1], "w")
         archive.add(path, arcname=path.relative_to(data).as_posix())
-        size += length + 511
     if archive is not None:
         archive.close()
     return parts
