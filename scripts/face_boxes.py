@@ -43,8 +43,7 @@ def main() -> None:
     preprocess = Preprocess(size=args.size, max_side=args.max_side, views=args.views)
     samples: list[Sample] = []
     for directory in args.data_dirs:
-        found = find_samples(directory)
-        samples += limit_per_dataset(found, args.max_per_dataset, args.seed) if args.max_per_dataset else found
+        samples += limit_per_dataset(find_samples(directory), args.max_per_dataset, args.seed)
     chunks = [samples[i :: args.jobs * 8] for i in range(args.jobs * 8)]
     with ProcessPoolExecutor(args.jobs) as pool:
         boxes = dict(pair for part in pool.map(boxes_of, chunks, [preprocess] * len(chunks)) for pair in part)

@@ -33,9 +33,7 @@ def selected_files(data: Path, max_per_dataset: int, seed: int) -> list[Path]:
     names = [name for name in ORDER if (data / name).is_dir()]
     names += sorted(p.name for p in data.iterdir() if p.is_dir() and p.name not in ORDER)
     for name in names:
-        samples = find_samples(data / name)
-        if max_per_dataset:
-            samples = limit_per_dataset(samples, max_per_dataset, seed)
+        samples = limit_per_dataset(find_samples(data / name), max_per_dataset, seed)
         manifest = data / name / "manifest.csv"
         files += ([manifest] if manifest.is_file() else []) + sorted(s.path for s in samples)
     return files

@@ -98,7 +98,9 @@ def split_samples(samples: list[Sample], val_fraction: float, seed: int) -> tupl
 
 
 def limit_per_dataset(samples: list[Sample], limit: int, seed: int) -> list[Sample]:
-    """Keep at most `limit` samples of each dataset, stratified by label, chosen with `seed`."""
+    """Keep at most `limit` samples of each dataset (0: all), stratified by label, chosen with `seed`."""
+    if limit <= 0:
+        return samples
     by_key: dict[tuple[str, int], list[Sample]] = defaultdict(list)
     for sample in samples:
         by_key[(sample.dataset, sample.label)].append(sample)

@@ -83,10 +83,7 @@ def load_splits(config: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     """Find the samples of every data folder and split them the same way on every run."""
     samples: list[Sample] = []
     for directory in config.data_dirs:
-        found = find_samples(Path(directory))
-        if config.max_per_dataset:
-            found = limit_per_dataset(found, config.max_per_dataset, config.seed)
-        samples.extend(found)
+        samples += limit_per_dataset(find_samples(Path(directory)), config.max_per_dataset, config.seed)
     return split_samples(samples, config.val_fraction, config.seed)
 
 
