@@ -125,9 +125,9 @@ def balanced_weights(samples: list[Sample], boost: Mapping[str, float] | None = 
     return [boost.get(s.dataset, 1.0) / (classes_of[s.dataset] * counts[(s.dataset, s.label)]) for s in samples]
 
 
-def boxes_for(samples: list[Sample], known: KnownBoxes | None) -> dict[int, list[Box]]:
-    """The face boxes found earlier for these samples (by key), indexed like `samples`."""
-    if not known:
+def boxes_for(samples: list[Sample], known: KnownBoxes | None, preprocess: Preprocess) -> dict[int, list[Box]]:
+    """The face boxes found earlier for these samples (by key), indexed like `samples`; none for whole-image models."""
+    if not known or not preprocess.uses_faces:
         return {}
     return {index: list(known[s.key]) for index, s in enumerate(samples) if s.key in known}
 
@@ -144,7 +144,7 @@ class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         self.rng = random.Random(0)
         self.finder = FaceFinder(preprocess.faces)
         self._bytes: dict[int, bytes] = {}
-        self._boxes: dict[int, list[Box]] = boxes_for(samples, known)
+        self._boxes: dict[int, list[Box]] = boxes_for(samples, known, preprocess)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -175,7 +175,7 @@ class ViewsDataset(Dataset[tuple[torch.Tensor, int]]):
         self.preprocess = preprocess
         self.degrade = degrade
         self.finder = FaceFinder(preprocess.faces)
-        self._boxes = boxes_for(samples, known) if degrade is None else {}
+        self._boxes = boxes_for(samples, known, preprocess) if degrade is None else {}  # degraded: search again
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -184,7 +184,7 @@ class ViewsDataset(Dataset[tuple[torch.Tensor, int]]):
         image = decode_image(self.samples[index].path.read_bytes(), self.preprocess.decode_side).image
         if self.degrade is not None:
             image = self.degrade(image)
-        if index in self._boxes and self.preprocess.uses_faces:
+        if index in self._boxes:
             return views_from_boxes(image, self.preprocess, self._boxes[index]).tensors, self.samples[index].label
         return make_views(image, self.preprocess, self.finder).tensors, self.samples[index].label
 
