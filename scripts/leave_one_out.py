@@ -1,7 +1,7 @@
 """Leave-one-source-out: train the default recipe without one data set, then score that whole set.
 
     .venv/bin/python scripts/leave_one_out.py --data ../shared/data --leave diffusion_people_multi ffhq_stylegan_256 \
-        --epochs 4 --samples-per-epoch 3000
+        --epochs 4 --samples-per-epoch 3000 [--arch effnet-lite0-srm]
 
 Each run writes runs/loso-SET.pt (resumable with the same command) and prints one Markdown row: the set's
 AUC against the other class it is scored with (its own, or for a one-class set that class from the
@@ -24,10 +24,10 @@ SETS = ("ciplab_real_and_fake_face", "hardfakevsrealfaces", "lfw_faceswap", "cif
         "sdfd_sd21_ffhq", "real_scenes_people", "diffusion_people_multi")  # fmt: skip
 
 
-def recipe(data_dirs: list[str], out: Path, epochs: int, samples: int) -> TrainConfig:
+def recipe(data_dirs: list[str], out: Path, epochs: int, samples: int, arch: str = "effnet-lite0") -> TrainConfig:
     """The shipped model's recipe (docs/MODEL.md) with a smaller budget."""
     return TrainConfig(
-        data_dirs=data_dirs, out=str(out), arch="effnet-lite0", views="faces", balance=True,
+        data_dirs=data_dirs, out=str(out), arch=arch, views="faces", balance=True,
         samples_per_epoch=samples, size=112, max_side=256, epochs=epochs, lr=6e-4, batch_size=32,
         threshold_rule="source-fpr:0.05", augment="robust-faces", max_per_dataset=5000, seed=1, workers=1,
     )  # fmt: skip
@@ -57,13 +57,15 @@ def main() -> None:
     parser.add_argument("--leave", nargs="+", default=list(SETS), choices=SETS)
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--samples-per-epoch", type=int, default=3000)
+    parser.add_argument("--arch", default="effnet-lite0", help="effnet-lite0 or effnet-lite0-srm")
     args = parser.parse_args()
     print("| left out | fakes / reals scored | AUC | FPR | TPR |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for left_out in args.leave:
-        out = Path("runs") / f"loso-{left_out}.pt"
+        suffix = "" if args.arch == "effnet-lite0" else f"-{args.arch}"
+        out = Path("runs") / f"loso-{left_out}{suffix}.pt"
         dirs = [str(args.data / name) for name in SETS if name != left_out]
-        config = recipe(dirs, out, args.epochs, args.samples_per_epoch)
+        config = recipe(dirs, out, args.epochs, args.samples_per_epoch, args.arch)
         done = out.is_file() and read_checkpoint(out)["train_state"]["epoch"] >= args.epochs
         if not done:
             train_main(config, resume=out if out.is_file() else None)
