@@ -178,7 +178,7 @@ def test_tiny_model_learns_the_toy_task(tiny_model: Path, toy_data: Path) -> Non
     assert metrics["roc_auc"] > 0.9
 
 
-def test_a_resumed_run_does_not_replay_the_first_epochs_draws(toy_data: Path, tmp_path: Path) -> None:
+def test_a_resumed_run_does_not_replay_the_first_epochs_draws(toy_data: Path) -> None:
     from training.augment import PRESETS, Augmenter
     from training.train import stream_seed
 
@@ -208,7 +208,8 @@ def test_noise_stream_model_starts_as_the_plain_one_and_learns_from_residuals(to
     plain = replace(tiny_config(toy_data, tmp_path / "plain.pt", epochs=1), arch="effnet-lite0",
                     arch_args={"dropout": 0.0}, pretrained=False, threshold_rule="fpr:0.05")  # fmt: skip
     train_main(plain)
-    batch = torch.stack([preprocess_bytes(s.path.read_bytes(), Preprocess(size=32)) for s in find_samples(toy_data)])
+    samples = find_samples(toy_data)
+    batch = torch.stack([preprocess_bytes(s.path.read_bytes(), Preprocess(size=32)) for s in samples])
     extended = build_model("effnet-lite0-srm", {"dropout": 0.0}).eval()
     init_weights(extended, tmp_path / "plain.pt", "effnet-lite0-srm", {"dropout": 0.0})
     with torch.inference_mode():
@@ -217,7 +218,6 @@ def test_noise_stream_model_starts_as_the_plain_one_and_learns_from_residuals(to
     train_main(replace(plain, out=str(tmp_path / "srm.pt"), arch="effnet-lite0-srm", init=str(tmp_path / "plain.pt")))
     loaded = load_model(tmp_path / "srm.pt", "cpu")
     assert read_checkpoint(tmp_path / "srm.pt")["state_dict"]["_noise_stem.weight"].abs().sum() > 0
-    samples = find_samples(toy_data)
     with torch.inference_mode():
         direct = predict_scores(loaded.model, batch).tolist()
     assert score_samples(loaded, samples, batch_size=8, workers=0) == pytest.approx(direct, abs=1e-5)
