@@ -66,6 +66,17 @@ def test_per_source_threshold_keeps_every_source_within_budget() -> None:
         choose_threshold(labels, scores, "source-fpr:0.05")
 
 
+def test_a_source_with_few_reals_allows_none_flagged_without_flagging_nothing_at_all() -> None:
+    """Under 20 reals, 5% means none of them flagged: the threshold sits just above its highest real, not at 1.0."""
+    labels = [0] * 10 + [0] * 40 + [1] * 10
+    scores = [0.1 + i / 50 for i in range(10)] + [i / 100 for i in range(40)] + [0.6 + i / 50 for i in range(10)]
+    sources = ["few"] * 10 + ["many"] * 40 + ["many"] * 10
+    threshold = choose_threshold(labels, scores, "source-fpr:0.05", sources)
+    assert max(scores[:10]) < threshold <= min(scores[50:])  # every fake still caught
+    logits = [10 * s - 5 for s in scores]  # any score scale, not only probabilities
+    assert max(logits[:10]) < choose_threshold(labels, logits, "source-fpr:0.05", sources) <= min(logits[50:])
+
+
 def test_training_evaluation_and_scanning_give_the_same_score(
     face_model: Path, face_data: Path, tmp_path: Path
 ) -> None:

@@ -55,7 +55,7 @@ def choose_threshold(
         return _per_source_threshold(labels, scores, float(rule.split(":", 1)[1]), sources)
     y = np.asarray(labels)
     s = np.asarray(scores, dtype=np.float64)
-    candidates = np.unique(np.concatenate([s, [1.0]]))
+    candidates = np.unique(np.concatenate([s, [np.nextafter(s.max(initial=0.0), np.inf)]]))  # last: flags none
     n_pos, n_neg = max(1, int((y == 1).sum())), max(1, int((y == 0).sum()))
     fpr = np.array([((s >= t) & (y == 0)).sum() / n_neg for t in candidates])
     tpr = np.array([((s >= t) & (y == 1)).sum() / n_pos for t in candidates])
