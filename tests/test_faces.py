@@ -32,7 +32,8 @@ from training.evaluate import score_samples
 from training.faces import Box, FaceFinder, FaceSettings, face_region
 from training.metrics import choose_threshold
 from training.models import predict_scores
-from training.views import make_views
+from training.preprocess import Preprocess
+from training.views import calibrated, combine_views, fit_view_offsets, make_views
 
 
 def test_face_finder_finds_drawn_faces_and_nothing_in_a_gradient() -> None:
@@ -77,6 +78,67 @@ def test_a_source_with_few_reals_allows_none_flagged_without_flagging_nothing_at
     assert max(logits[:10]) < choose_threshold(labels, logits, "source-fpr:0.05", sources) <= min(logits[50:])
 
 
+def combined(raw: list[float], preprocess: Preprocess) -> float:
+    """An image's score written out: each view moved by its kind's logit offset (whole, patch, face), the maximum."""
+    if not preprocess.view_offsets:
+        return max(raw)
+    kinds = [0, 1][: preprocess.image_views] + [2] * (len(raw) - preprocess.image_views)
+    return max(1 / (1 + math.exp(preprocess.view_offsets[k] - math.log(s / (1 - s)))) for s, k in zip(raw, kinds))
+
+
+def test_view_offsets_put_each_view_kind_at_its_own_threshold() -> None:
+    """A patch that scores low on everything still flags the fakes only it separates, once calibrated."""
+    reals = [[0.10 + i / 100, 0.01 + i / 1000, 0.3] for i in range(40)]  # whole, patch, one face
+    fakes_whole = [[0.95, 0.02, 0.3] for _ in range(10)]  # caught by the whole view
+    fakes_patch = [[0.30, 0.20, 0.3] for _ in range(10)]  # only the patch separates these
+    per_image = reals + fakes_whole + fakes_patch
+    labels = [0] * 40 + [1] * 20
+    offsets = fit_view_offsets(per_image, labels, ["s"] * 60, 2, "source-fpr:0.05")
+    whole_t = choose_threshold([0] * 40 + [1] * 20, [v[0] for v in per_image], "fpr:0.05")
+    assert offsets[0] == pytest.approx(math.log(whole_t / (1 - whole_t)))
+    assert calibrated(whole_t, offsets[0]) == pytest.approx(0.5)
+    raw = [max(v) for v in per_image]
+    fitted = [combine_views(v, 2, offsets).score for v in per_image]
+    raw_t = choose_threshold(labels, raw, "fpr:0.05")
+    fitted_t = choose_threshold(labels, fitted, "fpr:0.05")
+    assert sum(s >= raw_t for s in raw[40:]) == 10  # the raw maximum misses every patch-only fake
+    assert sum(s >= fitted_t for s in fitted[40:]) == 20 and sum(s >= fitted_t for s in fitted[:40]) <= 2
+    assert combine_views([0.4, 0.2], 2, ()).score == 0.4  # no offsets: the raw maximum, as before
+
+
+def test_uncalibrated_and_calibrated_checkpoints(face_model: Path, face_data: Path, tmp_path: Path) -> None:
+    """Training calibrates by default (format 3); --no-calibrate-views keeps format 2, and `scanner model
+    calibrate` turns such a file into a calibrated one with a new version; a centre-crop model is refused."""
+    calibrated_file = read_checkpoint(face_model)
+    assert calibrated_file["format"] == "fauxscan-checkpoint/3"
+    assert len(calibrated_file["preprocess"]["view_offsets"]) == 3
+    runner = CliRunner()
+
+    def train_args(out: Path, views: str) -> list[str]:
+        return ["train", str(face_data), "--out", str(out), "--arch", "fauxnet", "--epochs", "1", "--size", "32",
+                "--max-side", "160", "--views", views, "--augment", "none", "--workers", "0",
+                "--threshold-rule", "source-fpr:0.05", "--no-calibrate-views"]  # fmt: skip
+
+    plain = tmp_path / "plain.pt"
+    result = runner.invoke(app, train_args(plain, "faces"))
+    assert result.exit_code == 0, result.output
+    before = read_checkpoint(plain)
+    assert before["format"] == "fauxscan-checkpoint/2" and "view_offsets" not in before["preprocess"]
+    result = runner.invoke(app, ["model", "calibrate", str(plain), str(tmp_path / "cal.pt"), str(face_data)])
+    assert result.exit_code == 0, result.output
+    after = load_model(tmp_path / "cal.pt", "cpu")
+    assert len(after.preprocess.view_offsets) == 3 and after.version != before["model_version"]
+    assert read_checkpoint(tmp_path / "cal.pt")["calibrated_from"] == before["model_version"]
+    samples = find_samples(face_data)
+    assert 0.0 < after.threshold <= 1.0 and len(score_samples(after, samples, batch_size=4, workers=0)) == len(samples)
+    center = tmp_path / "center.pt"
+    result = runner.invoke(app, train_args(center, "center"))
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["model", "calibrate", str(center), str(tmp_path / "x.pt"), str(face_data)])
+    assert result.exit_code == 1 and "nothing to calibrate" in result.output
+    assert not (tmp_path / "x.pt").exists()
+
+
 def test_training_evaluation_and_scanning_give_the_same_score(
     face_model: Path, face_data: Path, tmp_path: Path
 ) -> None:
@@ -91,7 +153,7 @@ def test_training_evaluation_and_scanning_give_the_same_score(
         views = make_views(image, loaded.preprocess, finder)
         assert len(views.tensors) == 1 + len(views.boxes) and views.boxes  # whole image + the face
         with torch.inference_mode():
-            direct.append(max(predict_scores(loaded.model, views.tensors).tolist()))
+            direct.append(combined(predict_scores(loaded.model, views.tensors).tolist(), loaded.preprocess))
     assert evaluated == pytest.approx(direct, abs=1e-5)
     settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", face_model)
     summary = submit(settings, [str(s.path) for s in samples], wait=True).summary
@@ -253,8 +315,8 @@ def test_native_patch_view_fine_tuned_from_a_released_model(face_model: Path, fa
         assert len(views.tensors) == 2 + len(views.boxes) and views.boxes  # whole, native patch, the face
         with torch.inference_mode():
             scores = predict_scores(loaded.model, views.tensors).tolist()
-        direct.append(max(scores))
-        wholes.append(max(scores[:2]))
+        direct.append(combined(scores, loaded.preprocess))
+        wholes.append(combined(scores[:2], loaded.preprocess))
     assert score_samples(loaded, samples, batch_size=4, workers=0) == pytest.approx(direct, abs=1e-5)
     settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", tmp_path / "patch.pt")
     job_id = submit(settings, [str(s.path) for s in samples], wait=True).summary["job_id"]

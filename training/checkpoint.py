@@ -15,7 +15,9 @@ from training.models import build_model
 from training.preprocess import Preprocess
 
 FORMAT = "fauxscan-checkpoint/2"  # 2: face-aware preprocessing ("views", "faces"); older code must refuse it
-READABLE_FORMATS = ("fauxscan-checkpoint/1", FORMAT)
+# 3: calibrated views ("view_offsets"); older code would compare raw view scores with a calibrated threshold
+CALIBRATED_FORMAT = "fauxscan-checkpoint/3"
+READABLE_FORMATS = ("fauxscan-checkpoint/1", FORMAT, CALIBRATED_FORMAT)
 CODE_VERSION = "0.1.0"
 
 
@@ -57,7 +59,7 @@ def build_checkpoint(
     """Assemble the checkpoint dictionary (plain types and tensors only)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return {
-        "format": FORMAT,
+        "format": CALIBRATED_FORMAT if preprocess.view_offsets else FORMAT,
         "code_version": CODE_VERSION,
         "arch": arch,
         "arch_args": arch_args,
@@ -131,8 +133,13 @@ def strip_for_release(source: Path, target: Path, face_detect_side: int | None =
     checkpoint.pop("train_state", None)
     if face_detect_side is not None:
         checkpoint["preprocess"].setdefault("faces", {})["detect_side"] = int(face_detect_side)
-        size = checkpoint["preprocess"]["size"]
-        digest = weights_digest(checkpoint["state_dict"], checkpoint["preprocess"])
-        checkpoint["model_version"] = f"{checkpoint['arch']}-{size}-{digest}"
+        renew_version(checkpoint)
     save_checkpoint(checkpoint, target)
+    return str(checkpoint["model_version"])
+
+
+def renew_version(checkpoint: dict[str, Any]) -> str:
+    """Recompute the model version after the preprocessing changed, so verdicts of the two are never mixed."""
+    digest = weights_digest(checkpoint["state_dict"], checkpoint["preprocess"])
+    checkpoint["model_version"] = f"{checkpoint['arch']}-{checkpoint['preprocess']['size']}-{digest}"
     return str(checkpoint["model_version"])

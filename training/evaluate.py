@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from training.augment import downscale, jpeg_recompress
-from training.checkpoint import LoadedModel, load_model, read_checkpoint
+from training.checkpoint import (
+    CALIBRATED_FORMAT,
+    LoadedModel,
+    load_model,
+    read_checkpoint,
+    renew_version,
+    save_checkpoint,
+)
 from training.data import Sample, find_samples
 from training.metrics import summarize
 from training.preprocess import Augment
-from training.train import TrainConfig, evaluate, load_splits, make_eval_loader, per_dataset_metrics
+from training.train import (
+    TrainConfig,
+    evaluate,
+    load_splits,
+    make_eval_loader,
+    per_dataset_metrics,
+    score_views,
+    validation_metrics,
+)
 
 
 def select_samples(data_dirs: list[str], model_path: Path, split: str) -> list[Sample]:
@@ -45,7 +61,7 @@ def score_samples(
 ) -> list[float]:
     """Image scores exactly as the scanner computes them (whole image and faces, the highest view)."""
     loader = make_eval_loader(samples, loaded.preprocess, degrade, batch_size, workers)
-    return evaluate(loaded.model, loader, loaded.device)[1]
+    return evaluate(loaded.model, loader, loaded.device, preprocess=loaded.preprocess)[1]
 
 
 def run_evaluation(
@@ -64,6 +80,31 @@ def run_evaluation(
     metrics["model_version"] = loaded.version
     metrics["split"] = split
     metrics["degradation"] = {"jpeg_quality": jpeg_quality, "scale": scale}
+    return without_nan(metrics)
+
+
+def calibrate_checkpoint(
+    source: Path, target: Path, data_dirs: list[str], device: str = "auto", batch_size: int = 64, workers: int = 1
+) -> dict[str, Any]:
+    """Fit a multi-view checkpoint's view offsets and threshold on its own validation split; write a copy."""
+    checkpoint = read_checkpoint(source)
+    loaded = load_model(source, device)
+    if loaded.preprocess.views == "center":
+        raise ValueError(f"{source} scores one view per image: there is nothing to calibrate")
+    samples = select_samples(data_dirs, source, "val")
+    raw = replace(loaded.preprocess, view_offsets=())
+    loader = make_eval_loader(samples, raw, None, batch_size, workers)
+    per_image, labels = score_views(loaded.model, loader, loaded.device)
+    config = TrainConfig(**{**checkpoint["train_config"], "data_dirs": data_dirs, "calibrate_views": True})
+    metrics, preprocess, _ = validation_metrics(config, [], samples, per_image, labels, raw)
+    metrics.pop("history")
+    previous = str(checkpoint["model_version"])
+    checkpoint.update(format=CALIBRATED_FORMAT, preprocess=preprocess.to_dict(), threshold=metrics["threshold"],
+                      metrics=metrics, calibrated_from=previous)  # fmt: skip
+    checkpoint.pop("train_state", None)
+    metrics["model_version"] = renew_version(checkpoint)
+    metrics["calibrated_from"] = previous
+    save_checkpoint(checkpoint, target)
     return without_nan(metrics)
 
 

@@ -61,6 +61,7 @@ class Preprocess:
     resample: str = "bilinear"
     views: str = "center"
     faces: FaceSettings = field(default_factory=FaceSettings)
+    view_offsets: tuple[float, ...] = ()  # logit offsets per view kind (whole, patch, face); () = raw scores
 
     @property
     def decode_side(self) -> int:
@@ -71,6 +72,10 @@ class Preprocess:
         """Return plain types for the checkpoint."""
         data = asdict(self)
         data["mean"], data["std"] = list(self.mean), list(self.std)
+        if self.view_offsets:
+            data["view_offsets"] = list(self.view_offsets)
+        else:
+            del data["view_offsets"]  # an uncalibrated model keeps the dictionary, and so the version, it had
         return data
 
     @property
@@ -94,6 +99,7 @@ class Preprocess:
             resample=data.get("resample", "bilinear"),
             views=str(data.get("views", "center")),
             faces=FaceSettings(**data.get("faces", {})),
+            view_offsets=tuple(float(v) for v in data.get("view_offsets", ())),
         )
 
 

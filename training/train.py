@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from training.metrics import choose_threshold, summarize
 from training.models import DEFAULT_ARGS, EXTENDS, build_model, predict_scores
 from training.plots import plot_confusion, plot_curves, plot_roc
 from training.preprocess import Augment, Preprocess
-from training.views import split_scores
+from training.views import combine_views, fit_view_offsets
 
 Progress = Callable[[int], None]
 
@@ -69,6 +70,7 @@ class TrainConfig:
     init: str = ""  # start from this checkpoint's weights (same architecture): fine-tuning a released model
     dataset_weights: dict[str, float] = field(default_factory=dict)  # with balance: a set's share times this
     face_boxes: str = ""  # face boxes found earlier (scripts/face_boxes.py); files not in it are searched
+    calibrate_views: bool = True  # multi-view models: put each view kind at its own threshold before the max
 
 
 def paper_config(data_dirs: list[str], out: str) -> TrainConfig:
@@ -177,22 +179,49 @@ def train_one_epoch(
 
 
 @torch.inference_mode()
-def evaluate(
+def score_views(
     model: nn.Module, loader: DataLoader[Any], device: torch.device, progress: Progress | None = None
-) -> tuple[float, list[float], list[int]]:
-    """Mean loss, image scores (the highest view score, as the scanner computes it) and labels."""
+) -> tuple[list[list[float]], list[int]]:
+    """Every view's raw score, one list per image in the loader's order, and the labels."""
     model.eval()
-    scores: list[float] = []
+    per_image: list[list[float]] = []
     labels: list[int] = []
     for views, counts, batch_labels in loader:
         flat = predict_scores(model, views.to(device)).float().cpu().tolist()
-        scores.extend(view.score for view in split_scores(flat, counts))
+        for end, count in zip(itertools.accumulate(counts), counts):
+            per_image.append(flat[end - count : end])
         labels.extend(batch_labels.tolist())
         if progress:
             progress(len(batch_labels))
+    return per_image, labels
+
+
+def image_scores(per_image: list[list[float]], preprocess: Preprocess | None = None) -> list[float]:
+    """Each image's score as the scanner combines its views (calibrated by the model's view offsets, if any)."""
+    image_views = preprocess.image_views if preprocess else 1
+    offsets = preprocess.view_offsets if preprocess else ()
+    return [combine_views(views, image_views, offsets).score for views in per_image]
+
+
+def image_loss(scores: list[float], labels: list[int]) -> float:
+    """Binary cross-entropy of image scores against labels."""
+    if not labels:
+        return 0.0
     probs = torch.tensor(scores, dtype=torch.float64).clamp(1e-7, 1 - 1e-7)
-    loss = nn.functional.binary_cross_entropy(probs, torch.tensor(labels, dtype=torch.float64)) if labels else 0.0
-    return float(loss), scores, labels
+    return float(nn.functional.binary_cross_entropy(probs, torch.tensor(labels, dtype=torch.float64)))
+
+
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader[Any],
+    device: torch.device,
+    progress: Progress | None = None,
+    preprocess: Preprocess | None = None,
+) -> tuple[float, list[float], list[int]]:
+    """Mean loss, image scores (the highest view score, as the scanner computes it) and labels."""
+    per_image, labels = score_views(model, loader, device, progress)
+    scores = image_scores(per_image, preprocess)
+    return image_loss(scores, labels), scores, labels
 
 
 def seed_everything(seed: int) -> None:
@@ -240,24 +269,25 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
         scheduler.load_state_dict(state["train_state"]["scheduler"])
         history = list(state["train_state"]["history"])
     run = TrainingRun(model, config, arch_args, preprocess, train, val, optimizer, scheduler, history)
-    val_scores: list[float] = []
+    val_views: list[list[float]] = []
     val_labels: list[int] = []
     for epoch in range(start_epoch, config.epochs + 1):
         started = time.perf_counter()
         total = len(train_loader.sampler) + len(val)  # type: ignore[arg-type]
         tick = progress_factory(f"epoch {epoch}/{config.epochs}", total) if progress_factory else None
         train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, scheduler, device, tick)
-        val_loss, val_scores, val_labels = evaluate(model, val_loader, device, tick)
-        val_acc = summarize(val_labels, val_scores, 0.5)["accuracy"]
+        val_views, val_labels = score_views(model, val_loader, device, tick)
+        val_loss = image_loss(image_scores(val_views), val_labels)
+        val_acc = summarize(val_labels, image_scores(val_views), 0.5)["accuracy"]
         history.append({
             "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
             "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - started,
         })  # fmt: skip
         print(_epoch_line(history[-1]), file=sys.stderr, flush=True)
-        _write_outputs(run, epoch, val_scores, val_labels)
-    if not val_scores:
-        _, val_scores, val_labels = evaluate(model, val_loader, device)
-    return _final_metrics(config, history, val, val_scores, val_labels)
+        _write_outputs(run, epoch, val_views, val_labels)
+    if not val_views:
+        val_views, val_labels = score_views(model, val_loader, device)
+    return validation_metrics(config, history, val, val_views, val_labels, preprocess)[0]
 
 
 def init_weights(model: nn.Module, path: Path, arch: str, arch_args: dict[str, Any]) -> None:
@@ -279,19 +309,36 @@ def _epoch_line(row: dict[str, float]) -> str:
     )
 
 
-def _final_metrics(
+def calibrate(
+    preprocess: Preprocess, per_image: list[list[float]], labels: list[int], sources: list[str], rule: str
+) -> Preprocess:
+    """The preprocessing with view offsets fitted on these validation images (only multi-view models have any)."""
+    if preprocess.views == "center":
+        return preprocess
+    offsets = fit_view_offsets(per_image, labels, sources, preprocess.image_views, rule)
+    return replace(preprocess, view_offsets=offsets)
+
+
+def validation_metrics(
     config: TrainConfig,
     history: list[dict[str, float]],
     val: list[Sample],
-    scores: list[float],
+    per_image: list[list[float]],
     labels: list[int],
-) -> dict[str, Any]:
-    threshold = choose_threshold(labels, scores, config.threshold_rule, [s.dataset for s in val])
+    preprocess: Preprocess,
+) -> tuple[dict[str, Any], Preprocess, list[float]]:
+    """Metrics at the chosen threshold, the preprocessing (view offsets fitted here) and the image scores."""
+    sources = [s.dataset for s in val]
+    if config.calibrate_views:
+        preprocess = calibrate(preprocess, per_image, labels, sources, config.threshold_rule)
+    scores = image_scores(per_image, preprocess)
+    threshold = choose_threshold(labels, scores, config.threshold_rule, sources)
     metrics = summarize(labels, scores, threshold, [s.stratum for s in val])
     metrics["per_dataset"] = per_dataset_metrics(val, scores, threshold)
     metrics["threshold_rule"] = config.threshold_rule
+    metrics["view_offsets"] = list(preprocess.view_offsets)
     metrics["history"] = history
-    return metrics
+    return metrics, preprocess, scores
 
 
 def per_dataset_metrics(samples: list[Sample], scores: list[float], threshold: float) -> dict[str, Any]:
@@ -319,13 +366,13 @@ class TrainingRun:
     history: list[dict[str, float]]
 
 
-def _write_outputs(run: TrainingRun, epoch: int, scores: list[float], labels: list[int]) -> None:
+def _write_outputs(run: TrainingRun, epoch: int, per_image: list[list[float]], labels: list[int]) -> None:
     """Checkpoint (resumable), metrics JSON and plots after an epoch."""
     config, history = run.config, run.history
-    metrics = _final_metrics(config, history, run.val, scores, labels)
+    metrics, preprocess, scores = validation_metrics(config, history, run.val, per_image, labels, run.preprocess)
     out = Path(config.out)
     checkpoint = build_checkpoint(
-        run.model, config.arch, run.arch_args, run.preprocess, metrics["threshold"],
+        run.model, config.arch, run.arch_args, preprocess, metrics["threshold"],
         threshold_rule=config.threshold_rule,
         metrics={k: v for k, v in metrics.items() if k != "history"},
         data=data_summary(run.train, run.val),

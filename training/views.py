@@ -6,13 +6,16 @@ on every path. The image's score is the highest of its views' scores.
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
 from training.faces import Box, FaceFinder, face_region
+from training.metrics import choose_threshold
 from training.preprocess import Augment, Preprocess, resize_center_crop, to_tensor
 
 
@@ -78,14 +81,59 @@ def views_from_boxes(image: Image.Image, config: Preprocess, boxes: list[Box]) -
     return ImageViews(tensors, boxes)
 
 
-def split_scores(flat_scores: list[float], counts: list[int], image_views: int = 1) -> list[ViewScores]:
+VIEW_KINDS = ("whole", "patch", "face")  # the order of Preprocess.view_offsets
+
+
+def view_kinds(count: int, image_views: int) -> list[int]:
+    """Index into VIEW_KINDS of each of an image's `count` views (whole image, any native patch, then faces)."""
+    return [0, 1][:image_views][:count] + [2] * max(0, count - image_views)
+
+
+def calibrated(score: float, offset: float) -> float:
+    """A view score moved by `offset` in logit space: 0.5 where the view reaches its own threshold."""
+    if not offset:
+        return score
+    clipped = min(max(score, 1e-7), 1 - 1e-7)
+    return 1 / (1 + math.exp(offset - math.log(clipped / (1 - clipped))))
+
+
+def combine_views(chunk: Sequence[float], image_views: int = 1, offsets: Sequence[float] = ()) -> ViewScores:
+    """One image's raw view scores -> its ViewScores, each view first calibrated by its kind's offset (if any)."""
+    if offsets:
+        chunk = [calibrated(s, offsets[k]) for s, k in zip(chunk, view_kinds(len(chunk), image_views))]
+    return ViewScores(whole=max(chunk[:image_views]), faces=list(chunk[image_views:]))
+
+
+def split_scores(
+    flat_scores: list[float], counts: list[int], image_views: int = 1, offsets: Sequence[float] = ()
+) -> list[ViewScores]:
     """Regroup a flat list of view scores into one ViewScores per image (`whole`: the highest whole-image view)."""
     result, start = [], 0
     for count in counts:
-        chunk = flat_scores[start : start + count]
-        result.append(ViewScores(whole=max(chunk[:image_views]), faces=chunk[image_views:]))
+        result.append(combine_views(flat_scores[start : start + count], image_views, offsets))
         start += count
     return result
+
+
+def fit_view_offsets(
+    per_image: Sequence[Sequence[float]], labels: Sequence[int], sources: Sequence[str], image_views: int, rule: str
+) -> tuple[float, ...]:
+    """Per view kind, the logit of the threshold that `rule` would choose for that kind alone (its most
+    suspicious view of each image), so a view at its own operating point scores 0.5 after `calibrated`."""
+    offsets = []
+    for kind in range(len(VIEW_KINDS)):
+        kept: list[tuple[float, int, str]] = []
+        for views, label, source in zip(per_image, labels, sources):
+            scores = [s for s, k in zip(views, view_kinds(len(views), image_views)) if k == kind]
+            if scores:
+                kept.append((max(scores), label, source))
+        if not any(label == 0 for _, label, _ in kept):
+            offsets.append(0.0)
+            continue
+        threshold = choose_threshold([k[1] for k in kept], [k[0] for k in kept], rule, [k[2] for k in kept])
+        clipped = min(max(threshold, 1e-7), 1 - 1e-7)
+        offsets.append(math.log(clipped / (1 - clipped)))
+    return tuple(offsets)
 
 
 def training_view(

@@ -343,6 +343,25 @@ def model_export(
     echo(f"wrote {target} ({version}, {target.stat().st_size / 1e6:.1f} MB)")
 
 
+@model_app.command("calibrate")
+def model_calibrate(
+    source: Annotated[Path, typer.Argument(help="A multi-view checkpoint (views faces or faces+patch).")],
+    target: Annotated[Path, typer.Argument(help="Where to write the calibrated copy (a new model version).")],
+    data_dirs: Annotated[list[Path], typer.Argument(help="The folders it was trained on (its validation split).")],
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 1,
+) -> None:
+    """Fit per-view offsets and the threshold on the checkpoint's own validation split."""
+    from training.checkpoint import CheckpointError
+    from training.evaluate import calibrate_checkpoint
+
+    try:
+        metrics = calibrate_checkpoint(source, target, [str(d) for d in data_dirs], "cpu", workers=workers)
+    except (FileNotFoundError, ValueError, CheckpointError) as exc:
+        fail(str(exc))
+    offsets = ", ".join(f"{v:.3f}" for v in metrics["view_offsets"])
+    echo(f"wrote {target} ({metrics['model_version']}): view offsets {offsets}, threshold {metrics['threshold']:.4f}")
+
+
 @app.command()
 def models(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False) -> None:
     """List the shipped models: name, version, input policy, speed and validation metrics."""

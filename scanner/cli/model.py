@@ -69,6 +69,9 @@ def train(
     face_boxes: Annotated[
         Path | None, typer.Option(help="Face boxes found earlier (scripts/face_boxes.py); others are searched.")
     ] = None,
+    calibrate_views: Annotated[
+        bool, typer.Option(help="Multi-view models: bring each view kind to its own threshold before the maximum.")
+    ] = True,
 ) -> None:
     """Train a detector on labelled image folders."""
     from training.checkpoint import CheckpointError
@@ -85,6 +88,7 @@ def train(
             size=size, seed=seed, threshold_rule=threshold_rule, max_per_dataset=max_per_dataset,
             workers=workers, views=views, balance=balance, samples_per_epoch=samples_per_epoch,
             init=str(resolve_model(init)) if init else None, dataset_weights=_set_weights(weight or []),
+            calibrate_views=calibrate_views,
         )  # fmt: skip
     if views not in VIEW_POLICIES:
         fail(f"--views must be one of {', '.join(VIEW_POLICIES)}, not {views!r}", code=2)

@@ -69,7 +69,8 @@ class ModelRunner:
         for start in range(0, len(views), step):
             batch = views[start : start + step].to(loaded.device, non_blocking=True)
             flat.extend(predict_scores(forward, batch).float().cpu().tolist())
-        scores = split_scores(flat, [len(image.tensors) for image in images], loaded.preprocess.image_views)
+        preprocess = loaded.preprocess
+        scores = split_scores(flat, [len(i.tensors) for i in images], preprocess.image_views, preprocess.view_offsets)
         for result, image in zip(scores, images):
             result.boxes = image.boxes
         return scores
