@@ -134,6 +134,12 @@ def test_uncalibrated_and_calibrated_checkpoints(face_model: Path, face_data: Pa
     center = tmp_path / "center.pt"
     result = runner.invoke(app, train_args(center, "center"))
     assert result.exit_code == 0, result.output
+    for bad in ([1.0, 2.0], [1.0, float("nan"), 2.0], "1,2,3"):
+        broken = read_checkpoint(tmp_path / "cal.pt")
+        broken["preprocess"]["view_offsets"] = bad
+        save_checkpoint(broken, tmp_path / "broken.pt")
+        with pytest.raises(CheckpointError, match="view_offsets"):
+            load_model(tmp_path / "broken.pt", "cpu")
     result = runner.invoke(app, ["model", "calibrate", str(center), str(tmp_path / "x.pt"), str(face_data)])
     assert result.exit_code == 1 and "nothing to calibrate" in result.output
     assert not (tmp_path / "x.pt").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,17 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             f"{path} is a {checkpoint['format']} file; this fauxscan reads {' and '.join(READABLE_FORMATS)}: "
             "upgrade fauxscan to use it"
         )
+    _check_view_offsets(path, checkpoint.get("preprocess", {}).get("view_offsets"))
     return checkpoint
+
+
+def _check_view_offsets(path: Path, offsets: Any) -> None:
+    """View offsets, where present, are one finite number per view kind (whole, patch, face)."""
+    if offsets is None:
+        return
+    numbers = isinstance(offsets, list) and all(isinstance(v, int | float) for v in offsets)
+    if not numbers or len(offsets) != 3 or not all(math.isfinite(v) for v in offsets):
+        raise CheckpointError(f"{path} has unusable view_offsets {offsets!r}: expected 3 finite numbers")
 
 
 def resolve_device(name: str) -> torch.device:
