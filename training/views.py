@@ -1,7 +1,8 @@
 """What the model looks at: the whole image and, for face-aware models, each face at one canonical framing.
 
 Training, evaluation and the scanner all build views here, so the same image gets the same score
-on every path. The image's score is the highest of its views' scores.
+on every path. The image's score is the highest of its views' scores, each first moved by its kind's
+logit offset where the model has them (calibrated views: every kind at 0.5 at its own threshold).
 """
 
 from __future__ import annotations
