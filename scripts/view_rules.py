@@ -16,17 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from detector_report import GAN_FAKES, HQ_REALS, SETS, auc_of, pick  # noqa: E402
 
-from training.checkpoint import load_model  # noqa: E402
+from training.checkpoint import LoadedModel, load_model  # noqa: E402
 from training.data import Sample  # noqa: E402
 from training.evaluate import make_eval_loader, select_samples  # noqa: E402
 from training.metrics import choose_threshold, roc_auc  # noqa: E402
-from training.models import predict_scores  # noqa: E402
+from training.train import score_views  # noqa: E402
 from training.views import combine_views, fit_view_offsets  # noqa: E402
 
 Rule = Callable[[list[float]], float]
@@ -39,17 +38,11 @@ RULES: dict[str, Rule] = {
 }
 
 
-def view_scores(model: Path) -> tuple[list[Sample], list[list[float]]]:
-    """Every view score of every validation image, views in the scanner's order (whole, patch, faces)."""
-    loaded = load_model(model, "cpu")
+def view_scores(model: Path, loaded: LoadedModel) -> tuple[list[Sample], list[list[float]]]:
+    """Every raw view score of every validation image, views in the scanner's order (whole, patch, faces)."""
     samples = select_samples([f"../shared/data/{name}" for name in SETS], model, "val")
-    per_image: list[list[float]] = []
-    with torch.inference_mode():
-        for views, counts, _ in make_eval_loader(samples, loaded.preprocess, None, 64, 1):
-            flat = predict_scores(loaded.model, views).float().tolist()
-            for end, count in zip(np.cumsum(counts), counts):
-                per_image.append(flat[end - count : end])
-    return samples, per_image
+    loader = make_eval_loader(samples, loaded.preprocess, None, 64, 1)
+    return samples, score_views(loaded.model, loader, loaded.device)[0]
 
 
 def rule_figures(samples: list[Sample], scores: list[float]) -> list[float]:
@@ -96,12 +89,13 @@ def cross_fitted(samples: list[Sample], per_image: list[list[float]], image_view
 def main() -> None:
     """Print the table."""
     model = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/v3-release.pt")
-    samples, per_image = view_scores(model)
+    loaded = load_model(model, "cpu")
+    samples, per_image = view_scores(model, loaded)
     print("| rule | threshold | pooled AUC | GAN vs HQ AUC | GAN caught | mean recall, fake sources |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, rule in RULES.items():
         print(rule_row(name, samples, [rule(views) for views in per_image]))
-    cross_fitted(samples, per_image, load_model(model, "cpu").preprocess.image_views)
+    cross_fitted(samples, per_image, loaded.preprocess.image_views)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from training.models import build_model
-from training.preprocess import Preprocess
+from training.preprocess import VIEW_KINDS, Preprocess
 
 FORMAT = "fauxscan-checkpoint/2"  # 2: face-aware preprocessing ("views", "faces"); older code must refuse it
 # 3: calibrated views ("view_offsets"); older code would compare raw view scores with a calibrated threshold
@@ -59,7 +59,7 @@ def build_checkpoint(
 ) -> dict[str, Any]:
     """Assemble the checkpoint dictionary (plain types and tensors only)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {
+    checkpoint = {
         "format": CALIBRATED_FORMAT if preprocess.view_offsets else FORMAT,
         "code_version": CODE_VERSION,
         "arch": arch,
@@ -67,10 +67,11 @@ def build_checkpoint(
         "preprocess": preprocess.to_dict(),
         "classes": ["real", "fake"],
         "threshold": float(threshold),
-        "model_version": f"{arch}-{preprocess.size}-{weights_digest(state, preprocess.to_dict())}",
         "state_dict": state,
         **meta,
     }
+    renew_version(checkpoint)
+    return checkpoint
 
 
 def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
@@ -105,8 +106,10 @@ def _check_view_offsets(path: Path, offsets: Any) -> None:
     if offsets is None:
         return
     numbers = isinstance(offsets, list) and all(isinstance(v, int | float) for v in offsets)
-    if not numbers or len(offsets) != 3 or not all(math.isfinite(v) for v in offsets):
-        raise CheckpointError(f"{path} has unusable view_offsets {offsets!r}: expected 3 finite numbers")
+    if not numbers or len(offsets) != len(VIEW_KINDS) or not all(math.isfinite(v) for v in offsets):
+        raise CheckpointError(
+            f"{path} has unusable view_offsets {offsets!r}: expected {len(VIEW_KINDS)} finite numbers"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,7 +153,8 @@ def strip_for_release(source: Path, target: Path, face_detect_side: int | None =
 
 
 def renew_version(checkpoint: dict[str, Any]) -> str:
-    """Recompute the model version after the preprocessing changed, so verdicts of the two are never mixed."""
+    """Set the model version from the architecture, input size, weights and preprocessing (recomputed after the
+    preprocessing changed, so verdicts of the two are never mixed)."""
     digest = weights_digest(checkpoint["state_dict"], checkpoint["preprocess"])
     checkpoint["model_version"] = f"{checkpoint['arch']}-{checkpoint['preprocess']['size']}-{digest}"
     return str(checkpoint["model_version"])

@@ -50,6 +50,9 @@ class ImageRejected(Exception):
 VIEW_POLICIES = ("center", "faces", "faces+patch")
 
 
+VIEW_KINDS = ("whole", "patch", "face")  # the order of Preprocess.view_offsets
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Preprocessing parameters stored in every checkpoint."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import random
@@ -36,7 +35,7 @@ from training.metrics import choose_threshold, summarize
 from training.models import DEFAULT_ARGS, EXTENDS, build_model, predict_scores
 from training.plots import plot_confusion, plot_curves, plot_roc
 from training.preprocess import Augment, Preprocess
-from training.views import combine_views, fit_view_offsets
+from training.views import chunk_views, combine_views, fit_view_offsets
 
 Progress = Callable[[int], None]
 
@@ -187,9 +186,7 @@ def score_views(
     per_image: list[list[float]] = []
     labels: list[int] = []
     for views, counts, batch_labels in loader:
-        flat = predict_scores(model, views.to(device)).float().cpu().tolist()
-        for end, count in zip(itertools.accumulate(counts), counts):
-            per_image.append(flat[end - count : end])
+        per_image.extend(chunk_views(predict_scores(model, views.to(device)).float().cpu().tolist(), counts))
         labels.extend(batch_labels.tolist())
         if progress:
             progress(len(batch_labels))
@@ -277,8 +274,9 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
         tick = progress_factory(f"epoch {epoch}/{config.epochs}", total) if progress_factory else None
         train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, scheduler, device, tick)
         val_views, val_labels = score_views(model, val_loader, device, tick)
-        val_loss = image_loss(image_scores(val_views), val_labels)
-        val_acc = summarize(val_labels, image_scores(val_views), 0.5)["accuracy"]
+        raw_scores = image_scores(val_views)
+        val_loss = image_loss(raw_scores, val_labels)
+        val_acc = summarize(val_labels, raw_scores, 0.5)["accuracy"]
         history.append({
             "epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
             "val_loss": val_loss, "val_accuracy": val_acc, "seconds": time.perf_counter() - started,

@@ -7,6 +7,7 @@ logit offset where the model has them (calibrated views: every kind at 0.5 at it
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from PIL import Image
 
 from training.faces import Box, FaceFinder, face_region
 from training.metrics import choose_threshold
-from training.preprocess import Augment, Preprocess, resize_center_crop, to_tensor
+from training.preprocess import VIEW_KINDS, Augment, Preprocess, resize_center_crop, to_tensor
 
 
 @dataclass
@@ -82,20 +83,19 @@ def views_from_boxes(image: Image.Image, config: Preprocess, boxes: list[Box]) -
     return ImageViews(tensors, boxes)
 
 
-VIEW_KINDS = ("whole", "patch", "face")  # the order of Preprocess.view_offsets
-
-
 def view_kinds(count: int, image_views: int) -> list[int]:
     """Index into VIEW_KINDS of each of an image's `count` views (whole image, any native patch, then faces)."""
     return [0, 1][:image_views][:count] + [2] * max(0, count - image_views)
 
 
+def _logit(score: float) -> float:
+    clipped = min(max(score, 1e-7), 1 - 1e-7)
+    return math.log(clipped / (1 - clipped))
+
+
 def calibrated(score: float, offset: float) -> float:
     """A view score moved by `offset` in logit space: 0.5 where the view reaches its own threshold."""
-    if not offset:
-        return score
-    clipped = min(max(score, 1e-7), 1 - 1e-7)
-    return 1 / (1 + math.exp(offset - math.log(clipped / (1 - clipped))))
+    return score if not offset else 1 / (1 + math.exp(offset - _logit(score)))
 
 
 def combine_views(chunk: Sequence[float], image_views: int = 1, offsets: Sequence[float] = ()) -> ViewScores:
@@ -105,15 +105,16 @@ def combine_views(chunk: Sequence[float], image_views: int = 1, offsets: Sequenc
     return ViewScores(whole=max(chunk[:image_views]), faces=list(chunk[image_views:]))
 
 
+def chunk_views(flat_scores: list[float], counts: Sequence[int]) -> list[list[float]]:
+    """Regroup a flat list of view scores into one list per image, `counts` views each."""
+    return [flat_scores[end - count : end] for end, count in zip(itertools.accumulate(counts), counts)]
+
+
 def split_scores(
     flat_scores: list[float], counts: list[int], image_views: int = 1, offsets: Sequence[float] = ()
 ) -> list[ViewScores]:
     """Regroup a flat list of view scores into one ViewScores per image (`whole`: the highest whole-image view)."""
-    result, start = [], 0
-    for count in counts:
-        result.append(combine_views(flat_scores[start : start + count], image_views, offsets))
-        start += count
-    return result
+    return [combine_views(chunk, image_views, offsets) for chunk in chunk_views(flat_scores, counts)]
 
 
 def fit_view_offsets(
@@ -132,8 +133,7 @@ def fit_view_offsets(
             offsets.append(0.0)
             continue
         threshold = choose_threshold([k[1] for k in kept], [k[0] for k in kept], rule, [k[2] for k in kept])
-        clipped = min(max(threshold, 1e-7), 1 - 1e-7)
-        offsets.append(math.log(clipped / (1 - clipped)))
+        offsets.append(_logit(threshold))
     return tuple(offsets)
 
 
