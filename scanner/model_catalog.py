@@ -19,6 +19,8 @@ def _input_policy(preprocess: dict[str, Any]) -> str:
             else ""
         )
         combine = "the highest view, each at its own threshold" if preprocess.get("view_offsets") else "the highest"
+        if preprocess.get("mirror"):
+            combine = f"{' and '.join(preprocess['mirror'])} also scored mirrored, the logits averaged; {combine}"
         return f"whole image{patch} + up to {faces.get('max_faces', 3)} face crops at {size} px (score: {combine})"
     return f"centre crop of {size} px (shorter side kept up to {preprocess.get('max_side', 0)} px)"
 

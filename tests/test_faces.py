@@ -168,6 +168,59 @@ def test_training_evaluation_and_scanning_give_the_same_score(
     assert [scanned[str(s.path)] for s in samples] == pytest.approx(direct, abs=1e-4)
 
 
+@pytest.fixture(scope="module")
+def mirror_model(face_model: Path, face_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny face model recalibrated with its whole-image view mirrored (`scanner model calibrate --mirror`)."""
+    out = tmp_path_factory.mktemp("mirror") / "mirror.pt"
+    args = ["model", "calibrate", str(face_model), str(out), str(face_data), "--mirror", "whole", "--workers", "0"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_mirrored_views_average_each_with_its_mirror_image_on_every_path(
+    mirror_model: Path, face_model: Path, face_data: Path, tmp_path: Path
+) -> None:
+    """A format-4 file with a new version; evaluation and the traced scanner score the whole-image view as the
+    mean logit of the view and its mirror image, and the faces as before; `--mirror none` takes it off again."""
+    before, after = read_checkpoint(face_model), read_checkpoint(mirror_model)
+    assert after["format"] == "fauxscan-checkpoint/4" and after["preprocess"]["mirror"] == ["whole"]
+    assert after["model_version"] != before["model_version"] and after["calibrated_from"] == before["model_version"]
+    loaded = load_model(mirror_model, "cpu")
+    samples = find_samples(face_data)[:6]
+    finder = FaceFinder(loaded.preprocess.faces)
+    direct = []
+    for sample in samples:
+        views = make_views(Image.open(sample.path).convert("RGB"), loaded.preprocess, finder).tensors
+        with torch.inference_mode():
+            logits = loaded.model(views)
+            logits[0] = (logits[0] + loaded.model(views[:1].flip(-1))[0]) / 2  # the whole image; faces as they are
+            raw = torch.softmax(logits, dim=1)[:, 1].tolist()
+            mirrored = torch.tensor([True] + [False] * (len(views) - 1))
+            assert predict_scores(loaded.model, views.flip(-1), mirrored)[0] == pytest.approx(raw[0], abs=1e-6)
+        assert len(raw) > 1 and raw[1:] == pytest.approx(predict_scores(loaded.model, views)[1:].tolist(), abs=1e-6)
+        direct.append(combined(raw, loaded.preprocess))
+    assert score_samples(loaded, samples, batch_size=4, workers=0) == pytest.approx(direct, abs=1e-5)
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", mirror_model, batch_size=3)
+    assert settings.jit  # the traced copy must mirror too, across batches that split an image's views
+    summary = submit(settings, [str(s.path) for s in samples], wait=True).summary
+    with open_database(settings)() as session:
+        scanned = {row["uri"]: row["score"] for row in report_rows(session, summary["job_id"])}
+    assert [scanned[str(s.path)] for s in samples] == pytest.approx(direct, abs=1e-4)
+    undo = ["model", "calibrate", str(mirror_model), str(tmp_path / "plain.pt"), str(face_data), "--mirror", "none"]
+    result = CliRunner().invoke(app, [*undo, "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    plain = read_checkpoint(tmp_path / "plain.pt")
+    assert plain["format"] == "fauxscan-checkpoint/3" and "mirror" not in plain["preprocess"]
+    bad = CliRunner().invoke(app, [*undo[:5], "--mirror", "left-ear", "--workers", "0"])
+    assert bad.exit_code == 1 and "left-ear" in bad.output and "whole, patch, face" in bad.output
+    for kinds in (["whole", "whole"], "whole", [3]):
+        broken = dict(after, preprocess={**after["preprocess"], "mirror": kinds})
+        save_checkpoint(broken, tmp_path / "broken.pt")
+        with pytest.raises(CheckpointError, match="mirror"):
+            load_model(tmp_path / "broken.pt", "cpu")
+
+
 def test_face_boxes_are_stored_reported_and_drawn(face_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()

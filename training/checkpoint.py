@@ -18,7 +18,9 @@ from training.preprocess import VIEW_KINDS, Preprocess
 FORMAT = "fauxscan-checkpoint/2"  # 2: face-aware preprocessing ("views", "faces"); older code must refuse it
 # 3: calibrated views ("view_offsets"); older code would compare raw view scores with a calibrated threshold
 CALIBRATED_FORMAT = "fauxscan-checkpoint/3"
-READABLE_FORMATS = ("fauxscan-checkpoint/1", FORMAT, CALIBRATED_FORMAT)
+# 4: mirror averaging ("mirror"); older code would score one pass against a threshold set for two
+MIRROR_FORMAT = "fauxscan-checkpoint/4"
+READABLE_FORMATS = ("fauxscan-checkpoint/1", FORMAT, CALIBRATED_FORMAT, MIRROR_FORMAT)
 CODE_VERSION = "0.1.0"
 
 
@@ -36,6 +38,14 @@ class LoadedModel:
     version: str
     meta: dict[str, Any]
     device: torch.device
+
+
+def format_for(preprocess: Preprocess) -> str:
+    """The oldest checkpoint format that can describe this preprocessing, so older fauxscan refuses only what
+    it would score wrongly."""
+    if preprocess.mirror:
+        return MIRROR_FORMAT
+    return CALIBRATED_FORMAT if preprocess.view_offsets else FORMAT
 
 
 def weights_digest(state_dict: dict[str, torch.Tensor], preprocess: dict[str, Any] | None = None) -> str:
@@ -60,7 +70,7 @@ def build_checkpoint(
     """Assemble the checkpoint dictionary (plain types and tensors only)."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     checkpoint = {
-        "format": CALIBRATED_FORMAT if preprocess.view_offsets else FORMAT,
+        "format": format_for(preprocess),
         "code_version": CODE_VERSION,
         "arch": arch,
         "arch_args": arch_args,
@@ -98,6 +108,10 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             "upgrade fauxscan to use it"
         )
     _check_view_offsets(path, checkpoint.get("preprocess", {}).get("view_offsets"))
+    try:
+        check_mirror(checkpoint.get("preprocess", {}).get("mirror", []))
+    except ValueError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     return checkpoint
 
 
@@ -110,6 +124,13 @@ def _check_view_offsets(path: Path, offsets: Any) -> None:
         raise CheckpointError(
             f"{path} has unusable view_offsets {offsets!r}: expected {len(VIEW_KINDS)} finite numbers"
         )
+
+
+def check_mirror(kinds: Any) -> None:
+    """Mirrored view kinds, where given, are distinct names from VIEW_KINDS; raises ValueError otherwise."""
+    names = isinstance(kinds, list | tuple) and all(isinstance(kind, str) for kind in kinds)
+    if not names or len(set(kinds)) != len(kinds) or not set(kinds) <= set(VIEW_KINDS):
+        raise ValueError(f"unusable mirror view kinds {kinds!r}: choose among {', '.join(VIEW_KINDS)}")
 
 
 def resolve_device(name: str) -> torch.device:

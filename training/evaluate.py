@@ -9,8 +9,9 @@ from typing import Any
 
 from training.augment import downscale, jpeg_recompress
 from training.checkpoint import (
-    CALIBRATED_FORMAT,
     LoadedModel,
+    check_mirror,
+    format_for,
     load_model,
     read_checkpoint,
     renew_version,
@@ -84,22 +85,25 @@ def run_evaluation(
 
 
 def calibrate_checkpoint(
-    source: Path, target: Path, data_dirs: list[str], device: str = "auto", batch_size: int = 64, workers: int = 1
-) -> dict[str, Any]:
-    """Fit a multi-view checkpoint's view offsets and threshold on its own validation split; write a copy."""
+    source: Path, target: Path, data_dirs: list[str], device: str = "auto", batch_size: int = 64, workers: int = 1,
+    mirror: tuple[str, ...] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Fit a multi-view checkpoint's view offsets and threshold on its own validation split; write a copy.
+    `mirror` first sets the view kinds scored with their mirror image too (None keeps the source's)."""
     checkpoint = read_checkpoint(source)
     loaded = load_model(source, device)
     if loaded.preprocess.views == "center":
         raise ValueError(f"{source} scores one view per image: there is nothing to calibrate")
     samples = select_samples(data_dirs, source, "val")
-    raw = replace(loaded.preprocess, view_offsets=())
+    raw = replace(loaded.preprocess, view_offsets=(), mirror=loaded.preprocess.mirror if mirror is None else mirror)
+    check_mirror(raw.mirror)
     loader = make_eval_loader(samples, raw, None, batch_size, workers)
-    per_image, labels = score_views(loaded.model, loader, loaded.device)
+    per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=raw)
     config = TrainConfig(**{**checkpoint["train_config"], "data_dirs": data_dirs, "calibrate_views": True})
     metrics, preprocess, _ = validation_metrics(config, [], samples, per_image, labels, raw)
     metrics.pop("history")
     previous = str(checkpoint["model_version"])
-    checkpoint.update(format=CALIBRATED_FORMAT, preprocess=preprocess.to_dict(), threshold=metrics["threshold"],
+    checkpoint.update(format=format_for(preprocess), preprocess=preprocess.to_dict(), threshold=metrics["threshold"],
                       metrics=metrics, calibrated_from=previous)  # fmt: skip
     checkpoint.pop("train_state", None)
     metrics["model_version"] = renew_version(checkpoint)

@@ -96,9 +96,18 @@ class FauxNet(nn.Module):
         return self.head(self.dropout(pooled))
 
 
-def predict_scores(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-    """Return the softmax probability of the fake class for a batch."""
-    return torch.softmax(model(images), dim=1)[:, 1]
+def predict_scores(
+    model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mirror: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Return the softmax probability of the fake class for a batch. Images marked in the boolean `mirror`
+    are also scored as their mirror image, and the two logits averaged (one more pass for those alone)."""
+    if mirror is None or not bool(mirror.any()):
+        return torch.softmax(model(images), dim=1)[:, 1]
+    mirror = mirror.to(images.device)
+    both = model(torch.cat([images, images[mirror].flip(-1)]))  # one pass over the views and the mirror images
+    logits, mirrored = both[: len(images)].clone(), both[len(images) :]
+    logits[mirror] = (logits[mirror] + mirrored) / 2
+    return torch.softmax(logits, dim=1)[:, 1]
 
 
 # EfficientNet-Lite0 (Tan & Le; the "lite" variant drops squeeze-excitation and uses ReLU6).

@@ -65,6 +65,7 @@ class Preprocess:
     views: str = "center"
     faces: FaceSettings = field(default_factory=FaceSettings)
     view_offsets: tuple[float, ...] = ()  # logit offsets per view kind (whole, patch, face); () = raw scores
+    mirror: tuple[str, ...] = ()  # view kinds also scored as their mirror image, the two logits averaged
 
     @property
     def decode_side(self) -> int:
@@ -79,6 +80,10 @@ class Preprocess:
             data["view_offsets"] = list(self.view_offsets)
         else:
             del data["view_offsets"]  # an uncalibrated model keeps the dictionary, and so the version, it had
+        if self.mirror:
+            data["mirror"] = list(self.mirror)
+        else:
+            del data["mirror"]  # likewise: a model without mirror averaging keeps its version
         return data
 
     @property
@@ -103,6 +108,7 @@ class Preprocess:
             views=str(data.get("views", "center")),
             faces=FaceSettings(**data.get("faces", {})),
             view_offsets=tuple(float(v) for v in data.get("view_offsets", ())),
+            mirror=tuple(str(kind) for kind in data.get("mirror", ())),
         )
 
 

@@ -35,7 +35,7 @@ from training.metrics import choose_threshold, summarize
 from training.models import DEFAULT_ARGS, EXTENDS, build_model, predict_scores
 from training.plots import plot_confusion, plot_curves, plot_roc
 from training.preprocess import Augment, Preprocess
-from training.views import chunk_views, combine_views, fit_view_offsets
+from training.views import chunk_views, combine_views, fit_view_offsets, mirror_mask
 
 Progress = Callable[[int], None]
 
@@ -179,14 +179,21 @@ def train_one_epoch(
 
 @torch.inference_mode()
 def score_views(
-    model: nn.Module, loader: DataLoader[Any], device: torch.device, progress: Progress | None = None
+    model: nn.Module,
+    loader: DataLoader[Any],
+    device: torch.device,
+    progress: Progress | None = None,
+    preprocess: Preprocess | None = None,
 ) -> tuple[list[list[float]], list[int]]:
-    """Every view's raw score, one list per image in the loader's order, and the labels."""
+    """Every view's raw score (mirror-averaged where `preprocess` says), one list per image in the loader's order,
+    and the labels."""
     model.eval()
     per_image: list[list[float]] = []
     labels: list[int] = []
     for views, counts, batch_labels in loader:
-        per_image.extend(chunk_views(predict_scores(model, views.to(device)).float().cpu().tolist(), counts))
+        mirror = mirror_mask(counts, preprocess) if preprocess else None
+        scores = predict_scores(model, views.to(device), mirror)
+        per_image.extend(chunk_views(scores.float().cpu().tolist(), counts))
         labels.extend(batch_labels.tolist())
         if progress:
             progress(len(batch_labels))
@@ -216,7 +223,7 @@ def evaluate(
     preprocess: Preprocess | None = None,
 ) -> tuple[float, list[float], list[int]]:
     """Mean loss, image scores (the highest view score, as the scanner computes it) and labels."""
-    per_image, labels = score_views(model, loader, device, progress)
+    per_image, labels = score_views(model, loader, device, progress, preprocess)
     scores = image_scores(per_image, preprocess)
     return image_loss(scores, labels), scores, labels
 
@@ -273,7 +280,7 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
         total = len(train_loader.sampler) + len(val)  # type: ignore[arg-type]
         tick = progress_factory(f"epoch {epoch}/{config.epochs}", total) if progress_factory else None
         train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, scheduler, device, tick)
-        val_views, val_labels = score_views(model, val_loader, device, tick)
+        val_views, val_labels = score_views(model, val_loader, device, tick, preprocess)
         raw_scores = image_scores(val_views)
         val_loss = image_loss(raw_scores, val_labels)
         val_acc = summarize(val_labels, raw_scores, 0.5)["accuracy"]
@@ -284,7 +291,7 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
         print(_epoch_line(history[-1]), file=sys.stderr, flush=True)
         _write_outputs(run, epoch, val_views, val_labels)
     if not val_views:
-        val_views, val_labels = score_views(model, val_loader, device)
+        val_views, val_labels = score_views(model, val_loader, device, preprocess=preprocess)
     return validation_metrics(config, history, val, val_views, val_labels, preprocess)[0]
 
 

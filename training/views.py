@@ -88,6 +88,16 @@ def view_kinds(count: int, image_views: int) -> list[int]:
     return [0, 1][:image_views][:count] + [2] * max(0, count - image_views)
 
 
+def mirror_mask(counts: Sequence[int], preprocess: Preprocess) -> torch.Tensor | None:
+    """Which of the flat views (images of `counts` views each) the model also scores as their mirror image;
+    None when it mirrors none."""
+    if not preprocess.mirror:
+        return None
+    mirrored = {VIEW_KINDS.index(kind) for kind in preprocess.mirror}
+    kinds = [kind for count in counts for kind in view_kinds(count, preprocess.image_views)]
+    return torch.tensor([kind in mirrored for kind in kinds], dtype=torch.bool)
+
+
 def _logit(score: float) -> float:
     clipped = min(max(score, 1e-7), 1 - 1e-7)
     return math.log(clipped / (1 - clipped))

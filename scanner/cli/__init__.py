@@ -349,13 +349,23 @@ def model_calibrate(
     target: Annotated[Path, typer.Argument(help="Where to write the calibrated copy (a new model version).")],
     data_dirs: Annotated[list[Path], typer.Argument(help="The folders it was trained on (its validation split).")],
     workers: Annotated[int, typer.Option(help="DataLoader worker processes.")] = 1,
+    mirror: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="View kind (whole, patch, face) also scored as its mirror image, the logits averaged; repeat for "
+            "more, 'none' for no mirroring; default: keep the source's."
+        ),
+    ] = None,
 ) -> None:
     """Fit per-view offsets and the threshold on the checkpoint's own validation split."""
     from training.checkpoint import CheckpointError
     from training.evaluate import calibrate_checkpoint
 
     try:
-        metrics = calibrate_checkpoint(source, target, [str(d) for d in data_dirs], "cpu", workers=workers)
+        kinds = None if mirror is None else tuple(kind for kind in mirror if kind != "none")
+        metrics = calibrate_checkpoint(
+            source, target, [str(d) for d in data_dirs], "cpu", workers=workers, mirror=kinds
+        )
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         fail(str(exc))
     offsets = ", ".join(f"{v:.3f}" for v in metrics["view_offsets"])

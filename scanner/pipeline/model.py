@@ -13,7 +13,7 @@ from scanner.settings import Settings
 from training.checkpoint import LoadedModel, load_model, read_checkpoint
 from training.faces import FaceFinder
 from training.models import predict_scores
-from training.views import ImageViews, ViewScores, split_scores
+from training.views import ImageViews, ViewScores, mirror_mask, split_scores
 
 
 def model_identity(settings: Settings) -> tuple[str, float]:
@@ -63,14 +63,17 @@ class ModelRunner:
         forward = self._forward or loaded.model
         if not images:
             return []
+        preprocess = loaded.preprocess
         views = torch.cat([image.tensors for image in images])
+        counts = [len(image.tensors) for image in images]
+        mirror = mirror_mask(counts, preprocess)
         flat: list[float] = []
         step = max(1, self.settings.batch_size)
         for start in range(0, len(views), step):
             batch = views[start : start + step].to(loaded.device, non_blocking=True)
-            flat.extend(predict_scores(forward, batch).float().cpu().tolist())
-        preprocess = loaded.preprocess
-        scores = split_scores(flat, [len(i.tensors) for i in images], preprocess.image_views, preprocess.view_offsets)
+            marked = mirror[start : start + step] if mirror is not None else None
+            flat.extend(predict_scores(forward, batch, marked).float().cpu().tolist())
+        scores = split_scores(flat, counts, preprocess.image_views, preprocess.view_offsets)
         for result, image in zip(scores, images):
             result.boxes = image.boxes
         return scores
