@@ -100,7 +100,7 @@ def predict_scores(
     model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, mirror: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Return the softmax probability of the fake class for a batch. Images marked in the boolean `mirror`
-    are also scored as their mirror image, and the two logits averaged (one more pass for those alone)."""
+    are also scored as their mirror image (in the same call), and the two logits averaged."""
     if mirror is None or not bool(mirror.any()):
         return torch.softmax(model(images), dim=1)[:, 1]
     mirror = mirror.to(images.device)
