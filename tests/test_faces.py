@@ -221,6 +221,26 @@ def test_mirrored_views_average_each_with_its_mirror_image_on_every_path(
             load_model(tmp_path / "broken.pt", "cpu")
 
 
+def test_training_with_mirrored_views_validates_as_the_scanner_scores(face_data: Path, tmp_path: Path) -> None:
+    """`scanner train --mirror whole` writes format 4, and its validation mirrors too: calibrating the file again
+    on the same split finds the offsets and threshold that training stored. An unknown kind stops at once."""
+    args = ["train", str(face_data), "--arch", "fauxnet", "--epochs", "1", "--size", "32", "--max-side", "160",
+            "--views", "faces", "--augment", "none", "--workers", "0",
+            "--threshold-rule", "source-fpr:0.05"]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m.pt"), "--mirror", "whole"])
+    assert result.exit_code == 0, result.output
+    trained = read_checkpoint(tmp_path / "m.pt")
+    assert trained["format"] == "fauxscan-checkpoint/4" and trained["preprocess"]["mirror"] == ["whole"]
+    result = CliRunner().invoke(app, ["model", "calibrate", str(tmp_path / "m.pt"), str(tmp_path / "c.pt"),
+                                      str(face_data), "--workers", "0"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    again = read_checkpoint(tmp_path / "c.pt")
+    assert again["preprocess"]["view_offsets"] == pytest.approx(trained["preprocess"]["view_offsets"], abs=1e-4)
+    assert again["threshold"] == pytest.approx(trained["threshold"], abs=1e-5)
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x.pt"), "--mirror", "left-ear"])
+    assert bad.exit_code == 1 and "left-ear" in bad.output and not (tmp_path / "x.pt").exists()
+
+
 def test_face_boxes_are_stored_reported_and_drawn(face_model: Path, tmp_path: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()

@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from training.augment import PRESETS, Augmenter
-from training.checkpoint import build_checkpoint, read_checkpoint, resolve_device, save_checkpoint
+from training.checkpoint import build_checkpoint, check_mirror, read_checkpoint, resolve_device, save_checkpoint
 from training.data import (
     ImageFolderDataset,
     KnownBoxes,
@@ -70,6 +70,7 @@ class TrainConfig:
     dataset_weights: dict[str, float] = field(default_factory=dict)  # with balance: a set's share times this
     face_boxes: str = ""  # face boxes found earlier (scripts/face_boxes.py); files not in it are searched
     calibrate_views: bool = True  # multi-view models: put each view kind at its own threshold before the max
+    mirror: list[str] = field(default_factory=list)  # view kinds also scored mirrored (validation and after)
 
 
 def paper_config(data_dirs: list[str], out: str) -> TrainConfig:
@@ -246,12 +247,13 @@ def data_summary(train: list[Sample], val: list[Sample]) -> dict[str, Any]:
 
 def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any = None) -> dict[str, Any]:
     """Train, choose the threshold on validation, write checkpoint, metrics JSON and plots."""
+    check_mirror(config.mirror)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     train, val = load_splits(config)
     if not train or not val:
         raise ValueError("need images of both classes for training and validation")
-    preprocess = Preprocess(size=config.size, max_side=config.max_side, views=config.views)
+    preprocess = Preprocess(size=config.size, max_side=config.max_side, views=config.views, mirror=tuple(config.mirror))
     arch_args = config.arch_args or dict(DEFAULT_ARGS[config.arch])
     if config.arch == "paper-cnn":
         arch_args["input_size"] = config.size
