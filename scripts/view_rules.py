@@ -67,13 +67,24 @@ def rule_row(name: str, samples: list[Sample], scores: list[float]) -> str:
     return f"| {name} | {threshold:.4f} | {pooled:.3f} | {ganhq:.3f} | {gan_caught:.3f} | {mean_recall:.3f} |"
 
 
-def cross_fitted(samples: list[Sample], per_image: list[list[float]], image_views: int) -> None:
-    """Print the out-of-sample table: the raw maximum against the calibrated maximum, offsets from the other half."""
+Halves = list[tuple[list[int], list[int], tuple[float, ...]]]  # (fit indices, held indices, offsets fitted on fit)
+
+
+def fitted_halves(samples: list[Sample], per_image: list[list[float]], image_views: int) -> Halves:
+    """The images split in two by near-duplicate group, both ways round: (fit indices, held indices, the view
+    offsets fitted on the fit half)."""
     halves = [[i for i, s in enumerate(samples) if zlib.crc32(s.group.encode()) % 2 == h] for h in (0, 1)]
+    return [
+        (fit, held, fit_view_offsets([per_image[i] for i in fit], [samples[i].label for i in fit],
+                                     [samples[i].dataset for i in fit], image_views, "source-fpr:0.05"))
+        for fit, held in ((halves[0], halves[1]), (halves[1], halves[0]))
+    ]  # fmt: skip
+
+
+def cross_fitted(samples: list[Sample], per_image: list[list[float]], image_views: int, halves: Halves) -> None:
+    """Print the out-of-sample table: the raw maximum against the calibrated maximum, offsets from the other half."""
     sums: dict[str, list[float]] = {}
-    for fit, held in (halves[0], halves[1]), (halves[1], halves[0]):
-        offsets = fit_view_offsets([per_image[i] for i in fit], [samples[i].label for i in fit],
-                                   [samples[i].dataset for i in fit], image_views, "source-fpr:0.05")  # fmt: skip
+    for _, held, offsets in halves:
         kept = [samples[i] for i in held]
         for name, chosen in (("max (raw)", ()), ("calibrated max", offsets)):
             scores = [combine_views(per_image[i], image_views, chosen).score for i in held]
@@ -86,15 +97,13 @@ def cross_fitted(samples: list[Sample], per_image: list[list[float]], image_view
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in figures) + " |")
 
 
-def held_out_threshold(samples: list[Sample], per_image: list[list[float]], image_views: int) -> None:
+def held_out_threshold(samples: list[Sample], per_image: list[list[float]], image_views: int, halves: Halves) -> None:
     """Print the calibrated maximum with offsets AND threshold fitted on one half, read on the other: the recall
     a new batch would get, and the false-positive rate it would really see on each real source."""
-    halves = [[i for i, s in enumerate(samples) if zlib.crc32(s.group.encode()) % 2 == h] for h in (0, 1)]
     recalls: dict[str, list[float]] = {}
     fprs: dict[str, list[float]] = {}
-    for fit, held in (halves[0], halves[1]), (halves[1], halves[0]):
+    for fit, held, offsets in halves:
         labels, sources = [samples[i].label for i in fit], [samples[i].dataset for i in fit]
-        offsets = fit_view_offsets([per_image[i] for i in fit], labels, sources, image_views, "source-fpr:0.05")
         scores = {i: combine_views(per_image[i], image_views, offsets).score for i in fit + held}
         threshold = choose_threshold(labels, [scores[i] for i in fit], "source-fpr:0.05", sources)
         for label, into in ((1, recalls), (0, fprs)):
@@ -120,8 +129,10 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, rule in RULES.items():
         print(rule_row(name, samples, [rule(views) for views in per_image]))
-    cross_fitted(samples, per_image, loaded.preprocess.image_views)
-    held_out_threshold(samples, per_image, loaded.preprocess.image_views)
+    image_views = loaded.preprocess.image_views
+    halves = fitted_halves(samples, per_image, image_views)
+    cross_fitted(samples, per_image, image_views, halves)
+    held_out_threshold(samples, per_image, image_views, halves)
 
 
 if __name__ == "__main__":

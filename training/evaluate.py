@@ -90,13 +90,14 @@ def calibrate_checkpoint(
 ) -> dict[str, Any]:  # fmt: skip
     """Fit a multi-view checkpoint's view offsets and threshold on its own validation split; write a copy.
     `mirror` first sets the view kinds scored with their mirror image too (None keeps the source's)."""
+    if mirror is not None:
+        check_mirror(mirror)  # before any model or image is loaded
     checkpoint = read_checkpoint(source)
     loaded = load_model(source, device)
     if loaded.preprocess.views == "center":
         raise ValueError(f"{source} scores one view per image: there is nothing to calibrate")
     samples = select_samples(data_dirs, source, "val")
     raw = replace(loaded.preprocess, view_offsets=(), mirror=loaded.preprocess.mirror if mirror is None else mirror)
-    check_mirror(raw.mirror)
     loader = make_eval_loader(samples, raw, None, batch_size, workers)
     per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=raw)
     config = TrainConfig(**{**checkpoint["train_config"], "data_dirs": data_dirs, "calibrate_views": True})
