@@ -21,6 +21,8 @@ def _input_policy(preprocess: dict[str, Any]) -> str:
         combine = "the highest view, each at its own threshold" if preprocess.get("view_offsets") else "the highest"
         if preprocess.get("mirror"):
             combine = f"{' and '.join(preprocess['mirror'])} also scored mirrored, the logits averaged; {combine}"
+        if preprocess.get("precision"):
+            combine = f"{combine}; network in {preprocess['precision']}"
         return f"whole image{patch} + up to {faces.get('max_faces', 3)} face crops at {size} px (score: {combine})"
     return f"centre crop of {size} px (shorter side kept up to {preprocess.get('max_side', 0)} px)"
 

@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 
 import torch
 
-from scanner.pipeline.model import optimized_forward
 from scanner.registry import default_model_path
 from training.checkpoint import load_model, resolve_device
-from training.models import DEFAULT_ARGS, build_model
+from training.models import DEFAULT_ARGS, build_model, inference_forward
 
 
-def images_per_second(model: torch.nn.Module, size: int, batch: int, device: torch.device, seconds: float) -> float:
+def images_per_second(
+    model: Callable[[torch.Tensor], torch.Tensor], size: int, batch: int, device: torch.device, seconds: float
+) -> float:
     """Forward passes of random batches for about `seconds`, after a warm-up."""
     images = torch.randn(batch, 3, size, size, device=device)
     if isinstance(model, torch.nn.Module):
@@ -51,10 +53,12 @@ def main() -> None:
         rate = images_per_second(shipped.model, shipped.preprocess.size, batch, device, args.seconds)
         print(f"  shipped  size {shipped.preprocess.size:4d} batch {batch:4d}: {rate:9.1f} images/s (eager)")
         if device.type == "cpu":
-            frozen = optimized_forward(shipped)
-            rate = images_per_second(frozen, shipped.preprocess.size, batch, device, args.seconds)  # type: ignore[arg-type]
+            preprocess = shipped.preprocess
+            frozen = inference_forward(shipped.model, preprocess.size, device, preprocess.precision)
+            rate = images_per_second(frozen, shipped.preprocess.size, batch, device, args.seconds)
             size = shipped.preprocess.size
-            print(f"  shipped  size {size:4d} batch {batch:4d}: {rate:9.1f} images/s (frozen, as scanned)")
+            how = f"frozen, {preprocess.precision}, as scanned"
+            print(f"  shipped  size {size:4d} batch {batch:4d}: {rate:9.1f} images/s ({how})")
         for size in args.sizes:
             default = build_model("fauxnet", DEFAULT_ARGS["fauxnet"])
             paper = build_model("paper-cnn", {**DEFAULT_ARGS["paper-cnn"], "input_size": size})

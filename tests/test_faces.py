@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -221,23 +222,69 @@ def test_mirrored_views_average_each_with_its_mirror_image_on_every_path(
             load_model(tmp_path / "broken.pt", "cpu")
 
 
-def test_training_with_mirrored_views_validates_as_the_scanner_scores(face_data: Path, tmp_path: Path) -> None:
-    """`scanner train --mirror whole` writes format 4, and its validation mirrors too: calibrating the file again
-    on the same split finds the offsets and threshold that training stored. An unknown kind stops at once."""
+def test_bfloat16_model_scores_in_bfloat16_on_every_path(
+    mirror_model: Path, face_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`scanner model calibrate --precision bfloat16` writes format 5 with a new version; evaluation and the traced
+    scanner both run the network in bfloat16, so they agree with each other and not exactly with float32. A device
+    without bfloat16 kernels falls back to float32 with a warning; unknown precisions are refused."""
+    out = tmp_path / "bf16.pt"
+    args = ["model", "calibrate", str(mirror_model), str(out), str(face_data), "--workers", "0"]
+    result = CliRunner().invoke(app, [*args, "--precision", "bfloat16"])
+    assert result.exit_code == 0, result.output
+    before, after = read_checkpoint(mirror_model), read_checkpoint(out)
+    assert after["format"] == "fauxscan-checkpoint/5" and after["preprocess"]["precision"] == "bfloat16"
+    assert after["preprocess"]["mirror"] == ["whole"] and after["calibrated_from"] == before["model_version"]
+    assert after["model_version"] != before["model_version"]
+    samples = find_samples(face_data)[:8]
+    half = load_model(out, "cpu")
+    half_as_single = replace(half, preprocess=replace(half.preprocess, precision="float32"))
+    evaluated = score_samples(half, samples, batch_size=4, workers=0)
+    in_float32 = score_samples(half_as_single, samples, batch_size=4, workers=0)
+    gaps = [abs(a - b) for a, b in zip(evaluated, in_float32)]
+    assert max(gaps) > 1e-4 and max(gaps) < 0.05  # rounded to bfloat16, and only that
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", out, batch_size=3)
+    summary = submit(settings, [str(s.path) for s in samples], wait=True).summary
+    with open_database(settings)() as session:
+        scanned = {row["uri"]: row["score"] for row in report_rows(session, summary["job_id"])}
+    assert [scanned[str(s.path)] for s in samples] == pytest.approx(evaluated, abs=1e-4)
+    monkeypatch.setattr("training.models.precision_runs_natively", lambda precision, device: precision == "float32")
+    with pytest.warns(RuntimeWarning, match="no bfloat16 kernels"):
+        fallback = score_samples(half, samples, batch_size=4, workers=0)
+    assert fallback == pytest.approx(in_float32, abs=1e-6)
+    bad = CliRunner().invoke(app, [*args, "--precision", "float16"])
+    assert bad.exit_code == 1 and "float16" in bad.output and "float32, bfloat16" in bad.output
+    for value in ("float16", 16, None):
+        broken = dict(after, preprocess={**after["preprocess"], "precision": value})
+        save_checkpoint(broken, tmp_path / "broken.pt")
+        with pytest.raises(CheckpointError, match="precision"):
+            load_model(tmp_path / "broken.pt", "cpu")
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "key", "stored", "version"),
+    [("--mirror", "whole", "mirror", ["whole"], 4), ("--precision", "bfloat16", "precision", "bfloat16", 5)],
+)
+def test_training_validates_as_the_scanner_scores(
+    face_data: Path, tmp_path: Path, option: str, value: str, key: str, stored: object, version: int
+) -> None:
+    """`scanner train --mirror whole` (format 4) or `--precision bfloat16` (format 5) validates as the scanner will
+    score: calibrating the file again on the same split finds the offsets and threshold that training stored.
+    An unknown value stops at once."""
     args = ["train", str(face_data), "--arch", "fauxnet", "--epochs", "1", "--size", "32", "--max-side", "160",
             "--views", "faces", "--augment", "none", "--workers", "0",
             "--threshold-rule", "source-fpr:0.05"]  # fmt: skip
-    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m.pt"), "--mirror", "whole"])
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m.pt"), option, value])
     assert result.exit_code == 0, result.output
     trained = read_checkpoint(tmp_path / "m.pt")
-    assert trained["format"] == "fauxscan-checkpoint/4" and trained["preprocess"]["mirror"] == ["whole"]
+    assert trained["format"] == f"fauxscan-checkpoint/{version}" and trained["preprocess"][key] == stored
     result = CliRunner().invoke(app, ["model", "calibrate", str(tmp_path / "m.pt"), str(tmp_path / "c.pt"),
                                       str(face_data), "--workers", "0"])  # fmt: skip
     assert result.exit_code == 0, result.output
     again = read_checkpoint(tmp_path / "c.pt")
     assert again["preprocess"]["view_offsets"] == pytest.approx(trained["preprocess"]["view_offsets"], abs=1e-4)
     assert again["threshold"] == pytest.approx(trained["threshold"], abs=1e-5)
-    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x.pt"), "--mirror", "left-ear"])
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x.pt"), option, "left-ear"])
     assert bad.exit_code == 1 and "left-ear" in bad.output and not (tmp_path / "x.pt").exists()
 
 

@@ -13,14 +13,16 @@ import torch
 from torch import nn
 
 from training.models import build_model
-from training.preprocess import VIEW_KINDS, Preprocess
+from training.preprocess import PRECISIONS, VIEW_KINDS, Preprocess
 
 FORMAT = "fauxscan-checkpoint/2"  # 2: face-aware preprocessing ("views", "faces"); older code must refuse it
 # 3: calibrated views ("view_offsets"); older code would compare raw view scores with a calibrated threshold
 CALIBRATED_FORMAT = "fauxscan-checkpoint/3"
 # 4: mirror averaging ("mirror"); older code would score one pass against a threshold set for two
 MIRROR_FORMAT = "fauxscan-checkpoint/4"
-READABLE_FORMATS = ("fauxscan-checkpoint/1", FORMAT, CALIBRATED_FORMAT, MIRROR_FORMAT)
+# 5: a reduced inference precision ("precision"); older code would score in float32 against a bfloat16 threshold
+PRECISION_FORMAT = "fauxscan-checkpoint/5"
+READABLE_FORMATS = ("fauxscan-checkpoint/1", FORMAT, CALIBRATED_FORMAT, MIRROR_FORMAT, PRECISION_FORMAT)
 CODE_VERSION = "0.1.0"
 
 
@@ -43,6 +45,8 @@ class LoadedModel:
 def format_for(preprocess: Preprocess) -> str:
     """The oldest checkpoint format that can describe this preprocessing, so older fauxscan refuses only what
     it would score wrongly."""
+    if preprocess.precision != "float32":
+        return PRECISION_FORMAT
     if preprocess.mirror:
         return MIRROR_FORMAT
     return CALIBRATED_FORMAT if preprocess.view_offsets else FORMAT
@@ -110,6 +114,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     _check_view_offsets(path, checkpoint.get("preprocess", {}).get("view_offsets"))
     try:
         check_mirror(checkpoint.get("preprocess", {}).get("mirror", []))
+        check_precision(checkpoint.get("preprocess", {}).get("precision", "float32"))
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     return checkpoint
@@ -131,6 +136,12 @@ def check_mirror(kinds: Any) -> None:
     names = isinstance(kinds, list | tuple) and all(isinstance(kind, str) for kind in kinds)
     if not names or len(set(kinds)) != len(kinds) or not set(kinds) <= set(VIEW_KINDS):
         raise ValueError(f"unusable mirror view kinds {kinds!r}: choose among {', '.join(VIEW_KINDS)}")
+
+
+def check_precision(precision: Any) -> None:
+    """The inference precision is one of PRECISIONS; raises ValueError otherwise."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unusable precision {precision!r}: choose among {', '.join(PRECISIONS)}")
 
 
 def resolve_device(name: str) -> torch.device:

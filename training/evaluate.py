@@ -11,6 +11,7 @@ from training.augment import downscale, jpeg_recompress
 from training.checkpoint import (
     LoadedModel,
     check_mirror,
+    check_precision,
     format_for,
     load_model,
     read_checkpoint,
@@ -86,18 +87,24 @@ def run_evaluation(
 
 def calibrate_checkpoint(
     source: Path, target: Path, data_dirs: list[str], device: str = "auto", batch_size: int = 64, workers: int = 1,
-    mirror: tuple[str, ...] | None = None,
+    mirror: tuple[str, ...] | None = None, precision: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Fit a multi-view checkpoint's view offsets and threshold on its own validation split; write a copy.
-    `mirror` first sets the view kinds scored with their mirror image too (None keeps the source's)."""
+    `mirror` first sets the view kinds scored with their mirror image too, `precision` the number format the
+    network runs in (None keeps the source's)."""
     if mirror is not None:
         check_mirror(mirror)  # before any model or image is loaded
+    if precision is not None:
+        check_precision(precision)
     checkpoint = read_checkpoint(source)
     loaded = load_model(source, device)
     if loaded.preprocess.views == "center":
         raise ValueError(f"{source} scores one view per image: there is nothing to calibrate")
     samples = select_samples(data_dirs, source, "val")
-    raw = replace(loaded.preprocess, view_offsets=(), mirror=loaded.preprocess.mirror if mirror is None else mirror)
+    raw = replace(
+        loaded.preprocess, view_offsets=(), mirror=loaded.preprocess.mirror if mirror is None else mirror,
+        precision=precision or loaded.preprocess.precision,
+    )  # fmt: skip
     loader = make_eval_loader(samples, raw, None, batch_size, workers)
     per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=raw)
     config = TrainConfig(**{**checkpoint["train_config"], "data_dirs": data_dirs, "calibrate_views": True})

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -108,6 +111,70 @@ def predict_scores(
     logits, mirrored = both[: len(images)].clone(), both[len(images) :]
     logits[mirror] = (logits[mirror] + mirrored) / 2
     return torch.softmax(logits, dim=1)[:, 1]
+
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def precision_runs_natively(precision: str, device: torch.device) -> bool:
+    """True when `device` has kernels for `precision` (bfloat16: CPUs with AVX-512 or Arm bf16, CUDA GPUs that
+    support it)."""
+    if precision == "float32":
+        return True
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def runtime_precision(precision: str, device: torch.device) -> str:
+    """The precision to run in: the checkpoint's, or float32 (with a warning) where the device has no kernels
+    for it, since emulating them would be many times slower."""
+    if precision_runs_natively(precision, device):
+        return precision
+    warnings.warn(
+        f"{device} has no {precision} kernels: running in float32, whose scores differ slightly from those "
+        "the threshold was fitted on",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    return "float32"
+
+
+def inference_forward(
+    model: nn.Module, size: int, device: torch.device, precision: str = "float32", jit: bool = True
+) -> Forward:
+    """The one way every path scores batches: float32 logits of the network run in `precision` (autocast).
+    On CPU with `jit`, a traced and frozen copy (BatchNorm folded into convolutions, oneDNN kernels, NHWC):
+    about 2x the eager throughput. Elsewhere, or if tracing fails, the eager model."""
+    dtype = torch.bfloat16 if runtime_precision(precision, device) == "bfloat16" else None
+    frozen = _frozen_copy(model, size, dtype) if jit and device.type == "cpu" else None
+    runner: Forward = frozen or model.eval()
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        with _autocast(device, dtype):
+            return runner(batch).float()
+
+    return forward
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def _frozen_copy(model: nn.Module, size: int, dtype: torch.dtype | None) -> Forward | None:
+    """A traced, frozen NHWC copy of `model` (traced under autocast when `dtype` is set); None if it does not trace."""
+    layout = torch.channels_last  # oneDNN's faster layout for depthwise convolutions (~15%)
+    try:
+        with torch.inference_mode(), warnings.catch_warnings(), _autocast(torch.device("cpu"), dtype):
+            warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript still runs; eager is the fallback
+            example = torch.zeros(2, 3, size, size).contiguous(memory_format=layout)
+            nhwc = copy.deepcopy(model).eval().to(memory_format=layout)  # type: ignore[call-overload]
+            traced = torch.jit.trace(nhwc, example)
+            # freezing keeps autocast's casts; optimize_for_inference is the faster float32 graph (measured)
+            frozen = torch.jit.freeze(traced) if dtype is not None else torch.jit.optimize_for_inference(traced)
+    except Exception:  # noqa: BLE001 - an architecture that does not trace still runs eagerly
+        return None
+    return lambda batch: frozen(batch.contiguous(memory_format=layout))
 
 
 # EfficientNet-Lite0 (Tan & Le; the "lite" variant drops squeeze-excitation and uses ReLU6).

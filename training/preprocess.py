@@ -51,6 +51,8 @@ VIEW_POLICIES = ("center", "faces", "faces+patch")
 
 
 VIEW_KINDS = ("whole", "patch", "face")  # the order of Preprocess.view_offsets
+# The number format the network runs in at inference (bfloat16: about 2x faster on CPUs with bf16 instructions).
+PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class Preprocess:
     faces: FaceSettings = field(default_factory=FaceSettings)
     view_offsets: tuple[float, ...] = ()  # logit offsets per view kind (whole, patch, face); () = raw scores
     mirror: tuple[str, ...] = ()  # view kinds also scored as their mirror image, the two logits averaged
+    precision: str = "float32"  # the number format the offsets and threshold were fitted in (PRECISIONS)
 
     @property
     def decode_side(self) -> int:
@@ -84,6 +87,8 @@ class Preprocess:
             data["mirror"] = list(self.mirror)
         else:
             del data["mirror"]  # likewise: a model without mirror averaging keeps its version
+        if self.precision == "float32":
+            del data["precision"]  # and a float32 model keeps its version too
         return data
 
     @property
@@ -109,6 +114,7 @@ class Preprocess:
             faces=FaceSettings(**data.get("faces", {})),
             view_offsets=tuple(float(v) for v in data.get("view_offsets", ())),
             mirror=tuple(str(kind) for kind in data.get("mirror", ())),
+            precision=str(data.get("precision", "float32")),
         )
 
 

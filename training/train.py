@@ -17,7 +17,14 @@ from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from training.augment import PRESETS, Augmenter
-from training.checkpoint import build_checkpoint, check_mirror, read_checkpoint, resolve_device, save_checkpoint
+from training.checkpoint import (
+    build_checkpoint,
+    check_mirror,
+    check_precision,
+    read_checkpoint,
+    resolve_device,
+    save_checkpoint,
+)
 from training.data import (
     ImageFolderDataset,
     KnownBoxes,
@@ -32,7 +39,7 @@ from training.data import (
 )
 from training.faces import load_boxes
 from training.metrics import choose_threshold, summarize
-from training.models import DEFAULT_ARGS, EXTENDS, build_model, predict_scores
+from training.models import DEFAULT_ARGS, EXTENDS, build_model, inference_forward, predict_scores
 from training.plots import plot_confusion, plot_curves, plot_roc
 from training.preprocess import Augment, Preprocess
 from training.views import chunk_views, combine_views, fit_view_offsets, mirror_mask
@@ -71,6 +78,7 @@ class TrainConfig:
     face_boxes: str = ""  # face boxes found earlier (scripts/face_boxes.py); files not in it are searched
     calibrate_views: bool = True  # multi-view models: put each view kind at its own threshold before the max
     mirror: list[str] = field(default_factory=list)  # view kinds also scored mirrored (validation and after)
+    precision: str = "float32"  # the number format validation (and so the threshold) and the scanner use
 
 
 def paper_config(data_dirs: list[str], out: str) -> TrainConfig:
@@ -186,14 +194,15 @@ def score_views(
     progress: Progress | None = None,
     preprocess: Preprocess | None = None,
 ) -> tuple[list[list[float]], list[int]]:
-    """Every view's raw score (mirror-averaged where `preprocess` says), one list per image in the loader's order,
-    and the labels."""
+    """Every view's raw score (mirror-averaged and in the precision `preprocess` says, through the scanner's
+    `inference_forward`), one list per image in the loader's order, and the labels."""
     model.eval()
+    forward = inference_forward(model, preprocess.size, device, preprocess.precision) if preprocess else model
     per_image: list[list[float]] = []
     labels: list[int] = []
     for views, counts, batch_labels in loader:
         mirror = mirror_mask(counts, preprocess) if preprocess else None
-        scores = predict_scores(model, views.to(device), mirror)
+        scores = predict_scores(forward, views.to(device), mirror)
         per_image.extend(chunk_views(scores.float().cpu().tolist(), counts))
         labels.extend(batch_labels.tolist())
         if progress:
@@ -248,12 +257,16 @@ def data_summary(train: list[Sample], val: list[Sample]) -> dict[str, Any]:
 def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any = None) -> dict[str, Any]:
     """Train, choose the threshold on validation, write checkpoint, metrics JSON and plots."""
     check_mirror(config.mirror)
+    check_precision(config.precision)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     train, val = load_splits(config)
     if not train or not val:
         raise ValueError("need images of both classes for training and validation")
-    preprocess = Preprocess(size=config.size, max_side=config.max_side, views=config.views, mirror=tuple(config.mirror))
+    preprocess = Preprocess(
+        size=config.size, max_side=config.max_side, views=config.views, mirror=tuple(config.mirror),
+        precision=config.precision,
+    )  # fmt: skip
     arch_args = config.arch_args or dict(DEFAULT_ARGS[config.arch])
     if config.arch == "paper-cnn":
         arch_args["input_size"] = config.size

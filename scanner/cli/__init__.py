@@ -356,6 +356,13 @@ def model_calibrate(
             "more, 'none' for no mirroring; default: keep the source's."
         ),
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="float32 or bfloat16 (about 2x faster on CPUs with bf16 instructions): the number format the network "
+            "runs in, here and in the scanner; default: keep the source's."
+        ),
+    ] = None,
 ) -> None:
     """Fit per-view offsets and the threshold on the checkpoint's own validation split."""
     from training.checkpoint import CheckpointError
@@ -364,7 +371,7 @@ def model_calibrate(
     try:
         kinds = None if mirror is None else tuple(kind for kind in mirror if kind != "none")
         metrics = calibrate_checkpoint(
-            source, target, [str(d) for d in data_dirs], "cpu", workers=workers, mirror=kinds
+            source, target, [str(d) for d in data_dirs], "cpu", workers=workers, mirror=kinds, precision=precision
         )
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         fail(str(exc))

@@ -76,6 +76,10 @@ def train(
         list[str] | None,
         typer.Option(help="View kind (whole, patch, face) also scored as its mirror image, the logits averaged."),
     ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="float32 or bfloat16: the number format validation, the threshold and the scanner use."),
+    ] = None,
 ) -> None:
     """Train a detector on labelled image folders."""
     from training.checkpoint import CheckpointError
@@ -92,7 +96,7 @@ def train(
             size=size, seed=seed, threshold_rule=threshold_rule, max_per_dataset=max_per_dataset,
             workers=workers, views=views, balance=balance, samples_per_epoch=samples_per_epoch,
             init=str(resolve_model(init)) if init else None, dataset_weights=_set_weights(weight or []),
-            calibrate_views=calibrate_views, mirror=mirror,
+            calibrate_views=calibrate_views, mirror=mirror, precision=precision,
         )  # fmt: skip
     if views not in VIEW_POLICIES:
         fail(f"--views must be one of {', '.join(VIEW_POLICIES)}, not {views!r}", code=2)
