@@ -17,7 +17,8 @@ from scanner.registry import resolve_model
 DEVICES = ("auto", "cpu", "cuda")
 POSITIVE = ("batch_size", "visibility_timeout", "task_time_limit", "max_file_bytes", "max_pixels", "http_timeout",
             "lease_seconds", "max_deliveries", "stall_timeout")  # fmt: skip
-NOT_NEGATIVE = ("http_max_redirects", "http_retries", "http_backoff", "torch_threads", "decode_threads", "task_retries")
+NOT_NEGATIVE = ("http_max_redirects", "http_retries", "http_backoff", "torch_threads", "decode_threads", "task_retries",
+                "model_batch")  # fmt: skip
 
 
 class SettingsError(ValueError):
@@ -71,6 +72,7 @@ class Settings:
     torch_threads: int = 0
     decode_threads: int = 0
     jit: bool = True
+    model_batch: int = 0  # views per network call; 0: the device's default (training.models.model_batch_size)
     lease_seconds: float = 30.0
     max_deliveries: int = 3
     stall_timeout: float = 600.0
@@ -137,6 +139,7 @@ ENV_NAMES = {
     "allow_private_urls": "SCANNER_ALLOW_PRIVATE_URLS", "http_timeout": "SCANNER_HTTP_TIMEOUT",
     "http_retries": "SCANNER_HTTP_RETRIES", "http_backoff": "SCANNER_HTTP_BACKOFF",
     "torch_threads": "SCANNER_TORCH_THREADS", "decode_threads": "SCANNER_DECODE_THREADS", "jit": "SCANNER_JIT",
+    "model_batch": "SCANNER_MODEL_BATCH",
     "lease_seconds": "SCANNER_LEASE_SECONDS", "max_deliveries": "SCANNER_MAX_DELIVERIES",
     "stall_timeout": "SCANNER_STALL_TIMEOUT", "task_retries": "SCANNER_TASK_RETRIES", "engine": "SCANNER_ENGINE",
     "cache_dir": "SCANNER_CACHE_DIR",

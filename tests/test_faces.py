@@ -202,8 +202,8 @@ def test_mirrored_views_average_each_with_its_mirror_image_on_every_path(
         assert len(raw) > 1 and raw[1:] == pytest.approx(predict_scores(loaded.model, views)[1:].tolist(), abs=1e-6)
         direct.append(combined(raw, loaded.preprocess))
     assert score_samples(loaded, samples, batch_size=4, workers=0) == pytest.approx(direct, abs=1e-5)
-    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", mirror_model, batch_size=3)
-    assert settings.jit  # the traced copy must mirror too, across batches that split an image's views
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", mirror_model, batch_size=3, model_batch=3)
+    assert settings.jit  # the traced copy must mirror too, in network calls of 3 views that split images of 2
     summary = submit(settings, [str(s.path) for s in samples], wait=True).summary
     with open_database(settings)() as session:
         scanned = {row["uri"]: row["score"] for row in report_rows(session, summary["job_id"])}
@@ -243,7 +243,7 @@ def test_bfloat16_model_scores_in_bfloat16_on_every_path(
     in_float32 = score_samples(half_as_single, samples, batch_size=4, workers=0)
     gaps = [abs(a - b) for a, b in zip(evaluated, in_float32)]
     assert max(gaps) > 1e-4 and max(gaps) < 0.05  # rounded to bfloat16, and only that
-    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", out, batch_size=3)
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", out, batch_size=3, model_batch=3)
     summary = submit(settings, [str(s.path) for s in samples], wait=True).summary
     with open_database(settings)() as session:
         scanned = {row["uri"]: row["score"] for row in report_rows(session, summary["job_id"])}

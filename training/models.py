@@ -116,6 +116,32 @@ def predict_scores(
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
+# Views per network call when none is set: on CPU a small batch keeps the activations in cache (measured on the
+# shipped EfficientNet-Lite0 at 112 px, 2-core CPU, float32: 614 views/s at 24 against 408 at 64 and 358 at 96).
+CPU_MODEL_BATCH = 24
+GPU_MODEL_BATCH = 256
+
+
+def model_batch_size(device: torch.device, requested: int = 0) -> int:
+    """Views per network call: `requested`, or the device's default when it is 0."""
+    if requested > 0:
+        return requested
+    return CPU_MODEL_BATCH if device.type == "cpu" else GPU_MODEL_BATCH
+
+
+def predict_in_chunks(
+    forward: Forward, views: torch.Tensor, mirror: torch.Tensor | None, step: int, device: torch.device
+) -> list[float]:
+    """`predict_scores` over `views` in network calls of `step` views (plus their mirror images), each chunk moved
+    to `device` as it is scored."""
+    scores: list[float] = []
+    for start in range(0, len(views), step):
+        chunk = views[start : start + step].to(device, non_blocking=True)
+        marked = mirror[start : start + step] if mirror is not None else None
+        scores.extend(predict_scores(forward, chunk, marked).float().cpu().tolist())
+    return scores
+
+
 def precision_runs_natively(precision: str, device: torch.device) -> bool:
     """True when `device` has kernels for `precision` (bfloat16: CPUs with AVX-512 or Arm bf16, CUDA GPUs that
     support it)."""

@@ -39,7 +39,14 @@ from training.data import (
 )
 from training.faces import load_boxes
 from training.metrics import choose_threshold, summarize
-from training.models import DEFAULT_ARGS, EXTENDS, build_model, inference_forward, predict_scores
+from training.models import (
+    DEFAULT_ARGS,
+    EXTENDS,
+    build_model,
+    inference_forward,
+    model_batch_size,
+    predict_in_chunks,
+)
 from training.plots import plot_confusion, plot_curves, plot_roc
 from training.preprocess import Augment, Preprocess
 from training.views import chunk_views, combine_views, fit_view_offsets, mirror_mask
@@ -200,10 +207,10 @@ def score_views(
     forward = inference_forward(model, preprocess.size, device, preprocess.precision) if preprocess else model
     per_image: list[list[float]] = []
     labels: list[int] = []
+    step = model_batch_size(device)
     for views, counts, batch_labels in loader:
         mirror = mirror_mask(counts, preprocess) if preprocess else None
-        scores = predict_scores(forward, views.to(device), mirror)
-        per_image.extend(chunk_views(scores.float().cpu().tolist(), counts))
+        per_image.extend(chunk_views(predict_in_chunks(forward, views, mirror, step, device), counts))
         labels.extend(batch_labels.tolist())
         if progress:
             progress(len(batch_labels))

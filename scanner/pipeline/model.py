@@ -10,7 +10,7 @@ from scanner.connect import SetupError
 from scanner.settings import Settings
 from training.checkpoint import LoadedModel, load_model, read_checkpoint
 from training.faces import FaceFinder
-from training.models import inference_forward, predict_scores
+from training.models import inference_forward, model_batch_size, predict_in_chunks
 from training.views import ImageViews, ViewScores, mirror_mask, split_scores
 
 
@@ -58,7 +58,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def score(self, images: list[ImageViews]) -> list[ViewScores]:
-        """Score every view of every image in model batches of `batch_size` views; one ViewScores per image."""
+        """Score every view of every image in network calls of `model_batch` views; one ViewScores per image."""
         loaded = self.loaded
         forward = self._forward or loaded.model
         if not images:
@@ -66,13 +66,8 @@ class ModelRunner:
         preprocess = loaded.preprocess
         views = torch.cat([image.tensors for image in images])
         counts = [len(image.tensors) for image in images]
-        mirror = mirror_mask(counts, preprocess)
-        flat: list[float] = []
-        step = max(1, self.settings.batch_size)
-        for start in range(0, len(views), step):
-            batch = views[start : start + step].to(loaded.device, non_blocking=True)
-            marked = mirror[start : start + step] if mirror is not None else None
-            flat.extend(predict_scores(forward, batch, marked).float().cpu().tolist())
+        step = model_batch_size(loaded.device, self.settings.model_batch)
+        flat = predict_in_chunks(forward, views, mirror_mask(counts, preprocess), step, loaded.device)
         scores = split_scores(flat, counts, preprocess.image_views, preprocess.view_offsets)
         for result, image in zip(scores, images):
             result.boxes = image.boxes
