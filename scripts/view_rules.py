@@ -1,7 +1,7 @@
 """How to combine a model's view scores: each rule's AUCs and recall at a per-source-calibrated threshold
 (`source-fpr:0.05`, chosen on the same validation images for every rule), on a checkpoint's validation split.
 
-    .venv/bin/python scripts/view_rules.py [CHECKPOINT]     # default runs/v3-release.pt (a faces+patch model)
+    .venv/bin/python scripts/view_rules.py [CHECKPOINT] [--splits N]   # default runs/v3-release.pt (faces+patch)
 
 A second table checks the calibrated maximum (view offsets, `scanner model calibrate`) out of sample: the
 images are split in two halves by near-duplicate group; offsets fitted on one half are applied to the other,
@@ -10,6 +10,7 @@ where the threshold of both rules is chosen and the figures are read; the two ha
 
 from __future__ import annotations
 
+import argparse
 import sys
 import zlib
 from collections.abc import Callable
@@ -70,10 +71,11 @@ def rule_row(name: str, samples: list[Sample], scores: list[float]) -> str:
 Halves = list[tuple[list[int], list[int], tuple[float, ...]]]  # (fit indices, held indices, offsets fitted on fit)
 
 
-def fitted_halves(samples: list[Sample], per_image: list[list[float]], image_views: int) -> Halves:
-    """The images split in two by near-duplicate group, both ways round: (fit indices, held indices, the view
-    offsets fitted on the fit half)."""
-    halves = [[i for i, s in enumerate(samples) if zlib.crc32(s.group.encode()) % 2 == h] for h in (0, 1)]
+def fitted_halves(samples: list[Sample], per_image: list[list[float]], image_views: int, salt: int = 0) -> Halves:
+    """The images split in two by near-duplicate group (`salt` picks another split), both ways round: (fit indices,
+    held indices, the view offsets fitted on the fit half)."""
+    key = [zlib.crc32((f"{salt}:" if salt else "").encode() + s.group.encode()) % 2 for s in samples]
+    halves = [[i for i, side in enumerate(key) if side == h] for h in (0, 1)]
     return [
         (fit, held, fit_view_offsets([per_image[i] for i in fit], [samples[i].label for i in fit],
                                      [samples[i].dataset for i in fit], image_views, "source-fpr:0.05"))
@@ -97,9 +99,11 @@ def cross_fitted(samples: list[Sample], per_image: list[list[float]], image_view
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in figures) + " |")
 
 
-def held_out_threshold(samples: list[Sample], per_image: list[list[float]], image_views: int, halves: Halves) -> None:
-    """Print the calibrated maximum with offsets AND threshold fitted on one half, read on the other: the recall
-    a new batch would get, and the false-positive rate it would really see on each real source."""
+def held_out_figures(
+    samples: list[Sample], per_image: list[list[float]], image_views: int, halves: Halves
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Recall per fake source and false-positive rate per real source, with offsets AND threshold fitted on one
+    half and read on the other, averaged over the two ways round."""
     recalls: dict[str, list[float]] = {}
     fprs: dict[str, list[float]] = {}
     for fit, held, offsets in halves:
@@ -111,18 +115,46 @@ def held_out_threshold(samples: list[Sample], per_image: list[list[float]], imag
                 hits = [scores[i] >= threshold for i in held if (samples[i].dataset, samples[i].label) == (name, label)]
                 if hits:
                     into.setdefault(name, []).append(float(np.mean(hits)))
-    mean_recall = np.mean([np.mean(v) for v in recalls.values()])
-    worst = max(fprs, key=lambda name: np.mean(fprs[name]))
+    return {k: float(np.mean(v)) for k, v in recalls.items()}, {k: float(np.mean(v)) for k, v in fprs.items()}
+
+
+def held_out_threshold(samples: list[Sample], per_image: list[list[float]], image_views: int, halves: Halves) -> None:
+    """Print the calibrated maximum with offsets AND threshold fitted on one half, read on the other: the recall
+    a new batch would get, and the false-positive rate it would really see on each real source."""
+    recalls, fprs = held_out_figures(samples, per_image, image_views, halves)
+    mean_recall = np.mean(list(recalls.values()))
+    worst = max(fprs, key=lambda name: fprs[name])
     print(
         f"\nthreshold fitted on the other half too: mean recall over fake sources {mean_recall:.3f}; "
-        f"highest false-positive rate of a real source {np.mean(fprs[worst]):.3f} ({worst})"
+        f"highest false-positive rate of a real source {fprs[worst]:.3f} ({worst})"
     )
-    print("recall by source: " + ", ".join(f"{name} {np.mean(v):.3f}" for name, v in recalls.items()))
+    print("recall by source: " + ", ".join(f"{name} {v:.3f}" for name, v in recalls.items()))
+
+
+def many_splits(samples: list[Sample], per_image: list[list[float]], image_views: int, splits: int) -> None:
+    """Print the held-out figures over `splits` different group splits: how much of a difference is the split."""
+    rows = []
+    for salt in range(splits):
+        recalls, fprs = held_out_figures(samples, per_image, image_views, fitted_halves(samples, per_image,
+                                                                                        image_views, salt))  # fmt: skip
+        rows.append((float(np.mean(list(recalls.values()))), max(fprs.values()), recalls))
+    mean_recalls, worst_fprs = [r[0] for r in rows], [r[1] for r in rows]
+    print(
+        f"\nover {splits} group splits: mean recall {np.mean(mean_recalls):.3f} (min {min(mean_recalls):.3f}, "
+        f"max {max(mean_recalls):.3f}); highest false-positive rate of a real source {np.mean(worst_fprs):.3f} "
+        f"(max {max(worst_fprs):.3f})"
+    )
+    names = rows[0][2]
+    print("mean recall by source: " + ", ".join(f"{n} {np.mean([r[2][n] for r in rows]):.3f}" for n in names))
 
 
 def main() -> None:
     """Print the table."""
-    model = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/v3-release.pt")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", nargs="?", default="runs/v3-release.pt")
+    parser.add_argument("--splits", type=int, default=0, help="also repeat the held-out line over N group splits")
+    args = parser.parse_args()
+    model = Path(args.model)
     loaded = load_model(model, "cpu")
     samples, per_image = view_scores(model, loaded)
     print("| rule | threshold | pooled AUC | GAN vs HQ AUC | GAN caught | mean recall, fake sources |")
@@ -133,6 +165,8 @@ def main() -> None:
     halves = fitted_halves(samples, per_image, image_views)
     cross_fitted(samples, per_image, image_views, halves)
     held_out_threshold(samples, per_image, image_views, halves)
+    if args.splits:
+        many_splits(samples, per_image, image_views, args.splits)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from training.data import find_samples
 from training.evaluate import score_samples
 from training.faces import Box, FaceFinder, FaceSettings, face_region
 from training.metrics import choose_threshold
-from training.models import predict_scores
+from training.models import precision_runs_natively, predict_scores
 from training.preprocess import Preprocess
 from training.views import calibrated, combine_views, fit_view_offsets, make_views
 
@@ -222,6 +222,9 @@ def test_mirrored_views_average_each_with_its_mirror_image_on_every_path(
             load_model(tmp_path / "broken.pt", "cpu")
 
 
+@pytest.mark.skipif(
+    not precision_runs_natively("bfloat16", torch.device("cpu")), reason="this CPU has no bfloat16 kernels"
+)
 def test_bfloat16_model_scores_in_bfloat16_on_every_path(
     mirror_model: Path, face_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
