@@ -62,6 +62,21 @@ def test_db_upgrade_command(pg_url: str) -> None:
     assert dead.exit_code == 1 and "migration failed" in dead.stderr and "pw9" not in dead.stderr
 
 
+def test_network_calls_take_model_batch_views_apart_from_the_images_per_batch() -> None:
+    """SCANNER_MODEL_BATCH sets the views per network call; 0 (the default) picks the device's size."""
+    import torch
+
+    from training.models import model_batch_size
+
+    settings = Settings.from_env({"SCANNER_BATCH_SIZE": "64", "SCANNER_MODEL_BATCH": "7"})
+    assert (settings.batch_size, settings.model_batch) == (64, 7)
+    assert model_batch_size(torch.device("cpu"), settings.model_batch) == 7
+    assert Settings.from_env({}).model_batch == 0
+    assert model_batch_size(torch.device("cpu")) == 24 and model_batch_size(torch.device("cuda")) == 256
+    with pytest.raises(ValueError, match="SCANNER_MODEL_BATCH"):
+        Settings.from_env({"SCANNER_MODEL_BATCH": "-1"})
+
+
 def test_bad_settings_name_the_variable_and_create_no_job(tmp_path: Path) -> None:
     from scanner.settings import SettingsError
 

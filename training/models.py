@@ -149,12 +149,17 @@ def precision_runs_natively(precision: str, device: torch.device) -> bool:
         return True
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
-    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if device.type != "cpu":
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch build without oneDNN, or without this query
+        return False
 
 
 def runtime_precision(precision: str, device: torch.device) -> str:
     """The precision to run in: the checkpoint's, or float32 (with a warning) where the device has no kernels
-    for it, since emulating them would be many times slower."""
+    for it, since emulating them can be many times slower."""
     if precision_runs_natively(precision, device):
         return precision
     warnings.warn(
