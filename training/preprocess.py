@@ -51,7 +51,7 @@ VIEW_POLICIES = ("center", "faces", "faces+patch")
 
 
 VIEW_KINDS = ("whole", "patch", "face")  # the order of Preprocess.view_offsets
-# The number format the network runs in at inference (bfloat16: about 2x faster on CPUs with bf16 instructions).
+# The number format the network runs in at inference (bfloat16: faster where the device has bf16 kernels).
 PRECISIONS = ("float32", "bfloat16")
 
 

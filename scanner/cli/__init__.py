@@ -359,8 +359,8 @@ def model_calibrate(
     precision: Annotated[
         str | None,
         typer.Option(
-            help="float32 or bfloat16 (about 2x faster on CPUs with bf16 instructions): the number format the network "
-            "runs in, here and in the scanner; default: keep the source's."
+            help="float32 or bfloat16 (faster where the device has bf16 kernels, slightly different scores): the "
+            "number format the network runs in, here and in the scanner; default: keep the source's."
         ),
     ] = None,
 ) -> None:
