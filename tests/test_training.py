@@ -117,12 +117,12 @@ def test_one_epoch_lowers_the_loss(toy_data: Path, tmp_path: Path) -> None:
     samples = find_samples(toy_data)
     loader = make_loader(samples, preprocess, None, config, shuffle=True)
     eval_loader = make_eval_loader(samples, preprocess, None, 16, 0)
-    before, _, _ = evaluate(model, eval_loader, torch.device("cpu"))
+    before, _, _ = evaluate(model, eval_loader, torch.device("cpu"), preprocess)
     optimizer, scheduler = make_optimizer(
         model, TrainConfig(data_dirs=[], out="", lr=1e-3, epochs=1, schedule="keras-decay"), len(loader)
     )
     train_one_epoch(model, loader, optimizer, scheduler, torch.device("cpu"))
-    after, _, _ = evaluate(model, eval_loader, torch.device("cpu"))
+    after, _, _ = evaluate(model, eval_loader, torch.device("cpu"), preprocess)
     assert after < before
 
 

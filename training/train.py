@@ -198,18 +198,18 @@ def score_views(
     model: nn.Module,
     loader: DataLoader[Any],
     device: torch.device,
+    preprocess: Preprocess,
     progress: Progress | None = None,
-    preprocess: Preprocess | None = None,
 ) -> tuple[list[list[float]], list[int]]:
     """Every view's raw score (mirror-averaged and in the precision `preprocess` says, through the scanner's
     `inference_forward`), one list per image in the loader's order, and the labels."""
     model.eval()
-    forward = inference_forward(model, preprocess.size, device, preprocess.precision) if preprocess else model
+    forward = inference_forward(model, preprocess.size, device, preprocess.precision)
     per_image: list[list[float]] = []
     labels: list[int] = []
     step = model_batch_size(device)
     for views, counts, batch_labels in loader:
-        mirror = mirror_mask(counts, preprocess) if preprocess else None
+        mirror = mirror_mask(counts, preprocess)
         per_image.extend(chunk_views(predict_in_chunks(forward, views, mirror, step, device), counts))
         labels.extend(batch_labels.tolist())
         if progress:
@@ -236,11 +236,11 @@ def evaluate(
     model: nn.Module,
     loader: DataLoader[Any],
     device: torch.device,
+    preprocess: Preprocess,
     progress: Progress | None = None,
-    preprocess: Preprocess | None = None,
 ) -> tuple[float, list[float], list[int]]:
     """Mean loss, image scores (the highest view score, as the scanner computes it) and labels."""
-    per_image, labels = score_views(model, loader, device, progress, preprocess)
+    per_image, labels = score_views(model, loader, device, preprocess, progress)
     scores = image_scores(per_image, preprocess)
     return image_loss(scores, labels), scores, labels
 
@@ -302,7 +302,7 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
         total = len(train_loader.sampler) + len(val)  # type: ignore[arg-type]
         tick = progress_factory(f"epoch {epoch}/{config.epochs}", total) if progress_factory else None
         train_loss, train_acc = train_one_epoch(model, train_loader, optimizer, scheduler, device, tick)
-        val_views, val_labels = score_views(model, val_loader, device, tick, preprocess)
+        val_views, val_labels = score_views(model, val_loader, device, preprocess, tick)
         raw_scores = image_scores(val_views)
         val_loss = image_loss(raw_scores, val_labels)
         val_acc = summarize(val_labels, raw_scores, 0.5)["accuracy"]
