@@ -72,7 +72,7 @@ class Settings:
     torch_threads: int = 0
     decode_threads: int = 0
     jit: bool = True
-    model_batch: int = 0  # views per network call; 0: the device's default (training.models.model_batch_size)
+    model_batch: int = 0  # network inputs (views, mirror images) per call; 0: the device's default
     lease_seconds: float = 30.0
     max_deliveries: int = 3
     stall_timeout: float = 600.0

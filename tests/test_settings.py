@@ -62,8 +62,8 @@ def test_db_upgrade_command(pg_url: str) -> None:
     assert dead.exit_code == 1 and "migration failed" in dead.stderr and "pw9" not in dead.stderr
 
 
-def test_network_calls_take_model_batch_views_apart_from_the_images_per_batch() -> None:
-    """SCANNER_MODEL_BATCH sets the views per network call; 0 (the default) picks the device's size."""
+def test_network_calls_take_model_batch_inputs_apart_from_the_images_per_batch() -> None:
+    """SCANNER_MODEL_BATCH sets the network inputs per call; 0 (the default) picks the device's size."""
     import torch
 
     from training.models import model_batch_size
@@ -75,6 +75,31 @@ def test_network_calls_take_model_batch_views_apart_from_the_images_per_batch() 
     assert model_batch_size(torch.device("cpu")) == 24 and model_batch_size(torch.device("cuda")) == 256
     with pytest.raises(ValueError, match="SCANNER_MODEL_BATCH"):
         Settings.from_env({"SCANNER_MODEL_BATCH": "-1"})
+
+
+def test_network_calls_count_mirror_images_as_inputs_and_score_every_view_once() -> None:
+    """A call holds at most `step` inputs (a mirrored view counts twice), never splits a view from its mirror
+    image, and a view needing more than `step` still gets a call of its own."""
+    import torch
+
+    from training.models import chunk_bounds, predict_in_chunks
+
+    mirror = torch.tensor([True, False, True, True, False, False, True])
+    assert chunk_bounds(7, mirror, 4) == [(0, 2), (2, 4), (4, 7)]
+    assert chunk_bounds(7, None, 4) == [(0, 4), (4, 7)]
+    assert chunk_bounds(3, torch.ones(3, dtype=torch.bool), 1) == [(0, 1), (1, 2), (2, 3)]
+    assert chunk_bounds(0, None, 4) == []
+    calls: list[int] = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(len(batch))
+        return torch.stack([torch.zeros(len(batch)), batch.mean(dim=(1, 2, 3))], dim=1)
+
+    views = torch.randn(7, 3, 4, 4)
+    chunked = predict_in_chunks(forward, views, mirror, 4, torch.device("cpu"))
+    whole = predict_in_chunks(forward, views, mirror, 100, torch.device("cpu"))
+    assert calls == [3, 4, 4, 11]
+    assert chunked == pytest.approx(whole, abs=1e-6) and len(chunked) == 7
 
 
 def test_bad_settings_name_the_variable_and_create_no_job(tmp_path: Path) -> None:

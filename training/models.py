@@ -116,28 +116,42 @@ def predict_scores(
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
-# Views per network call when none is set: on CPU a small batch keeps the activations in cache (measured on the
+# Network inputs per call when none is set: on CPU a small batch keeps the activations in cache (measured on the
 # shipped EfficientNet-Lite0 at 112 px, 2-core CPU, float32: 614 views/s at 24 against 408 at 64 and 358 at 96).
 CPU_MODEL_BATCH = 24
 GPU_MODEL_BATCH = 256
 
 
 def model_batch_size(device: torch.device, requested: int = 0) -> int:
-    """Views per network call: `requested`, or the device's default when it is 0."""
+    """Network inputs per call: `requested`, or the device's default when it is 0."""
     if requested > 0:
         return requested
     return CPU_MODEL_BATCH if device.type == "cpu" else GPU_MODEL_BATCH
 
 
+def chunk_bounds(count: int, mirror: torch.Tensor | None, step: int) -> list[tuple[int, int]]:
+    """(start, end) of consecutive views whose network inputs (each view, plus its mirror image where marked)
+    number at most `step` per call; a chunk always holds at least one view."""
+    inputs = [1] * count if mirror is None else (1 + mirror.to(torch.int64)).tolist()
+    bounds: list[tuple[int, int]] = []
+    start = used = 0
+    for index, needed in enumerate(inputs):
+        if index > start and used + needed > step:
+            bounds.append((start, index))
+            start, used = index, 0
+        used += needed
+    return bounds + [(start, count)] if count else bounds
+
+
 def predict_in_chunks(
     forward: Forward, views: torch.Tensor, mirror: torch.Tensor | None, step: int, device: torch.device
 ) -> list[float]:
-    """`predict_scores` over `views` in network calls of `step` views (plus their mirror images), each chunk moved
-    to `device` as it is scored."""
+    """`predict_scores` over `views` in network calls of at most `step` inputs (views and their mirror images),
+    each chunk moved to `device` as it is scored."""
     scores: list[float] = []
-    for start in range(0, len(views), step):
-        chunk = views[start : start + step].to(device, non_blocking=True)
-        marked = mirror[start : start + step] if mirror is not None else None
+    for start, end in chunk_bounds(len(views), mirror, step):
+        chunk = views[start:end].to(device, non_blocking=True)
+        marked = mirror[start:end] if mirror is not None else None
         scores.extend(predict_scores(forward, chunk, marked).float().cpu().tolist())
     return scores
 
