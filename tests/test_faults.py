@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -218,13 +219,32 @@ def test_items_of_other_jobs_are_not_scanned(settings: Settings, tmp_path: Path)
     assert statuses == {first: "done", second: "queued"} and skipped == 0
 
 
-def test_a_16_bit_png_inside_the_pixel_limit_stays_within_memory(tmp_path: Path, tiny_model: Path) -> None:
+def _deep_png(path: Path) -> None:
     import numpy as np
     from PIL import Image
 
     array = np.zeros((8000, 8000), dtype=np.uint16)
     array[::50, :] = 60000
-    Image.fromarray(array).save(tmp_path / "deep.png", optimize=True)  # 64 Mpx, about 125 KB on disk
+    Image.fromarray(array).save(path, optimize=True)  # 64 Mpx, about 125 KB on disk
+
+
+def _transparent_png(path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    array = np.zeros((8000, 8000, 4), dtype=np.uint8)
+    array[::50, :, :3] = 200
+    array[:, :, 3] = 255
+    array[::7, :, 3] = 0
+    Image.fromarray(array, "RGBA").save(path, optimize=True)  # 64 Mpx with an alpha channel, about 270 KB
+
+
+@pytest.mark.parametrize("make", [_deep_png, _transparent_png], ids=["16-bit", "rgba"])
+def test_a_png_inside_the_pixel_limit_stays_within_memory(
+    tmp_path: Path, tiny_model: Path, make: Callable[[Path], None]
+) -> None:
+    """A small file that decodes to 64 Mpx (16-bit, or with transparency to flatten) peaks under 1.2 GiB RSS."""
+    make(tmp_path / "deep.png")
     assert (tmp_path / "deep.png").stat().st_size < 300_000
     measure = (
         "import resource, subprocess, sys\n"

@@ -148,6 +148,40 @@ def test_size_and_pixel_limits(settings: Settings, tmp_path: Path) -> None:
     assert summary["errors_by_code"] == {"too_large": 1, "too_many_pixels": 1}
 
 
+def test_thin_strips_are_scanned_without_enlarging_the_whole_strip(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 1x60000 PNG is a few hundred bytes; enlarging all of it to the 112 px input side would take gigabytes."""
+    import numpy as np
+
+    from training.preprocess import RESAMPLE, resize_center_crop
+
+    sizes: list[tuple[int, int]] = []
+    resize = Image.Image.resize
+
+    def recording_resize(image: Image.Image, size: tuple[int, int], *args: object, **kwargs: object) -> Image.Image:
+        sizes.append(tuple(size))  # type: ignore[arg-type]
+        return resize(image, size, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Image.Image, "resize", recording_resize)
+    for name, size in {"tall.png": (1, 60000), "wide.png": (60000, 1), "thin.png": (3, 20000)}.items():
+        Image.new("RGB", size, (90, 120, 150)).save(tmp_path / name)
+    summary = submit(settings, [str(tmp_path)], wait=True).summary
+    assert (summary["done"], summary["errors"]) == (3, 0)
+    assert sizes and max(w * h for w, h in sizes) <= 200_000  # the views only, never the enlarged strip
+    rng = np.random.default_rng(0)
+    for width, height, exact in ((7, 300, True), (5, 1000, False)):  # enlarged whole: 0.5M pixels, 2.5M pixels
+        strip = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        for side, kind in ((112, "bilinear"), (128, "bicubic")):
+            tall = round(height * side / width)
+            enlarged = resize(strip, (side, tall), RESAMPLE[kind])  # the whole strip enlarged, then cropped
+            top = (tall - side) // 2
+            expected = np.asarray(enlarged.crop((0, top, side, top + side)), dtype=np.int16)
+            view = np.asarray(resize_center_crop(strip, side, 256, kind), dtype=np.int16)
+            difference = np.abs(view - expected)
+            assert difference.max() == 0 if exact else difference.mean() < 1  # the same view, up to rounding
+
+
 def test_fuzzed_files_each_get_one_row(settings: Settings, tmp_path: Path) -> None:
     if "postgresql" in settings.database_url:
         pytest.skip("the fuzz run exercises the decoder; once on SQLite is enough")

@@ -138,6 +138,17 @@ def _high_bit_to_8bit(image: Image.Image, target_size: int) -> Image.Image:
     return Image.fromarray(np.clip(small.astype(np.float32) * scale, 0, 255).astype(np.uint8))
 
 
+def _over_white(image: Image.Image) -> Image.Image:
+    """An image with transparency flattened onto white, in 8-bit RGB; about 5 bytes per pixel besides the input
+    (the same blend as pasting it onto a white canvas, which took 12)."""
+    rgba = image if image.mode == "RGBA" else image.convert("RGBA")
+    clear = rgba.getchannel("A").point(lambda alpha: 255 - alpha)
+    flat = rgba.convert("RGB")
+    del rgba
+    flat.paste((255, 255, 255), mask=clear)  # white where transparent, blended by coverage
+    return flat
+
+
 def _to_rgb(image: Image.Image, target_size: int = 1 << 30) -> Image.Image:
     """Convert any mode (palette, alpha, CMYK, 16-bit, greyscale) to 8-bit RGB; high-bit images are reduced
     towards `target_size` so their conversion stays within a few times the 8-bit result's memory."""
@@ -146,10 +157,7 @@ def _to_rgb(image: Image.Image, target_size: int = 1 << 30) -> Image.Image:
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        background = Image.new("RGB", image.size, (255, 255, 255))
-        rgba = image.convert("RGBA")
-        background.paste(rgba, mask=rgba.getchannel("A"))
-        return background
+        return _over_white(image)
     return image.convert("RGB") if image.mode != "RGB" else image
 
 
@@ -172,8 +180,8 @@ def decode_image(data: bytes, target_size: int, max_pixels: int = DEFAULT_MAX_PI
             if fmt == "JPEG":
                 image.draft("RGB", (target_size, target_size))
             image.load()
-            oriented = ImageOps.exif_transpose(image)
-            return DecodedImage(_to_rgb(oriented, target_size), fmt, width, height)
+            ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double the peak memory
+            return DecodedImage(_to_rgb(image, target_size), fmt, width, height)
     except ImageRejected:
         raise
     except UnidentifiedImageError as exc:
@@ -190,6 +198,9 @@ def decode_image(data: bytes, target_size: int, max_pixels: int = DEFAULT_MAX_PI
 
 
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+# An image is enlarged whole (so its views are exactly those the shipped thresholds were fitted on) unless that
+# would take more pixels than this: a 1x60000 PNG of a few hundred bytes would become 112x6.7M pixels (2 GB).
+MAX_ENLARGED_PIXELS = 1 << 20
 
 
 def resize_center_crop(image: Image.Image, size: int, max_side: int = 0, resample: str = "bilinear") -> Image.Image:
@@ -204,9 +215,13 @@ def resize_center_crop(image: Image.Image, size: int, max_side: int = 0, resampl
     target = min(max(shorter, size), max(size, max_side))
     scale = target / shorter
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
+    left, top = (new_w - size) // 2, (new_h - size) // 2
+    if new_w * new_h > MAX_ENLARGED_PIXELS:  # only a thin strip gets here: enlarge just the region the crop keeps
+        fx, fy = width / new_w, height / new_h
+        box = (left * fx, top * fy, (left + size) * fx, (top + size) * fy)
+        return image.resize((size, size), RESAMPLE[resample], box=box)
     if (new_w, new_h) != (width, height):
         image = image.resize((new_w, new_h), RESAMPLE[resample], reducing_gap=3.0)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
     return image.crop((left, top, left + size, top + size))
 
 
