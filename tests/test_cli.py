@@ -87,6 +87,25 @@ def test_from_file_and_stdin(settings: Settings, tmp_path: Path) -> None:
     assert json.loads(from_stdin.stdout)["done"] == 1
 
 
+def test_a_list_with_non_utf8_names_is_read_and_a_binary_file_is_refused(settings: Settings, tmp_path: Path) -> None:
+    """A path list from `find` may hold Latin-1 names: they name their files. NUL bytes mean it is no list."""
+    folder = image_folder(tmp_path / "in")
+    latin = os.fsencode(folder) + b"/caf\xe9.png"
+    os.rename(folder / "a.png", latin)
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(latin + b"\n" + os.fsencode(folder / "b.png") + b"\n")
+    runner = CliRunner()
+    env = settings_env(settings)
+    result = runner.invoke(app, ["submit", "--from-file", str(listing), "--json"], env=env)
+    assert result.exit_code == 0, result.stderr
+    assert (json.loads(result.stdout)["items"], json.loads(result.stdout)["done"]) == (2, 2)
+    binary = tmp_path / "photo.jpg"
+    binary.write_bytes((folder / "c.jpg").read_bytes())
+    for source, data in ((str(binary), None), ("-", binary.read_bytes())):
+        refused = runner.invoke(app, ["submit", "--from-file", source], input=data, env=env)
+        assert refused.exit_code == 1 and "NUL bytes" in refused.stderr and "Traceback" not in refused.output
+
+
 def test_installed_command(settings: Settings, tmp_path: Path) -> None:
     folder = image_folder(tmp_path / "in")
     env = {**os.environ, **settings_env(settings)}

@@ -43,13 +43,15 @@ def load_settings(**overrides: Any) -> Settings:
 def _read_from_file(source: str) -> list[str]:
     from scanner.pipeline.sources import read_source_list
 
-    if source == "-":
-        return read_source_list(sys.stdin)
     try:
-        with open(source, encoding="utf-8") as handle:
+        if source == "-":
+            return read_source_list(sys.stdin.buffer)
+        with open(source, "rb") as handle:
             return read_source_list(handle)
     except OSError as exc:
         fail(f"cannot read --from-file {source}: {exc.strerror}")
+    except ValueError as exc:
+        fail(f"--from-file {source}: {exc}")
 
 
 @app.command()

@@ -8,7 +8,7 @@ import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO
 from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
 from scanner.safe_text import decodable
@@ -165,6 +165,12 @@ def expand_sources(arguments: Iterable[str]) -> Expansion:
     return Expansion(list(items.values()), [s for s in skipped if s.path not in items])
 
 
-def read_source_list(handle: TextIO) -> list[str]:
-    """Lines of a --from-file list: blank lines and # comments ignored."""
-    return [line.strip() for line in handle if line.strip() and not line.lstrip().startswith("#")]
+def read_source_list(handle: BinaryIO) -> list[str]:
+    """Lines of a --from-file list: blank lines and # comments ignored. Bytes that are not UTF-8 are kept as
+    the shell keeps them in arguments (a path from `find` with a Latin-1 name still names its file); a file
+    with NUL bytes is not a list and is refused with ValueError."""
+    data = handle.read()
+    if b"\0" in data:
+        raise ValueError("it holds NUL bytes, so it is not a text list of paths and URLs (one per line)")
+    lines = data.decode("utf-8", "surrogateescape").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
