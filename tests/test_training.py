@@ -56,8 +56,10 @@ def test_manifest_groups_are_read(tmp_path: Path) -> None:
     assert samples["r0.jpg"].group == samples["easy_0.jpg"].group
     assert samples["r1.jpg"].group != samples["r0.jpg"].group
     assert samples["easy_1.jpg"].stratum == "fake_easy"
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match="neither real/ nor fake/"):
         find_samples(tmp_path / "real")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        find_samples(tmp_path / "missing")
 
 
 def test_preprocessing_is_identical_in_training_and_inference(tmp_path: Path) -> None:

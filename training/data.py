@@ -53,6 +53,8 @@ def stratum_of(path: Path, label: int) -> str:
 
 def find_samples(root: Path) -> list[Sample]:
     """List the labelled images of a `real/`+`fake/` (or Kaggle `training_*`) folder; one class may be absent."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root} is not a folder (one with real/ and/or fake/ inside is expected)")
     for real_dir, fake_dir in LAYOUTS:
         if (root / real_dir).is_dir() or (root / fake_dir).is_dir():
             break
