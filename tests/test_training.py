@@ -62,6 +62,32 @@ def test_manifest_groups_are_read(tmp_path: Path) -> None:
         find_samples(tmp_path / "missing")
 
 
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparency_is_flattened_onto_white_by_coverage(mode: str) -> None:
+    """Clear pixels become white, opaque ones keep their colour, and partial coverage blends the two."""
+    import numpy as np
+    from PIL import Image
+
+    from training.preprocess import decode_image
+
+    rng = np.random.default_rng(3)
+    colour = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    alpha = np.tile(np.linspace(0, 255, 40).round().astype(np.uint8), (24, 1))
+    image = Image.fromarray(np.dstack([colour, alpha]), "RGBA")
+    if mode == "LA":
+        image = image.convert("LA")
+        colour = np.repeat(np.asarray(image.getchannel("L"))[..., None], 3, axis=2)
+    elif mode == "P":  # a palette image with one transparent index
+        image = Image.fromarray(colour).convert("P", palette=Image.Palette.ADAPTIVE, colors=64)
+        clear = int(np.asarray(image)[0, 0])
+        image.info["transparency"] = clear
+        alpha = np.where(np.asarray(image) == clear, 0, 255).astype(np.uint8)
+        colour = np.asarray(image.convert("RGB"))
+    expected = (colour.astype(np.float64) * alpha[..., None] + 255.0 * (255 - alpha[..., None])) / 255
+    flat = np.asarray(decode_image(encode(image, "PNG"), 256).image, dtype=np.float64)
+    assert flat.shape == colour.shape and np.abs(flat - expected).max() <= 1.0
+
+
 def test_preprocessing_is_identical_in_training_and_inference(tmp_path: Path) -> None:
     path = tmp_path / "face.jpg"
     path.write_bytes(encode(noisy_image(5, 90), "JPEG", quality=90))
