@@ -182,6 +182,27 @@ def test_thin_strips_are_scanned_without_enlarging_the_whole_strip(
             assert difference.max() == 0 if exact else difference.mean() < 1  # the same view, up to rounding
 
 
+def test_a_progressive_jpeg_with_thousands_of_scans_is_refused(settings: Settings, tmp_path: Path) -> None:
+    """Each scan is a pass over the whole image (2,000 of them at 64 Mpx: 76 s); scans in other segments or after
+    the image's end (a motion photo's video) are not counted."""
+    import io
+    import re
+
+    buffer = io.BytesIO()
+    noisy_image(5, 64).save(buffer, "JPEG", progressive=True, quality=80)
+    data = buffer.getvalue()
+    end = data.rfind(b"\xff\xd9")
+    last_scan = data[[m.start() for m in re.finditer(b"\xff\xda", data)][-1] : end]
+    (tmp_path / "bomb.jpg").write_bytes(data[:end] + last_scan * 2000 + data[end:])
+    (tmp_path / "moving.jpg").write_bytes(data + b"\xff\xda\x00\x08" * 500)  # appended bytes that look like scans
+    comment = b"\xff\xfe" + (2 + 1000).to_bytes(2, "big") + b"\xff\xda" * 500  # a comment segment full of them
+    (tmp_path / "comment.jpg").write_bytes(data[:2] + comment + data[2:])
+    summary = submit(settings, [str(tmp_path)], wait=True).summary
+    rows = {Path(uri).name: row for uri, row in items_by_uri(settings, summary["job_id"]).items()}
+    assert rows["bomb.jpg"].error_code == "too_many_scans" and "more than 100 scans" in rows["bomb.jpg"].error_message
+    assert rows["moving.jpg"].status == rows["comment.jpg"].status == "done"
+
+
 def test_fuzzed_files_each_get_one_row(settings: Settings, tmp_path: Path) -> None:
     if "postgresql" in settings.database_url:
         pytest.skip("the fuzz run exercises the decoder; once on SQLite is enough")
