@@ -202,11 +202,11 @@ def decode_image(data: bytes, target_size: int, max_pixels: int = DEFAULT_MAX_PI
                 )
             fmt = image.format or "unknown"
             image.seek(0)
-            if fmt in ("JPEG", "MPO"):  # MPO: a JPEG with more pictures after it, decoded by the same library
-                if (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:
-                    raise ImageRejected(
-                        "too_many_scans", f"the JPEG has more than {MAX_JPEG_SCANS} scans ({scans} counted so far)"
-                    )
+            # MPO: a JPEG with more pictures after it, decoded by the same library
+            if fmt in ("JPEG", "MPO") and (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:
+                raise ImageRejected(
+                    "too_many_scans", f"the JPEG has more than {MAX_JPEG_SCANS} scans ({scans} counted so far)"
+                )
             if fmt == "JPEG":
                 image.draft("RGB", (target_size, target_size))
             image.load()
