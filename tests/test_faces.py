@@ -6,12 +6,14 @@ import base64
 import io
 import json
 import math
+import random
 import re
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -26,7 +28,7 @@ from scanner.pipeline.submit import open_database, submit
 from scanner.registry import registered_models, resolve_model
 from scanner.settings import Settings
 from tests.conftest import make_settings, settings_env
-from tests.imaging import drawn_face, smooth_image
+from tests.imaging import drawn_face, noisy_image, smooth_image
 from training.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from training.data import find_samples
 from training.evaluate import score_samples
@@ -527,3 +529,47 @@ def test_missing_face_cascade_stops_the_scan_and_fails_no_image(
     assert resumed.exit_code == 0, resumed.output
     with open_database(settings)() as session:
         assert [item.status for item in session.scalars(select(Item))] == ["done"]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_self_blended_real_changes_around_its_face_and_nowhere_else(seed: int) -> None:
+    from training.selfblend import self_blend
+
+    image, box = noisy_image(seed, 240), Box(100, 100, 40, 40)
+    blended = self_blend(image, box, random.Random(seed))
+    change = np.abs(np.asarray(blended, dtype=np.int16) - np.asarray(image, dtype=np.int16)).sum(axis=2)
+    around = np.zeros(change.shape, dtype=bool)
+    around[60:180, 60:180] = True  # the face box widened by its size on every side
+    assert change[~around].max() == 0
+    assert change[110:130, 110:130].mean() > 1.0  # the middle of the face always changes
+    assert self_blend(image, box, random.Random(seed)).tobytes() == blended.tobytes()
+
+
+def test_self_blending_turns_only_real_draws_with_a_face_into_fakes(tmp_path: Path) -> None:
+    from training.data import ImageFolderDataset, Sample
+
+    preprocess = Preprocess(size=32, max_side=64, views="faces+patch")
+    samples, known = [], {}
+    for index, (label, has_face) in enumerate([(0, True), (0, False), (1, True)]):
+        path = tmp_path / f"{index}.png"
+        noisy_image(index, 96).save(path)
+        samples.append(Sample(path, label, "set", f"g{index}", "real" if label == 0 else "fake", f"set/{index}.png"))
+        known[samples[-1].key] = [Box(30, 30, 36, 36)] if has_face else []
+    for share, labels in ((0.0, [0, 0, 1]), (1.0, [1, 0, 1])):
+        dataset = ImageFolderDataset(samples, preprocess, None, known, blend_share=share)
+        for _ in range(5):
+            assert [dataset[index][1] for index in range(3)] == labels
+            assert all(dataset[index][0].shape == (3, 32, 32) for index in range(3))
+
+
+def test_the_self_blend_share_reaches_the_training_draws_and_a_bad_share_is_refused(
+    face_data: Path, tmp_path: Path
+) -> None:
+    from training.train import TrainConfig, make_loader
+
+    config = TrainConfig(data_dirs=[str(face_data)], out=str(tmp_path / "m.pt"), workers=0, self_blend=0.4)
+    loader = make_loader(find_samples(face_data), Preprocess(size=32, views="faces"), None, config, shuffle=True)
+    assert loader.dataset.blend_share == 0.4  # type: ignore[attr-defined]
+    result = CliRunner().invoke(app, ["train", str(face_data), "--out", str(tmp_path / "m.pt"), "--self-blend", "1.5"])
+    assert result.exit_code == 2 and "--self-blend must be between 0 and 1" in result.output
+    assert not (tmp_path / "m.pt").exists()

@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 
 from training.faces import Box, FaceFinder
 from training.preprocess import IMAGE_SUFFIXES, Augment, Preprocess, decode_image
-from training.views import find_faces, make_views, training_view, views_from_boxes
+from training.selfblend import self_blend
+from training.views import blended_training_view, find_faces, make_views, training_view, views_from_boxes
 
 KnownBoxes = Mapping[str, list[Box]]
 
@@ -138,11 +139,13 @@ class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
     """Training samples as (one view tensor, label); bytes and face boxes cached per process."""
 
     def __init__(
-        self, samples: list[Sample], preprocess: Preprocess, augment: Augment | None, known: KnownBoxes | None = None
-    ) -> None:
+        self, samples: list[Sample], preprocess: Preprocess, augment: Augment | None, known: KnownBoxes | None = None,
+        blend_share: float = 0.0,
+    ) -> None:  # fmt: skip
         self.samples = samples
         self.preprocess = preprocess
         self.augment = augment
+        self.blend_share = blend_share  # the share of real draws with a face turned into a self-blended fake
         self.rng = random.Random(0)
         self.finder = FaceFinder(preprocess.faces)
         self._bytes: dict[int, bytes] = {}
@@ -163,8 +166,12 @@ class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         image = self.image(index)
         if index not in self._boxes:
             self._boxes[index] = find_faces(image, self.preprocess, self.finder)
-        tensor = training_view(image, self._boxes[index], self.preprocess, self.augment, self.rng)
-        return tensor, self.samples[index].label
+        boxes, label = self._boxes[index], self.samples[index].label
+        if label == 0 and boxes and self.blend_share and self.rng.random() < self.blend_share:
+            box = self.rng.choice(boxes)
+            blended = self_blend(image, box, self.rng)
+            return blended_training_view(blended, box, self.preprocess, self.augment, self.rng), 1
+        return training_view(image, boxes, self.preprocess, self.augment, self.rng), label
 
 
 class ViewsDataset(Dataset[tuple[torch.Tensor, int]]):

@@ -86,6 +86,7 @@ class TrainConfig:
     calibrate_views: bool = True  # multi-view models: put each view kind at its own threshold before the max
     mirror: list[str] = field(default_factory=list)  # view kinds also scored mirrored (validation and after)
     precision: str = "float32"  # the number format validation (and so the threshold) and the scanner use
+    self_blend: float = 0.0  # share of real draws with a face made a self-blended fake (training/selfblend.py)
 
 
 def paper_config(data_dirs: list[str], out: str) -> TrainConfig:
@@ -121,7 +122,7 @@ def make_loader(
         weights = balanced_weights(samples, config.dataset_weights)
         sampler = WeightedRandomSampler(weights, count, replacement=True, generator=generator)
     return DataLoader(
-        ImageFolderDataset(samples, preprocess, augment, known),
+        ImageFolderDataset(samples, preprocess, augment, known, config.self_blend),
         batch_size=config.batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,

@@ -153,16 +153,31 @@ def training_view(
     """One randomly chosen view for training: a face (framing jittered a little) half the time, if any; else the
     whole image, or (faces+patch) the native patch half of those times."""
     if boxes and rng.random() < 0.5:
-        box = rng.choice(boxes)
-        shift = round(0.08 * max(box.w, box.h))
-        moved = Box(box.x + rng.randint(-shift, shift), box.y + rng.randint(-shift, shift), box.w, box.h)
-        region = face_region(moved, image.width, image.height, config.faces.widen * rng.uniform(0.85, 1.15))
-        crop = image.crop(region)
-        if augment is not None:
-            crop = augment(crop)
-        return to_tensor(crop.resize((config.size, config.size), Image.Resampling.BILINEAR), config)
+        return _face_training_view(image, rng.choice(boxes), config, augment, rng)
     if augment is not None:
         image = augment(image)
     if config.image_views == 2 and rng.random() < 0.5:
         return to_tensor(patch_view(image, config), config)
     return to_tensor(whole_view(image, config), config)
+
+
+def blended_training_view(
+    image: Image.Image, box: Box, config: Preprocess, augment: Augment | None, rng: random.Random
+) -> torch.Tensor:
+    """A self-blended image's training view: the blended face, or (faces+patch) the native patch 30% of the time;
+    never the scaled whole image, where a small face's blend would not show."""
+    if config.image_views == 2 and rng.random() < 0.3:
+        return to_tensor(patch_view(augment(image) if augment is not None else image, config), config)
+    return _face_training_view(image, box, config, augment, rng)
+
+
+def _face_training_view(
+    image: Image.Image, box: Box, config: Preprocess, augment: Augment | None, rng: random.Random
+) -> torch.Tensor:
+    shift = round(0.08 * max(box.w, box.h))
+    moved = Box(box.x + rng.randint(-shift, shift), box.y + rng.randint(-shift, shift), box.w, box.h)
+    region = face_region(moved, image.width, image.height, config.faces.widen * rng.uniform(0.85, 1.15))
+    crop = image.crop(region)
+    if augment is not None:
+        crop = augment(crop)
+    return to_tensor(crop.resize((config.size, config.size), Image.Resampling.BILINEAR), config)

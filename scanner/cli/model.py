@@ -80,6 +80,10 @@ def train(
         str | None,
         typer.Option(help="float32 or bfloat16: the number format validation, the threshold and the scanner use."),
     ] = None,
+    self_blend: Annotated[
+        float | None,
+        typer.Option(help="Share (0-1) of real draws with a face turned into a self-blended fake (face-aware models)."),
+    ] = None,
 ) -> None:
     """Train a detector on labelled image folders."""
     from training.checkpoint import CheckpointError
@@ -96,10 +100,12 @@ def train(
             size=size, seed=seed, threshold_rule=threshold_rule, max_per_dataset=max_per_dataset,
             workers=workers, views=views, balance=balance, samples_per_epoch=samples_per_epoch,
             init=str(resolve_model(init)) if init else None, dataset_weights=_set_weights(weight or []),
-            calibrate_views=calibrate_views, mirror=mirror, precision=precision,
+            calibrate_views=calibrate_views, mirror=mirror, precision=precision, self_blend=self_blend,
         )  # fmt: skip
     if views not in VIEW_POLICIES:
         fail(f"--views must be one of {', '.join(VIEW_POLICIES)}, not {views!r}", code=2)
+    if self_blend is not None and not 0 <= self_blend <= 1:
+        fail(f"--self-blend must be between 0 and 1, not {self_blend}", code=2)
     config = replace(config, **{key: value for key, value in overrides.items() if value is not None})
     try:
         with progress_bar() as new_task:
