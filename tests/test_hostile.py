@@ -203,6 +203,24 @@ def test_a_progressive_jpeg_with_thousands_of_scans_is_refused(settings: Setting
     assert rows["moving.jpg"].status == rows["comment.jpg"].status == "done"
 
 
+def test_a_large_jpeg2000_is_decoded_at_a_reduced_resolution(settings: Settings, tmp_path: Path) -> None:
+    """JPEG 2000 has no draft mode; decoding a 64 Mpx file whole took about 10 s. Skipping wavelet levels decodes
+    only what the views need, never more levels than the file has, and the image is still scanned."""
+    import io
+
+    from training.preprocess import decode_image
+
+    picture = noisy_image(3, 256).resize((4096, 2048))
+    for levels, expected in ((5, (512, 256)), (1, (2048, 1024))):  # the file's levels cap what can be skipped
+        buffer = io.BytesIO()
+        picture.save(buffer, "JPEG2000", num_resolutions=levels + 1)
+        decoded = decode_image(buffer.getvalue(), 256)
+        assert (decoded.image.size, decoded.width, decoded.height) == (expected, 4096, 2048)
+    (tmp_path / "wide.jp2").write_bytes(buffer.getvalue())
+    summary = submit(settings, [str(tmp_path)], wait=True).summary
+    assert [row.status for row in items_by_uri(settings, summary["job_id"]).values()] == ["done"]
+
+
 def test_fuzzed_files_each_get_one_row(settings: Settings, tmp_path: Path) -> None:
     if "postgresql" in settings.database_url:
         pytest.skip("the fuzz run exercises the decoder; once on SQLite is enough")
