@@ -73,6 +73,7 @@ def variants(seed: int = 0) -> dict[str, bytes]:
         "sixteen.png": encode(sixteen),
         "animated.gif": animated.getvalue(),
         "photo.webp": encode(rgb, "WEBP"),
+        "photo.avif": encode(rgb, "AVIF"),
         "exif.jpg": encode(rgb, "JPEG", exif=_rotated_exif()),
     }
 

@@ -38,6 +38,8 @@ def build_mixed_folder(root: Path) -> dict[str, str | None]:
         expected[name] = None
     (root / "no_extension").write_bytes(encode(noisy_image(50, 32), "JPEG"))
     expected["no_extension"] = None
+    (root / "avif_no_extension").write_bytes(encode(noisy_image(51, 32), "AVIF"))  # found by its ftyp brand
+    expected["avif_no_extension"] = None
     (root / "empty.jpg").write_bytes(b"")
     expected["empty.jpg"] = "empty_file"
     (root / "truncated.jpg").write_bytes(encode(noisy_image(7, 64), "JPEG")[:300])

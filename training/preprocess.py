@@ -24,10 +24,10 @@ _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker after entrop
 # The one list of image file name suffixes: the scanner's directory walk and `scanner train` both use it.
 IMAGE_SUFFIXES = frozenset({
     ".jpg", ".jpeg", ".jpe", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff",
-    ".ppm", ".pgm", ".pbm", ".ico", ".jp2", ".jfif",
+    ".ppm", ".pgm", ".pbm", ".ico", ".jp2", ".jfif", ".avif",
 })  # fmt: skip
 FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif",
-                 "PPM": ".ppm", "ICO": ".ico", "JPEG2000": ".jp2"}  # fmt: skip
+                 "PPM": ".ppm", "ICO": ".ico", "JPEG2000": ".jp2", "AVIF": ".avif"}  # fmt: skip
 HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 MAGIC_PREFIXES = (
     b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
@@ -38,6 +38,8 @@ MAGIC_PREFIXES = (
 def has_image_magic(head: bytes) -> bool:
     """True when the first bytes carry the signature of an image format."""
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return True
+    if head[4:12] in (b"ftypavif", b"ftypavis"):  # AVIF: an ISO media file of the AVIF brands
         return True
     return any(head.startswith(prefix) for prefix in MAGIC_PREFIXES)
 
