@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import re
 import warnings
 from collections.abc import Callable
@@ -190,7 +189,7 @@ def _load_reduced(image: Image.Image, data: bytes, fmt: str, target_size: int) -
 def jpeg2000_reduction(data: bytes, size: tuple[int, int], target_size: int) -> int:
     """How many wavelet levels a JPEG 2000 image can skip and keep its shorter side at `target_size` or more: at
     most the decomposition levels in its main header's COD segment (0 when there is none)."""
-    wanted = int(math.log2(max(1, min(size) // max(1, target_size)))) if min(size) >= 2 * target_size else 0
+    wanted = max(0, (min(size) // max(1, target_size)).bit_length() - 1)  # floor(log2(shorter side / target))
     position = data.find(b"\xff\x4f\xff\x51")  # SOC then SIZ: the codestream, raw (.j2k) or in a .jp2 box
     for _ in range(64 if wanted and position >= 0 else 0):
         position += 2 if data[position + 1] == 0x4F else 2 + int.from_bytes(data[position + 2 : position + 4], "big")
