@@ -80,6 +80,13 @@ def downscale(image: Image.Image, factor: float) -> Image.Image:
     return image.resize(new_size, Image.Resampling.BILINEAR)
 
 
+def colour_jitter(image: Image.Image, amount: float, rng: random.Random) -> Image.Image:
+    """Brightness, contrast and saturation each scaled by a random factor in [1 - amount, 1 + amount]."""
+    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
+        image = enhancer(image).enhance(rng.uniform(1 - amount, 1 + amount))
+    return image
+
+
 class Augmenter:
     """A random augmentation drawn from `config` on each call; seeded for reproducibility."""
 
@@ -100,7 +107,7 @@ class Augmenter:
         if rng.random() < cfg.hflip:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if cfg.jitter > 0:
-            image = self._colour_jitter(image)
+            image = colour_jitter(image, cfg.jitter, rng)
         if rng.random() < cfg.jpeg_prob:
             image = jpeg_recompress(image, rng.randint(*cfg.jpeg_quality))
         return image
@@ -112,9 +119,3 @@ class Augmenter:
         left = self.rng.randint(0, width - crop_w)
         top = self.rng.randint(0, height - crop_h)
         return image.crop((left, top, left + crop_w, top + crop_h))
-
-    def _colour_jitter(self, image: Image.Image) -> Image.Image:
-        amount = self.config.jitter
-        for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-            image = enhancer(image).enhance(self.rng.uniform(1 - amount, 1 + amount))
-        return image

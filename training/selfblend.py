@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 import random
 
-from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
+from training.augment import colour_jitter, downscale
 from training.faces import Box
 
 # Where a part sits in a frontal face box (Haar's: brows to chin): centre x, centre y, half-width, half-height.
@@ -26,15 +27,11 @@ BLEND_RATIOS = (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)
 
 def altered_copy(image: Image.Image, box: Box, rng: random.Random) -> Image.Image:
     """The source face: the image with shifted colours, blurred or sharpened, moved and scaled a little."""
-    copy = image
-    for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-        copy = enhancer(copy).enhance(rng.uniform(0.9, 1.1))
+    copy = colour_jitter(image, 0.1, rng)
     shifts = [rng.randint(-12, 12) for _ in range(3)]
     copy = Image.merge("RGB", [band.point(lambda v, s=s: v + s) for band, s in zip(copy.split(), shifts)])
     if rng.random() < 0.5:
-        factor = rng.uniform(0.4, 0.9)
-        small = (max(8, round(copy.width * factor)), max(8, round(copy.height * factor)))
-        copy = copy.resize(small, Image.Resampling.BILINEAR).resize(image.size, Image.Resampling.BILINEAR)
+        copy = downscale(copy, rng.uniform(0.4, 0.9)).resize(image.size, Image.Resampling.BILINEAR)
     else:
         copy = copy.filter(ImageFilter.UnsharpMask(radius=rng.uniform(0.8, 2.0), percent=rng.randint(40, 150)))
     return _moved(copy, box, rng)
