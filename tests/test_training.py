@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import random
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 from scanner.cli import app
@@ -223,6 +225,26 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_draws(toy_data: Path) ->
     image = noisy_image(2)
     fresh, resumed = Augmenter(PRESETS["robust"], stream_seed(3, 1)), Augmenter(PRESETS["robust"], stream_seed(3, 5))
     assert fresh(image).tobytes() != resumed(image).tobytes()
+
+
+def test_still_presets_never_rotate_and_edits_sharpen_blur_or_resample_as_photo_tools_do() -> None:
+    from dataclasses import replace
+
+    from training.augment import PRESETS, AugmentConfig, Augmenter, sharpen_or_blur
+
+    image = Image.new("RGB", (96, 96), (200, 180, 160))  # any rotation fills a corner with black
+    rotated = [Augmenter(PRESETS["robust-faces"], seed)(image) for seed in range(10)]
+    assert sum(min(out.convert("L").getextrema()) < 60 for out in rotated) >= 6
+    for preset in ("robust-faces-still", "robust-edits", "robust-edits-mixed"):
+        outputs = [Augmenter(PRESETS[preset], seed)(image) for seed in range(20)]
+        assert all(min(out.convert("L").getextrema()) > 100 for out in outputs), preset
+    noisy = noisy_image(5)
+    edited = {sharpen_or_blur(noisy, random.Random(seed)).tobytes() for seed in range(8)}
+    assert noisy.tobytes() not in edited and len(edited) == 8
+    halving = AugmentConfig(rotate_degrees=0.0, hflip=0.0, rescale_prob=1.0, rescale=(0.5, 0.5))
+    for mixed, filters in ((False, 1), (True, 4)):  # bilinear only, or bilinear, bicubic, Lanczos and box
+        config = replace(halving, mixed_resampling=mixed)
+        assert len({Augmenter(config, seed)(noisy).tobytes() for seed in range(40)}) == filters
 
 
 def test_noise_stream_model_starts_as_the_plain_one_and_learns_from_residuals(toy_data: Path, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import io
 import random
 from dataclasses import dataclass, replace
 
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,8 @@ class AugmentConfig:
     crop_prob: float = 0.0
     crop_scale: tuple[float, float] = (0.7, 1.0)
     jitter: float = 0.0
+    filter_prob: float = 0.0  # a photo editor's sharpening or a soft blur, half each
+    mixed_resampling: bool = False  # shrink with any of the filters image tools use, not only bilinear
 
 
 PRESETS: dict[str, AugmentConfig] = {
@@ -62,6 +64,9 @@ PRESETS: dict[str, AugmentConfig] = {
 PRESETS["robust-reposted"] = replace(  # robust-faces with more re-posted copies: shrunk, re-encoded at q55-95
     PRESETS["robust-faces"], jpeg_prob=0.8, jpeg_quality=(55, 95), rescale_prob=0.6
 )
+PRESETS["robust-faces-still"] = replace(PRESETS["robust-faces"], rotate_degrees=0.0)  # no resampling by rotation
+PRESETS["robust-edits"] = replace(PRESETS["robust-faces-still"], filter_prob=0.3)  # + sharpened or blurred copies
+PRESETS["robust-edits-mixed"] = replace(PRESETS["robust-edits"], mixed_resampling=True)  # + Lanczos, bicubic, box
 
 
 def jpeg_recompress(image: Image.Image, quality: int) -> Image.Image:
@@ -73,11 +78,19 @@ def jpeg_recompress(image: Image.Image, quality: int) -> Image.Image:
         return reencoded.convert("RGB")
 
 
-def downscale(image: Image.Image, factor: float) -> Image.Image:
+def downscale(image: Image.Image, factor: float, method: Image.Resampling = Image.Resampling.BILINEAR) -> Image.Image:
     """Shrink by `factor` (<1), as a re-posted or thumbnailed copy would be."""
     width, height = image.size
     new_size = (max(8, round(width * factor)), max(8, round(height * factor)))
-    return image.resize(new_size, Image.Resampling.BILINEAR)
+    return image.resize(new_size, method)
+
+
+def sharpen_or_blur(image: Image.Image, rng: random.Random) -> Image.Image:
+    """An unsharp mask as phones and photo editors apply it, or a slight Gaussian blur, half the time each."""
+    if rng.random() < 0.5:
+        mask = ImageFilter.UnsharpMask(radius=rng.uniform(1.0, 2.5), percent=rng.randint(40, 120), threshold=2)
+        return image.filter(mask)
+    return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
 
 
 def colour_jitter(image: Image.Image, amount: float, rng: random.Random) -> Image.Image:
@@ -85,6 +98,9 @@ def colour_jitter(image: Image.Image, amount: float, rng: random.Random) -> Imag
     for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
         image = enhancer(image).enhance(rng.uniform(1 - amount, 1 + amount))
     return image
+
+
+RESAMPLING = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS, Image.Resampling.BOX)
 
 
 class Augmenter:
@@ -100,7 +116,9 @@ class Augmenter:
         if rng.random() < cfg.crop_prob:
             image = self._random_crop(image)
         if rng.random() < cfg.rescale_prob:
-            image = downscale(image, rng.uniform(*cfg.rescale))
+            factor = rng.uniform(*cfg.rescale)
+            method = rng.choice(RESAMPLING) if cfg.mixed_resampling else Image.Resampling.BILINEAR
+            image = downscale(image, factor, method)
         if cfg.rotate_degrees > 0:
             angle = rng.uniform(-cfg.rotate_degrees, cfg.rotate_degrees)
             image = image.rotate(angle, Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
@@ -108,6 +126,8 @@ class Augmenter:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if cfg.jitter > 0:
             image = colour_jitter(image, cfg.jitter, rng)
+        if cfg.filter_prob > 0 and rng.random() < cfg.filter_prob:
+            image = sharpen_or_blur(image, rng)
         if rng.random() < cfg.jpeg_prob:
             image = jpeg_recompress(image, rng.randint(*cfg.jpeg_quality))
         return image

@@ -40,7 +40,10 @@ def train(
     ] = None,
     seed: Annotated[int, typer.Option()] = 1,
     augment: Annotated[
-        str | None, typer.Option(help="paper, robust, robust-light, robust-faces, robust-reposted or none.")
+        str | None,
+        typer.Option(
+            help="paper, robust, robust-light, robust-faces, robust-faces-still, robust-edits, robust-reposted or none."
+        ),
     ] = None,
     threshold_rule: Annotated[
         str, typer.Option(help="fpr:0.05, source-fpr:0.05 (at most 5% on every source's reals) or youden.")

@@ -1,0 +1,105 @@
+"""Do everyday edits of a photo move the verdicts? Per source, at the model's own threshold, on its validation split.
+
+    .venv/bin/python scripts/benign_edits.py effnet-faces --edits stored,sharpen,half --data ../shared/data
+
+Real photos reach a moderator re-saved, resized, sharpened or cropped, and none of that makes them fake: each edit
+is applied to every validation image of the eight shared sets, real and fake alike, and the share flagged is printed
+per source (FPR on reals, TPR on fakes) with the GAN-vs-HQ-real AUC. A real source whose FPR rises well past the
+stored one under an edit is a false-positive trap users will meet. Writes the scores to --out (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageEnhance, ImageFilter
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from detector_report import SETS, goals  # noqa: E402
+
+from scanner.registry import resolve_model  # noqa: E402
+from training.checkpoint import load_model  # noqa: E402
+from training.evaluate import score_samples, select_samples  # noqa: E402
+
+
+def saved_as(image: Image.Image, fmt: str, **options: Any) -> Image.Image:
+    """Encode in `fmt` and decode again."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    buffer.seek(0)
+    with Image.open(buffer) as decoded:
+        return decoded.convert("RGB")
+
+
+def resized(image: Image.Image, factor: float, method: Image.Resampling = Image.Resampling.LANCZOS) -> Image.Image:
+    """Scale both sides by `factor`."""
+    return image.resize((max(8, round(image.width * factor)), max(8, round(image.height * factor))), method)
+
+
+def cropped(image: Image.Image, keep: float) -> Image.Image:
+    """The centre `keep` share of each side."""
+    dx, dy = round(image.width * (1 - keep) / 2), round(image.height * (1 - keep) / 2)
+    return image.crop((dx, dy, image.width - dx, image.height - dy))
+
+
+EDITS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
+    "stored": None,
+    "jpeg95": lambda im: saved_as(im, "JPEG", quality=95),
+    "jpeg60": lambda im: saved_as(im, "JPEG", quality=60),
+    "webp80": lambda im: saved_as(im, "WEBP", quality=80),
+    "half": lambda im: resized(im, 0.5),
+    "three-quarters": lambda im: resized(im, 0.75),
+    "upscaled": lambda im: resized(im, 1.5, Image.Resampling.BICUBIC),
+    "sharpen": lambda im: im.filter(ImageFilter.UnsharpMask(radius=2, percent=80, threshold=2)),
+    "blur": lambda im: im.filter(ImageFilter.GaussianBlur(0.8)),
+    "brighter": lambda im: ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.1)).enhance(1.15),
+    "crop80": lambda im: cropped(im, 0.8),
+}
+
+
+def row(name: str, result: dict[str, Any], seconds: float) -> str:
+    """One markdown row: FPR per real source, TPR per fake source, GAN AUC."""
+    cells = [f"{result[s + ':fpr']:.3f}" if result[s + ":fpr"] is not None else "-" for s in SETS]
+    cells += [f"{result[s + ':tpr']:.3f}" if result[s + ":tpr"] is not None else "-" for s in SETS]
+    return f"| {name} | " + " | ".join(cells) + f" | {result['gan_vs_hq_real_auc']:.3f} | {seconds:.0f} s |"
+
+
+def main() -> None:
+    """Score the validation split once per edit and print one row each."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="checkpoint or registered name (its validation split is used)")
+    parser.add_argument("--edits", default=",".join(EDITS), help=f"comma-separated, from: {', '.join(EDITS)}")
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    edits = args.edits.split(",")
+    if unknown := [e for e in edits if e not in EDITS]:
+        parser.error(f"unknown edit(s): {', '.join(unknown)}")
+    model = resolve_model(args.model)
+    loaded = load_model(model, "cpu")
+    samples = select_samples([str(args.data / name) for name in SETS], model, "val")
+    short = [s.split("_")[0] for s in SETS]
+    print(f"{loaded.version}, threshold {loaded.threshold:.4f}; FPR on each source's reals, then TPR on its fakes")
+    print("| edit | " + " | ".join(f"FPR {s}" for s in short) + " | " + " | ".join(f"TPR {s}" for s in short)
+          + " | GAN vs HQ AUC | time |")  # fmt: skip
+    print("| --- |" + " ---: |" * (2 * len(SETS) + 2))
+    results = {}
+    for name in edits:
+        start = time.perf_counter()
+        scores = score_samples(loaded, samples, EDITS[name], 64, 1)
+        results[name] = {"scores": scores, "goals": goals(samples, scores, loaded.threshold)}
+        print(row(name, results[name]["goals"], time.perf_counter() - start), flush=True)
+    out = args.out or Path(f"{model.stem}_benign_edits.json")
+    out.write_text(json.dumps({"model_version": loaded.version, "edits": results}) + "\n")
+    print(f"\nscores: {out}")
+
+
+if __name__ == "__main__":
+    main()
