@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detector_report import SETS, goals  # noqa: E402
 
 from scanner.registry import resolve_model  # noqa: E402
+from training.augment import downscale  # noqa: E402
 from training.checkpoint import load_model  # noqa: E402
 from training.evaluate import score_samples, select_samples  # noqa: E402
 
@@ -38,11 +39,6 @@ def saved_as(image: Image.Image, fmt: str, **options: Any) -> Image.Image:
         return decoded.convert("RGB")
 
 
-def resized(image: Image.Image, factor: float, method: Image.Resampling = Image.Resampling.LANCZOS) -> Image.Image:
-    """Scale both sides by `factor`."""
-    return image.resize((max(8, round(image.width * factor)), max(8, round(image.height * factor))), method)
-
-
 def cropped(image: Image.Image, keep: float) -> Image.Image:
     """The centre `keep` share of each side."""
     dx, dy = round(image.width * (1 - keep) / 2), round(image.height * (1 - keep) / 2)
@@ -54,9 +50,9 @@ EDITS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
     "jpeg95": lambda im: saved_as(im, "JPEG", quality=95),
     "jpeg60": lambda im: saved_as(im, "JPEG", quality=60),
     "webp80": lambda im: saved_as(im, "WEBP", quality=80),
-    "half": lambda im: resized(im, 0.5),
-    "three-quarters": lambda im: resized(im, 0.75),
-    "upscaled": lambda im: resized(im, 1.5, Image.Resampling.BICUBIC),
+    "half": lambda im: downscale(im, 0.5, Image.Resampling.LANCZOS),
+    "three-quarters": lambda im: downscale(im, 0.75, Image.Resampling.LANCZOS),
+    "upscaled": lambda im: im.resize((round(im.width * 1.5), round(im.height * 1.5)), Image.Resampling.BICUBIC),
     "sharpen": lambda im: im.filter(ImageFilter.UnsharpMask(radius=2, percent=80, threshold=2)),
     "blur": lambda im: im.filter(ImageFilter.GaussianBlur(0.8)),
     "brighter": lambda im: ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.1)).enhance(1.15),

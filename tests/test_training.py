@@ -227,7 +227,9 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_draws(toy_data: Path) ->
     assert fresh(image).tobytes() != resumed(image).tobytes()
 
 
-def test_still_presets_never_rotate_and_edits_sharpen_blur_or_resample_as_photo_tools_do() -> None:
+def test_still_presets_never_rotate_and_edits_sharpen_blur_or_resample_as_photo_tools_do(
+    toy_data: Path, tmp_path: Path
+) -> None:
     from dataclasses import replace
 
     from training.augment import PRESETS, AugmentConfig, Augmenter, sharpen_or_blur
@@ -245,6 +247,9 @@ def test_still_presets_never_rotate_and_edits_sharpen_blur_or_resample_as_photo_
     for mixed, filters in ((False, 1), (True, 4)):  # bilinear only, or bilinear, bicubic, Lanczos and box
         config = replace(halving, mixed_resampling=mixed)
         assert len({Augmenter(config, seed)(noisy).tobytes() for seed in range(40)}) == filters
+    result = CliRunner().invoke(app, ["train", str(toy_data), "--out", str(tmp_path / "m.pt"), "--augment", "sharp"])
+    assert result.exit_code == 2 and "--augment must be one of paper, robust" in result.stderr
+    assert "robust-edits-mixed" in result.stderr and not (tmp_path / "m.pt").exists()
 
 
 def test_noise_stream_model_starts_as_the_plain_one_and_learns_from_residuals(toy_data: Path, tmp_path: Path) -> None:

@@ -42,7 +42,8 @@ def train(
     augment: Annotated[
         str | None,
         typer.Option(
-            help="paper, robust, robust-light, robust-faces, robust-faces-still, robust-edits, robust-reposted or none."
+            help="paper, robust, robust-light, robust-faces, robust-faces-still, robust-edits, robust-edits-mixed, "
+            "robust-reposted or none."
         ),
     ] = None,
     threshold_rule: Annotated[
@@ -89,6 +90,7 @@ def train(
     ] = None,
 ) -> None:
     """Train a detector on labelled image folders."""
+    from training.augment import PRESETS
     from training.checkpoint import CheckpointError
     from training.preprocess import VIEW_POLICIES
     from training.train import main as train_main
@@ -107,6 +109,8 @@ def train(
         )  # fmt: skip
     if views not in VIEW_POLICIES:
         fail(f"--views must be one of {', '.join(VIEW_POLICIES)}, not {views!r}", code=2)
+    if augment is not None and augment not in PRESETS:
+        fail(f"--augment must be one of {', '.join(PRESETS)}, not {augment!r}", code=2)
     if self_blend is not None and not 0 <= self_blend <= 1:
         fail(f"--self-blend must be between 0 and 1, not {self_blend}", code=2)
     config = replace(config, **{key: value for key, value in overrides.items() if value is not None})
