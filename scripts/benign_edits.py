@@ -11,7 +11,6 @@ stored one under an edit is a false-positive trap users will meet. Writes the sc
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -25,18 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detector_report import SETS, goals  # noqa: E402
 
 from scanner.registry import resolve_model  # noqa: E402
-from training.augment import downscale  # noqa: E402
+from training.augment import downscale, reencode  # noqa: E402
 from training.checkpoint import load_model  # noqa: E402
 from training.evaluate import score_samples, select_samples  # noqa: E402
-
-
-def saved_as(image: Image.Image, fmt: str, **options: Any) -> Image.Image:
-    """Encode in `fmt` and decode again."""
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    buffer.seek(0)
-    with Image.open(buffer) as decoded:
-        return decoded.convert("RGB")
 
 
 def cropped(image: Image.Image, keep: float) -> Image.Image:
@@ -47,9 +37,9 @@ def cropped(image: Image.Image, keep: float) -> Image.Image:
 
 EDITS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
     "stored": None,
-    "jpeg95": lambda im: saved_as(im, "JPEG", quality=95),
-    "jpeg60": lambda im: saved_as(im, "JPEG", quality=60),
-    "webp80": lambda im: saved_as(im, "WEBP", quality=80),
+    "jpeg95": lambda im: reencode(im, 95),
+    "jpeg60": lambda im: reencode(im, 60),
+    "webp80": lambda im: reencode(im, 80, "WEBP"),
     "half": lambda im: downscale(im, 0.5, Image.Resampling.LANCZOS),
     "three-quarters": lambda im: downscale(im, 0.75, Image.Resampling.LANCZOS),
     "upscaled": lambda im: im.resize((round(im.width * 1.5), round(im.height * 1.5)), Image.Resampling.BICUBIC),

@@ -69,10 +69,10 @@ PRESETS["robust-edits"] = replace(PRESETS["robust-faces-still"], filter_prob=0.3
 PRESETS["robust-edits-mixed"] = replace(PRESETS["robust-edits"], mixed_resampling=True)  # + Lanczos, bicubic, box
 
 
-def jpeg_recompress(image: Image.Image, quality: int) -> Image.Image:
-    """Re-encode as JPEG at `quality` and decode again."""
+def reencode(image: Image.Image, quality: int, fmt: str = "JPEG") -> Image.Image:
+    """Re-encode in `fmt` (JPEG, WEBP) at `quality` and decode again."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
+    image.save(buffer, format=fmt, quality=quality)
     buffer.seek(0)
     with Image.open(buffer) as reencoded:
         return reencoded.convert("RGB")
@@ -129,7 +129,7 @@ class Augmenter:
         if cfg.filter_prob > 0 and rng.random() < cfg.filter_prob:
             image = sharpen_or_blur(image, rng)
         if rng.random() < cfg.jpeg_prob:
-            image = jpeg_recompress(image, rng.randint(*cfg.jpeg_quality))
+            image = reencode(image, rng.randint(*cfg.jpeg_quality))
         return image
 
     def _random_crop(self, image: Image.Image) -> Image.Image:

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from training.augment import downscale, jpeg_recompress
+from training.augment import downscale, reencode
 from training.checkpoint import (
     LoadedModel,
     check_mirror,
@@ -52,7 +52,7 @@ def degrader(jpeg_quality: int | None, scale: float | None) -> Augment | None:
         if scale is not None:
             image = downscale(image, scale)
         if jpeg_quality is not None:
-            image = jpeg_recompress(image, jpeg_quality)
+            image = reencode(image, jpeg_quality)
         return image
 
     return apply
