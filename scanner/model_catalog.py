@@ -18,6 +18,8 @@ def _input_policy(preprocess: dict[str, Any]) -> str:
             if views == "faces+patch"
             else ""
         )
+        if patch and preprocess.get("patch_min_side"):
+            patch = f"{patch[:-1]}; images over {preprocess['patch_min_side']} px only)"
         combine = "the highest view, each at its own threshold" if preprocess.get("view_offsets") else "the highest"
         if preprocess.get("mirror"):
             combine = f"{' and '.join(preprocess['mirror'])} also scored mirrored, the logits averaged; {combine}"

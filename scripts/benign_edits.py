@@ -2,10 +2,10 @@
 
     .venv/bin/python scripts/benign_edits.py effnet-faces --edits stored,sharpen,half --data ../shared/data
 
-Real photos reach a moderator re-saved, resized, sharpened or cropped, and none of that makes them fake: each edit
-is applied to every validation image of the eight shared sets, real and fake alike, and the share flagged is printed
-per source (FPR on reals, TPR on fakes) with the GAN-vs-HQ-real AUC. A real source whose FPR rises well past the
-stored one under an edit is a false-positive trap users will meet. Writes the scores to --out (JSON).
+Real photos reach a moderator re-saved, resized (thumbnails, avatars), sharpened or cropped, and none of that makes
+them fake: each edit is applied to every validation image of the eight shared sets, real and fake alike, and the share
+flagged is printed per source (FPR on reals, TPR on fakes) with the GAN-vs-HQ-real AUC. A real source whose FPR rises
+well past the stored one under an edit is a false-positive trap users will meet. Writes the scores to --out (JSON).
 """
 
 from __future__ import annotations
@@ -35,6 +35,11 @@ def cropped(image: Image.Image, keep: float) -> Image.Image:
     return image.crop((dx, dy, image.width - dx, image.height - dy))
 
 
+def thumbnail(image: Image.Image, side: int) -> Image.Image:
+    """Shrunk (Lanczos) so that the shorter side is `side` px, as an avatar or a thumbnail; never enlarged."""
+    return downscale(image, side / min(image.size), Image.Resampling.LANCZOS) if min(image.size) > side else image
+
+
 EDITS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
     "stored": None,
     "jpeg95": lambda im: reencode(im, 95),
@@ -42,6 +47,8 @@ EDITS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
     "webp80": lambda im: reencode(im, 80, "WEBP"),
     "half": lambda im: downscale(im, 0.5, Image.Resampling.LANCZOS),
     "three-quarters": lambda im: downscale(im, 0.75, Image.Resampling.LANCZOS),
+    "thumb-112": lambda im: thumbnail(im, 112),
+    "thumb-90": lambda im: thumbnail(im, 90),
     "upscaled": lambda im: im.resize((round(im.width * 1.5), round(im.height * 1.5)), Image.Resampling.BICUBIC),
     "sharpen": lambda im: im.filter(ImageFilter.UnsharpMask(radius=2, percent=80, threshold=2)),
     "blur": lambda im: im.filter(ImageFilter.GaussianBlur(0.8)),

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from scanner.cli import app
 from scanner.db import Face, Verdict
+from scanner.model_catalog import _input_policy
 from scanner.moderation.html_report import attach_visuals
 from scanner.moderation.reports import report_rows
 from scanner.pipeline.submit import open_database, submit
@@ -35,7 +36,7 @@ from training.evaluate import score_samples
 from training.faces import Box, FaceFinder, FaceSettings, face_region
 from training.metrics import choose_threshold
 from training.models import precision_runs_natively, predict_scores
-from training.preprocess import Preprocess
+from training.preprocess import Preprocess, to_tensor
 from training.views import calibrated, combine_views, fit_view_offsets, make_views
 
 
@@ -428,15 +429,27 @@ def test_face_finding_is_safe_from_the_first_call_in_many_threads() -> None:
         assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr[-2000:]
 
 
-def test_native_patch_view_fine_tuned_from_a_released_model(face_model: Path, face_data: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def patch_model(face_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny face model fine-tuned for one epoch with the native patch view (faces+patch)."""
     from training.train import TrainConfig
     from training.train import main as train_main
 
     base = read_checkpoint(face_model)
-    config = TrainConfig(**{**base["train_config"], "out": str(tmp_path / "patch.pt"), "epochs": 1,
-                            "views": "faces+patch", "init": str(face_model)})  # fmt: skip
-    train_main(config)
-    loaded = load_model(tmp_path / "patch.pt", "cpu")
+    out = tmp_path_factory.mktemp("patch") / "patch.pt"
+    train_main(TrainConfig(**{**base["train_config"], "out": str(out), "epochs": 1, "views": "faces+patch",
+                              "init": str(face_model)}))  # fmt: skip
+    return out
+
+
+def test_native_patch_view_fine_tuned_from_a_released_model(
+    patch_model: Path, face_model: Path, face_data: Path, tmp_path: Path
+) -> None:
+    from training.train import TrainConfig
+    from training.train import main as train_main
+
+    config = TrainConfig(**read_checkpoint(patch_model)["train_config"])
+    loaded = load_model(patch_model, "cpu")
     assert loaded.preprocess.image_views == 2 and loaded.preprocess.uses_faces
     samples = find_samples(face_data)[:4]
     finder = FaceFinder(loaded.preprocess.faces)
@@ -449,15 +462,108 @@ def test_native_patch_view_fine_tuned_from_a_released_model(face_model: Path, fa
         direct.append(combined(scores, loaded.preprocess))
         wholes.append(combined(scores[:2], loaded.preprocess))
     assert score_samples(loaded, samples, batch_size=4, workers=0) == pytest.approx(direct, abs=1e-5)
-    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", tmp_path / "patch.pt")
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", patch_model)
     job_id = submit(settings, [str(s.path) for s in samples], wait=True).summary["job_id"]
     with open_database(settings)() as session:
         rows = {row["uri"]: row for row in report_rows(session, job_id)}
     assert [rows[str(s.path)]["score"] for s in samples] == pytest.approx(direct, abs=1e-4)
     assert [rows[str(s.path)]["whole_score"] for s in samples] == pytest.approx(wholes, abs=1e-4)
-    other = TrainConfig(**{**config.__dict__, "arch_args": {"widths": [4, 4], "dropout": 0.0}})
+    other = TrainConfig(**{**config.__dict__, "out": str(tmp_path / "other.pt"),
+                           "arch_args": {"widths": [4, 4], "dropout": 0.0}})  # fmt: skip
     with pytest.raises(ValueError, match="--init"):
         train_main(other)
+
+
+def test_small_images_are_scored_without_the_native_patch_on_every_path(
+    patch_model: Path, face_model: Path, face_data: Path, tmp_path: Path
+) -> None:
+    """`scanner model calibrate --patch-min-side 100`: a format-6 file with a new version. An image whose shorter
+    side is 100 px or less keeps the layout whole, patch, faces, but its patch row is a placeholder that never
+    reaches the network; its score is the highest of its other views, the same in evaluation and in the scanner,
+    and training never draws its patch. Larger images are scored as before."""
+    from training.models import predict_in_chunks
+    from training.views import has_patch, patch_view, training_view
+
+    out = tmp_path / "limited.pt"
+    args = ["model", "calibrate", str(patch_model), str(out), str(face_data), "--patch-min-side", "100"]
+    result = CliRunner().invoke(app, [*args, "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    before, after = read_checkpoint(patch_model), read_checkpoint(out)
+    assert after["format"] == "fauxscan-checkpoint/6" and after["preprocess"]["patch_min_side"] == 100
+    assert after["model_version"] != before["model_version"] and "patch_min_side" not in before["preprocess"]
+    assert "patch (up to 160 px; images over 100 px only)" in _input_policy(after["preprocess"])  # scanner models
+    loaded = load_model(out, "cpu")
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for index, sample in enumerate(find_samples(face_data)[:6]):
+        image = Image.open(sample.path).convert("RGB")
+        (image if index % 2 else image.resize((90, 90), Image.Resampling.LANCZOS)).save(folder / sample.path.name)
+    paths = sorted(folder.iterdir())
+    finder = FaceFinder(loaded.preprocess.faces)
+    network_rows: list[int] = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        assert not torch.isnan(batch).any()  # placeholders never reach the network
+        network_rows.append(len(batch))
+        return loaded.model(batch)
+
+    direct = []
+    for path in paths:
+        image = Image.open(path).convert("RGB")
+        views = make_views(image, loaded.preprocess, finder).tensors
+        small = min(image.size) <= 100
+        assert has_patch(image, loaded.preprocess) is not small and len(views) >= 2
+        assert bool(torch.isnan(views[1]).all()) is small and not torch.isnan(views[[0, *range(2, len(views))]]).any()
+        with torch.inference_mode():
+            raw = predict_in_chunks(forward, views, None, 64, torch.device("cpu"))
+            present = [0] + ([] if small else [1]) + list(range(2, len(views)))
+            kept = [v for v in raw if not math.isnan(v)]
+            assert kept == pytest.approx(predict_scores(loaded.model, views[present]).tolist(), abs=1e-6)
+        assert network_rows.pop() == len(views) - small and math.isnan(raw[1]) is small
+        kinds = [0, 1] + [2] * (len(raw) - 2)
+        offsets = loaded.preprocess.view_offsets
+        direct.append(max(calibrated(v, offsets[k]) for v, k in zip(raw, kinds) if not math.isnan(v)))
+    labelled = [replace(sample, path=folder / sample.path.name) for sample in find_samples(face_data)[:6]]
+    scores = dict(zip([s.path for s in labelled], score_samples(loaded, labelled, batch_size=4, workers=0)))
+    assert [scores[path] for path in paths] == pytest.approx(direct, abs=1e-5)
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", out, batch_size=3, model_batch=3)
+    job_id = submit(settings, [str(path) for path in paths], wait=True).summary["job_id"]
+    with open_database(settings)() as session:
+        scanned = {row["uri"]: row["score"] for row in report_rows(session, job_id)}
+    assert [scanned[str(path)] for path in paths] == pytest.approx(direct, abs=1e-4)
+    small_image = Image.open(paths[0]).convert("RGB")
+    large_image = Image.open(paths[1]).convert("RGB")
+    for image, drawn in ((small_image, False), (large_image, True)):
+        patch = to_tensor(patch_view(image, loaded.preprocess), loaded.preprocess)
+        rng = random.Random(0)
+        draws = [training_view(image, [], loaded.preprocess, None, rng) for _ in range(30)]
+        assert any(torch.equal(draw, patch) for draw in draws) is drawn
+    broken_args = [*args[:3], str(tmp_path / "no.pt"), str(face_data), "--workers", "0"]
+    refused = CliRunner().invoke(app, [*broken_args, "--patch-min-side", "-1"])
+    assert refused.exit_code == 1 and "0 or more" in refused.output
+    refused = CliRunner().invoke(
+        app, ["model", "calibrate", str(face_model), *broken_args[3:], "--patch-min-side", "9"]
+    )
+    assert refused.exit_code == 1 and "no native patch" in refused.output
+    for value in (-5, "100", 2.5):
+        save_checkpoint(dict(after, preprocess={**after["preprocess"], "patch_min_side": value}), tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="patch_min_side"):
+            load_model(tmp_path / "bad.pt", "cpu")
+    train = ["train", str(face_data), "--out", str(tmp_path / "t.pt"), "--patch-min-side", "100"]
+    refused = CliRunner().invoke(app, [*train, "--views", "faces"])
+    assert refused.exit_code == 2 and "--views faces+patch" in refused.output
+
+
+def test_training_with_a_patch_limit_writes_it_into_the_checkpoint(patch_model: Path, tmp_path: Path) -> None:
+    from training.train import TrainConfig
+    from training.train import main as train_main
+
+    config = TrainConfig(**{**read_checkpoint(patch_model)["train_config"], "out": str(tmp_path / "t.pt"),
+                            "patch_min_side": 100, "init": str(patch_model)})  # fmt: skip
+    train_main(config)
+    trained = read_checkpoint(tmp_path / "t.pt")
+    assert trained["format"] == "fauxscan-checkpoint/6" and trained["preprocess"]["patch_min_side"] == 100
+    assert load_model(tmp_path / "t.pt", "cpu").preprocess.patch_min_side == 100
 
 
 def test_face_box_file_gives_the_views_that_finding_faces_gives(

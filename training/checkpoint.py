@@ -22,7 +22,11 @@ CALIBRATED_FORMAT = "fauxscan-checkpoint/3"
 MIRROR_FORMAT = "fauxscan-checkpoint/4"
 # 5: a reduced inference precision ("precision"); older code would score in float32 against a bfloat16 threshold
 PRECISION_FORMAT = "fauxscan-checkpoint/5"
-READABLE_FORMATS = ("fauxscan-checkpoint/1", FORMAT, CALIBRATED_FORMAT, MIRROR_FORMAT, PRECISION_FORMAT)
+# 6: "patch_min_side"; older code would score the native patch of small images against offsets fitted without it
+PATCH_FORMAT = "fauxscan-checkpoint/6"
+READABLE_FORMATS = (
+    "fauxscan-checkpoint/1", FORMAT, CALIBRATED_FORMAT, MIRROR_FORMAT, PRECISION_FORMAT, PATCH_FORMAT,
+)  # fmt: skip
 CODE_VERSION = "0.1.0"
 
 
@@ -45,6 +49,8 @@ class LoadedModel:
 def format_for(preprocess: Preprocess) -> str:
     """The oldest checkpoint format that can describe this preprocessing, so older fauxscan refuses only what
     it would score wrongly."""
+    if preprocess.patch_min_side:
+        return PATCH_FORMAT
     if preprocess.precision != "float32":
         return PRECISION_FORMAT
     if preprocess.mirror:
@@ -112,6 +118,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             "upgrade fauxscan to use it"
         )
     _check_view_offsets(path, checkpoint.get("preprocess", {}).get("view_offsets"))
+    patch_min_side = checkpoint.get("preprocess", {}).get("patch_min_side", 0)
+    if not isinstance(patch_min_side, int) or isinstance(patch_min_side, bool) or patch_min_side < 0:
+        raise CheckpointError(f"{path} has an unusable patch_min_side {patch_min_side!r}: expected a whole number >= 0")
     try:
         check_mirror(checkpoint.get("preprocess", {}).get("mirror", []))
         check_precision(checkpoint.get("preprocess", {}).get("precision", "float32"))

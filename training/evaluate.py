@@ -87,23 +87,29 @@ def run_evaluation(
 
 def calibrate_checkpoint(
     source: Path, target: Path, data_dirs: list[str], device: str = "auto", batch_size: int = 64, workers: int = 1,
-    mirror: tuple[str, ...] | None = None, precision: str | None = None,
+    mirror: tuple[str, ...] | None = None, precision: str | None = None, patch_min_side: int | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Fit a multi-view checkpoint's view offsets and threshold on its own validation split; write a copy.
     `mirror` first sets the view kinds scored with their mirror image too, `precision` the number format the
-    network runs in (None keeps the source's)."""
+    network runs in, `patch_min_side` the shorter side an image needs for its native patch to be scored (None
+    keeps the source's)."""
     if mirror is not None:
         check_mirror(mirror)  # before any model or image is loaded
     if precision is not None:
         check_precision(precision)
+    if patch_min_side is not None and patch_min_side < 0:
+        raise ValueError(f"the patch's minimum side must be 0 or more, not {patch_min_side}")
     checkpoint = read_checkpoint(source)
     loaded = load_model(source, device)
     if loaded.preprocess.views == "center":
         raise ValueError(f"{source} scores one view per image: there is nothing to calibrate")
+    if patch_min_side and loaded.preprocess.views != "faces+patch":
+        raise ValueError(f"{source} has no native patch view ({loaded.preprocess.views}): nothing to limit")
     samples = select_samples(data_dirs, source, "val")
     raw = replace(
         loaded.preprocess, view_offsets=(), mirror=loaded.preprocess.mirror if mirror is None else mirror,
         precision=precision or loaded.preprocess.precision,
+        patch_min_side=loaded.preprocess.patch_min_side if patch_min_side is None else patch_min_side,
     )  # fmt: skip
     loader = make_eval_loader(samples, raw, None, batch_size, workers)
     per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=raw)

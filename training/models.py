@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -147,7 +148,14 @@ def predict_in_chunks(
     forward: Forward, views: torch.Tensor, mirror: torch.Tensor | None, step: int, device: torch.device
 ) -> list[float]:
     """`predict_scores` over `views` in network calls of at most `step` inputs (views and their mirror images),
-    each chunk moved to `device` as it is scored."""
+    each chunk moved to `device` as it is scored. Placeholder rows of absent views (all NaN) score NaN, unrun."""
+    present = ~torch.isnan(views.flatten(1)[:, 0]) if len(views) else torch.ones(0, dtype=torch.bool)
+    if not bool(present.all()):
+        with_gaps = [math.nan] * len(views)
+        kept = predict_in_chunks(forward, views[present], mirror[present] if mirror is not None else None, step, device)
+        for index, score in zip(present.nonzero().flatten().tolist(), kept):
+            with_gaps[index] = score
+        return with_gaps
     scores: list[float] = []
     for start, end in chunk_bounds(len(views), mirror, step):
         chunk = views[start:end].to(device, non_blocking=True)

@@ -76,6 +76,7 @@ class Preprocess:
     view_offsets: tuple[float, ...] = ()  # logit offsets per view kind (whole, patch, face); () = raw scores
     mirror: tuple[str, ...] = ()  # view kinds also scored as their mirror image, the two logits averaged
     precision: str = "float32"  # the number format the offsets and threshold were fitted in (PRECISIONS)
+    patch_min_side: int = 0  # faces+patch: the native patch is scored only on images whose shorter side exceeds this
 
     @property
     def decode_side(self) -> int:
@@ -96,6 +97,8 @@ class Preprocess:
             del data["mirror"]  # likewise: a model without mirror averaging keeps its version
         if self.precision == "float32":
             del data["precision"]  # and a float32 model keeps its version too
+        if not self.patch_min_side:
+            del data["patch_min_side"]  # and so does a model that scores the patch on every image
         return data
 
     @property
@@ -122,6 +125,7 @@ class Preprocess:
             view_offsets=tuple(float(v) for v in data.get("view_offsets", ())),
             mirror=tuple(str(kind) for kind in data.get("mirror", ())),
             precision=str(data.get("precision", "float32")),
+            patch_min_side=int(data.get("patch_min_side", 0)),
         )
 
 

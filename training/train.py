@@ -87,6 +87,7 @@ class TrainConfig:
     mirror: list[str] = field(default_factory=list)  # view kinds also scored mirrored (validation and after)
     precision: str = "float32"  # the number format validation (and so the threshold) and the scanner use
     self_blend: float = 0.0  # share of real draws with a face made a self-blended fake (training/selfblend.py)
+    patch_min_side: int = 0  # faces+patch: the native patch is drawn and scored only on images larger than this
 
 
 def paper_config(data_dirs: list[str], out: str) -> TrainConfig:
@@ -273,7 +274,7 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
         raise ValueError("need images of both classes for training and validation")
     preprocess = Preprocess(
         size=config.size, max_side=config.max_side, views=config.views, mirror=tuple(config.mirror),
-        precision=config.precision,
+        precision=config.precision, patch_min_side=config.patch_min_side,
     )  # fmt: skip
     arch_args = config.arch_args or dict(DEFAULT_ARGS[config.arch])
     if config.arch == "paper-cnn":

@@ -66,10 +66,22 @@ def find_faces(image: Image.Image, config: Preprocess, finder: FaceFinder | None
     return finder.find(image) if config.uses_faces and finder is not None else []
 
 
+def has_patch(image: Image.Image, config: Preprocess) -> bool:
+    """Whether the model scores a native patch of this image: a faces+patch model does when the image's shorter
+    side exceeds `patch_min_side` (below it the patch shows little the scaled whole image does not)."""
+    return config.image_views == 2 and min(image.size) > config.patch_min_side
+
+
 def view_images(image: Image.Image, config: Preprocess, boxes: list[Box]) -> list[Image.Image]:
-    """The views as images (the whole image first, then any native patch, then faces), for scoring and heatmaps."""
-    patch = [patch_view(image, config)] if config.image_views == 2 else []
+    """The views scored, as images (the whole image first, then any native patch, then faces), for heatmaps."""
+    patch = [patch_view(image, config)] if has_patch(image, config) else []
     return [whole_view(image, config), *patch, *(face_view(image, box, config) for box in boxes)]
+
+
+def absent_view(config: Preprocess) -> torch.Tensor:
+    """The placeholder row of a view kind an image does not have (a small image's native patch): all NaN, so
+    `predict_in_chunks` skips it without a network pass and its score, NaN, is left out of every maximum."""
+    return torch.full((3, config.size, config.size), math.nan)
 
 
 def make_views(image: Image.Image, config: Preprocess, finder: FaceFinder | None) -> ImageViews:
@@ -79,8 +91,10 @@ def make_views(image: Image.Image, config: Preprocess, finder: FaceFinder | None
 
 def views_from_boxes(image: Image.Image, config: Preprocess, boxes: list[Box]) -> ImageViews:
     """The stacked model inputs of an image whose face boxes are already known."""
-    tensors = torch.stack([to_tensor(view, config) for view in view_images(image, config, boxes)])
-    return ImageViews(tensors, boxes)
+    rows = [to_tensor(view, config) for view in view_images(image, config, boxes)]
+    if config.image_views == 2 and not has_patch(image, config):
+        rows.insert(1, absent_view(config))  # every image keeps the layout whole, patch, faces
+    return ImageViews(torch.stack(rows), boxes)
 
 
 def view_kinds(count: int, image_views: int) -> list[int]:
@@ -112,7 +126,8 @@ def combine_views(chunk: Sequence[float], image_views: int = 1, offsets: Sequenc
     """One image's raw view scores -> its ViewScores, each view first calibrated by its kind's offset (if any)."""
     if offsets:
         chunk = [calibrated(s, offsets[k]) for s, k in zip(chunk, view_kinds(len(chunk), image_views))]
-    return ViewScores(whole=max(chunk[:image_views]), faces=list(chunk[image_views:]))
+    whole = max(s for s in chunk[:image_views] if not math.isnan(s))  # an absent patch scores NaN
+    return ViewScores(whole=whole, faces=list(chunk[image_views:]))
 
 
 def chunk_views(flat_scores: list[float], counts: Sequence[int]) -> list[list[float]]:
@@ -136,7 +151,8 @@ def fit_view_offsets(
     for kind in range(len(VIEW_KINDS)):
         kept: list[tuple[float, int, str]] = []
         for views, label, source in zip(per_image, labels, sources):
-            scores = [s for s, k in zip(views, view_kinds(len(views), image_views)) if k == kind]
+            kinds = view_kinds(len(views), image_views)
+            scores = [s for s, k in zip(views, kinds) if k == kind and not math.isnan(s)]
             if scores:
                 kept.append((max(scores), label, source))
         if not any(label == 0 for _, label, _ in kept):
@@ -156,7 +172,7 @@ def training_view(
         return _face_training_view(image, rng.choice(boxes), config, augment, rng)
     if augment is not None:
         image = augment(image)
-    if config.image_views == 2 and rng.random() < 0.5:
+    if has_patch(image, config) and rng.random() < 0.5:
         return to_tensor(patch_view(image, config), config)
     return to_tensor(whole_view(image, config), config)
 
@@ -166,7 +182,7 @@ def blended_training_view(
 ) -> torch.Tensor:
     """A self-blended image's training view: the blended face, or (faces+patch) the native patch 30% of the time;
     never the scaled whole image, where a small face's blend would not show."""
-    if config.image_views == 2 and rng.random() < 0.3:
+    if has_patch(image, config) and rng.random() < 0.3:
         return to_tensor(patch_view(augment(image) if augment is not None else image, config), config)
     return _face_training_view(image, box, config, augment, rng)
 

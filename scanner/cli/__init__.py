@@ -365,6 +365,13 @@ def model_calibrate(
             "number format the network runs in, here and in the scanner; default: keep the source's."
         ),
     ] = None,
+    patch_min_side: Annotated[
+        int | None,
+        typer.Option(
+            help="faces+patch models: score the native patch only on images whose shorter side exceeds this many "
+            "pixels (0: on every image); default: keep the source's."
+        ),
+    ] = None,
 ) -> None:
     """Fit per-view offsets and the threshold on the checkpoint's own validation split."""
     from training.checkpoint import CheckpointError
@@ -373,8 +380,9 @@ def model_calibrate(
     try:
         kinds = None if mirror is None else tuple(kind for kind in mirror if kind != "none")
         metrics = calibrate_checkpoint(
-            source, target, [str(d) for d in data_dirs], "cpu", workers=workers, mirror=kinds, precision=precision
-        )
+            source, target, [str(d) for d in data_dirs], "cpu", workers=workers, mirror=kinds, precision=precision,
+            patch_min_side=patch_min_side,
+        )  # fmt: skip
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         fail(str(exc))
     offsets = ", ".join(f"{v:.3f}" for v in metrics["view_offsets"])

@@ -88,6 +88,13 @@ def train(
         float | None,
         typer.Option(help="Share (0-1) of real draws with a face turned into a self-blended fake (face-aware models)."),
     ] = None,
+    patch_min_side: Annotated[
+        int | None,
+        typer.Option(
+            help="faces+patch: draw and score the native patch only on images whose shorter side exceeds this many "
+            "pixels (0: on every image)."
+        ),
+    ] = None,
 ) -> None:
     """Train a detector on labelled image folders."""
     from training.augment import PRESETS
@@ -106,6 +113,7 @@ def train(
             workers=workers, views=views, balance=balance, samples_per_epoch=samples_per_epoch,
             init=str(resolve_model(init)) if init else None, dataset_weights=_set_weights(weight or []),
             calibrate_views=calibrate_views, mirror=mirror, precision=precision, self_blend=self_blend,
+            patch_min_side=patch_min_side,
         )  # fmt: skip
     if views not in VIEW_POLICIES:
         fail(f"--views must be one of {', '.join(VIEW_POLICIES)}, not {views!r}", code=2)
@@ -113,6 +121,8 @@ def train(
         fail(f"--augment must be one of {', '.join(PRESETS)}, not {augment!r}", code=2)
     if self_blend is not None and not 0 <= self_blend <= 1:
         fail(f"--self-blend must be between 0 and 1, not {self_blend}", code=2)
+    if patch_min_side is not None and (patch_min_side < 0 or views != "faces+patch"):
+        fail(f"--patch-min-side needs --views faces+patch and a side of 0 or more, not {patch_min_side}", code=2)
     config = replace(config, **{key: value for key, value in overrides.items() if value is not None})
     try:
         with progress_bar() as new_task:
