@@ -225,6 +225,75 @@ def test_mirrored_views_average_each_with_its_mirror_image_on_every_path(
             load_model(tmp_path / "broken.pt", "cpu")
 
 
+def test_a_mirror_band_mirrors_only_views_near_the_threshold_on_every_path(
+    mirror_model: Path, face_data: Path, tmp_path: Path
+) -> None:
+    """`scanner model calibrate --mirror-margin M`: a format-7 file whose band is the threshold's logit +- M. Every
+    view is scored plain; a view of a mirrored kind whose calibrated plain logit lies in the band is averaged with
+    its mirror image (a second call holding only those), the others keep their plain score, the same in evaluation
+    and in the scanner; margin 0 mirrors every view again."""
+    from training.views import score_flat_views
+
+    out = tmp_path / "band.pt"
+    args = ["model", "calibrate", str(mirror_model), str(out), str(face_data), "--workers", "0"]
+    result = CliRunner().invoke(app, [*args, "--mirror-margin", "0.5"])
+    assert result.exit_code == 0, result.output
+    banded = read_checkpoint(out)
+    middle = math.log(banded["threshold"] / (1 - banded["threshold"]))
+    assert banded["format"] == "fauxscan-checkpoint/7"
+    assert banded["preprocess"]["mirror_band"] == pytest.approx([middle - 0.5, middle + 0.5])
+    loaded = load_model(out, "cpu")
+    samples = find_samples(face_data)[:8]
+    finder = FaceFinder(loaded.preprocess.faces)
+    stacks = [make_views(Image.open(s.path).convert("RGB"), loaded.preprocess, finder).tensors for s in samples]
+    offsets = loaded.preprocess.view_offsets
+    with torch.inference_mode():
+        plain = [predict_scores(loaded.model, views).tolist() for views in stacks]
+    wholes = sorted(math.log(p[0] / (1 - p[0])) - offsets[0] for p in plain)
+    low, high = wholes[2] - 1e-4, wholes[5] + 1e-4  # a band that holds some whole-image views and not others
+    crafted = dict(banded, preprocess={**banded["preprocess"], "mirror_band": [low, high]})
+    save_checkpoint(crafted, tmp_path / "crafted.pt")
+    loaded = load_model(tmp_path / "crafted.pt", "cpu")
+    direct, inside = [], 0
+    for views, scores in zip(stacks, plain):
+        logit = math.log(scores[0] / (1 - scores[0]))
+        if low <= logit - offsets[0] <= high:  # only the whole image is a mirrored kind here
+            inside += 1
+            with torch.inference_mode():
+                mirrored = predict_scores(loaded.model, views[:1].flip(-1))[0].item()
+            scores = [1 / (1 + math.exp(-(logit + math.log(mirrored / (1 - mirrored))) / 2)), *scores[1:]]
+        direct.append(combined(scores, loaded.preprocess))
+    assert inside == 4
+    calls: list[int] = []
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        calls.append(len(batch))
+        return loaded.model(batch)
+
+    with torch.inference_mode():
+        score_flat_views(forward, torch.cat(stacks), [len(v) for v in stacks], loaded.preprocess, 1000, loaded.device)
+    assert calls == [sum(len(v) for v in stacks), 4]  # every view plain, then the four mirror images
+    assert score_samples(loaded, samples, batch_size=3, workers=0) == pytest.approx(direct, abs=1e-5)
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", tmp_path / "crafted.pt", batch_size=3, model_batch=3)
+    summary = submit(settings, [str(s.path) for s in samples], wait=True).summary
+    with open_database(settings)() as session:
+        scanned = {row["uri"]: row["score"] for row in report_rows(session, summary["job_id"])}
+    assert [scanned[str(s.path)] for s in samples] == pytest.approx(direct, abs=1e-4)
+    back = CliRunner().invoke(app, ["model", "calibrate", str(out), str(tmp_path / "all.pt"), *args[4:],
+                                    "--mirror-margin", "0"])  # fmt: skip
+    assert back.exit_code == 0, back.output
+    every = read_checkpoint(tmp_path / "all.pt")
+    assert every["format"] == "fauxscan-checkpoint/4" and "mirror_band" not in every["preprocess"]
+    assert every["model_version"] == read_checkpoint(mirror_model)["model_version"]  # the same model as before
+    for bad in ("-1", "nan"):
+        refused = CliRunner().invoke(app, [*args[:3], str(tmp_path / "no.pt"), *args[4:], "--mirror-margin", bad])
+        assert refused.exit_code == 1 and "0 or more" in refused.output
+    for band in ([1.0], [2.0, 1.0], [0.0, "x"]):
+        save_checkpoint(dict(banded, preprocess={**banded["preprocess"], "mirror_band": band}), tmp_path / "bad.pt")
+        with pytest.raises(CheckpointError, match="mirror_band"):
+            load_model(tmp_path / "bad.pt", "cpu")
+
+
 @pytest.mark.skipif(
     not precision_runs_natively("bfloat16", torch.device("cpu")), reason="this CPU has no bfloat16 kernels"
 )

@@ -24,8 +24,10 @@ MIRROR_FORMAT = "fauxscan-checkpoint/4"
 PRECISION_FORMAT = "fauxscan-checkpoint/5"
 # 6: "patch_min_side"; older code would score the native patch of small images against offsets fitted without it
 PATCH_FORMAT = "fauxscan-checkpoint/6"
+# 7: "mirror_band"; older code would mirror every view, and score views far from the threshold differently
+BAND_FORMAT = "fauxscan-checkpoint/7"
 READABLE_FORMATS = (
-    "fauxscan-checkpoint/1", FORMAT, CALIBRATED_FORMAT, MIRROR_FORMAT, PRECISION_FORMAT, PATCH_FORMAT,
+    "fauxscan-checkpoint/1", FORMAT, CALIBRATED_FORMAT, MIRROR_FORMAT, PRECISION_FORMAT, PATCH_FORMAT, BAND_FORMAT,
 )  # fmt: skip
 CODE_VERSION = "0.1.0"
 
@@ -49,6 +51,8 @@ class LoadedModel:
 def format_for(preprocess: Preprocess) -> str:
     """The oldest checkpoint format that can describe this preprocessing, so older fauxscan refuses only what
     it would score wrongly."""
+    if preprocess.mirror_band:
+        return BAND_FORMAT
     if preprocess.patch_min_side:
         return PATCH_FORMAT
     if preprocess.precision != "float32":
@@ -118,6 +122,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             "upgrade fauxscan to use it"
         )
     _check_view_offsets(path, checkpoint.get("preprocess", {}).get("view_offsets"))
+    _check_mirror_band(path, checkpoint.get("preprocess", {}).get("mirror_band"))
     patch_min_side = checkpoint.get("preprocess", {}).get("patch_min_side", 0)
     if not isinstance(patch_min_side, int) or isinstance(patch_min_side, bool) or patch_min_side < 0:
         raise CheckpointError(f"{path} has an unusable patch_min_side {patch_min_side!r}: expected a whole number >= 0")
@@ -138,6 +143,15 @@ def _check_view_offsets(path: Path, offsets: Any) -> None:
         raise CheckpointError(
             f"{path} has unusable view_offsets {offsets!r}: expected {len(VIEW_KINDS)} finite numbers"
         )
+
+
+def _check_mirror_band(path: Path, band: Any) -> None:
+    """A mirror band, where present, is two finite numbers, low <= high."""
+    if band is None:
+        return
+    numbers = isinstance(band, list) and len(band) == 2 and all(isinstance(v, int | float) for v in band)
+    if not numbers or not all(math.isfinite(v) for v in band) or band[0] > band[1]:
+        raise CheckpointError(f"{path} has an unusable mirror_band {band!r}: expected [low, high], finite numbers")
 
 
 def check_mirror(kinds: Any) -> None:

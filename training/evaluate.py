@@ -24,8 +24,10 @@ from training.preprocess import Augment
 from training.train import (
     TrainConfig,
     evaluate,
+    image_scores,
     load_splits,
     make_eval_loader,
+    metrics_at,
     per_dataset_metrics,
     score_views,
     validation_metrics,
@@ -88,11 +90,14 @@ def run_evaluation(
 def calibrate_checkpoint(
     source: Path, target: Path, data_dirs: list[str], device: str = "auto", batch_size: int = 64, workers: int = 1,
     mirror: tuple[str, ...] | None = None, precision: str | None = None, patch_min_side: int | None = None,
+    mirror_margin: float | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Fit a multi-view checkpoint's view offsets and threshold on its own validation split; write a copy.
     `mirror` first sets the view kinds scored with their mirror image too, `precision` the number format the
     network runs in, `patch_min_side` the shorter side an image needs for its native patch to be scored (None
-    keeps the source's)."""
+    keeps the source's). With `mirror_margin` (logits; None keeps the source's, 0 mirrors every view), the
+    offsets and threshold are fitted with every view mirrored, and then only views that score within that
+    margin of the threshold are mirrored, in the metrics stored and wherever the model runs."""
     if mirror is not None:
         check_mirror(mirror)  # before any model or image is loaded
     if precision is not None:
@@ -110,12 +115,26 @@ def calibrate_checkpoint(
         loaded.preprocess, view_offsets=(), mirror=loaded.preprocess.mirror if mirror is None else mirror,
         precision=precision or loaded.preprocess.precision,
         patch_min_side=loaded.preprocess.patch_min_side if patch_min_side is None else patch_min_side,
+        mirror_band=(),
     )  # fmt: skip
+    band = loaded.preprocess.mirror_band
+    margin = (band[1] - band[0]) / 2 if band and mirror_margin is None else mirror_margin or 0.0
+    if margin < 0 or not math.isfinite(margin):
+        raise ValueError(f"the mirror margin must be 0 or more logits, not {margin}")
+    if margin and not raw.mirror:
+        raise ValueError(f"{source} mirrors no view: a mirror margin needs --mirror")
     loader = make_eval_loader(samples, raw, None, batch_size, workers)
     per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=raw)
     config = TrainConfig(**{**checkpoint["train_config"], "data_dirs": data_dirs, "calibrate_views": True})
     metrics, preprocess, _ = validation_metrics(config, [], samples, per_image, labels, raw)
     metrics.pop("history")
+    if margin:
+        threshold = min(max(metrics["threshold"], 1e-7), 1 - 1e-7)
+        middle = math.log(threshold / (1 - threshold))
+        preprocess = replace(preprocess, mirror_band=(middle - margin, middle + margin))
+        per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=preprocess)
+        scores = image_scores(per_image, preprocess)
+        metrics = {**metrics, **metrics_at(samples, scores, labels, metrics["threshold"], preprocess)}
     previous = str(checkpoint["model_version"])
     checkpoint.update(format=format_for(preprocess), preprocess=preprocess.to_dict(), threshold=metrics["threshold"],
                       metrics=metrics, calibrated_from=previous)  # fmt: skip

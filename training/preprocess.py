@@ -77,6 +77,9 @@ class Preprocess:
     mirror: tuple[str, ...] = ()  # view kinds also scored as their mirror image, the two logits averaged
     precision: str = "float32"  # the number format the offsets and threshold were fitted in (PRECISIONS)
     patch_min_side: int = 0  # faces+patch: the native patch is scored only on images whose shorter side exceeds this
+    # (low, high) in calibrated logits: only views of a mirrored kind whose plain score lies inside are scored mirrored
+    # too (the others are far from the threshold, where the average changes no verdict); () = every such view
+    mirror_band: tuple[float, ...] = ()
 
     @property
     def decode_side(self) -> int:
@@ -99,6 +102,10 @@ class Preprocess:
             del data["precision"]  # and a float32 model keeps its version too
         if not self.patch_min_side:
             del data["patch_min_side"]  # and so does a model that scores the patch on every image
+        if self.mirror_band:
+            data["mirror_band"] = list(self.mirror_band)
+        else:
+            del data["mirror_band"]  # and one that mirrors every view of its mirrored kinds
         return data
 
     @property
@@ -126,6 +133,7 @@ class Preprocess:
             mirror=tuple(str(kind) for kind in data.get("mirror", ())),
             precision=str(data.get("precision", "float32")),
             patch_min_side=int(data.get("patch_min_side", 0)),
+            mirror_band=tuple(float(v) for v in data.get("mirror_band", ())),
         )
 
 

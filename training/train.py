@@ -45,11 +45,10 @@ from training.models import (
     build_model,
     inference_forward,
     model_batch_size,
-    predict_in_chunks,
 )
 from training.plots import plot_confusion, plot_curves, plot_roc
 from training.preprocess import Augment, Preprocess
-from training.views import chunk_views, combine_views, fit_view_offsets, mirror_mask
+from training.views import chunk_views, combine_views, fit_view_offsets, score_flat_views
 
 Progress = Callable[[int], None]
 
@@ -211,8 +210,7 @@ def score_views(
     labels: list[int] = []
     step = model_batch_size(device)
     for views, counts, batch_labels in loader:
-        mirror = mirror_mask(counts, preprocess)
-        per_image.extend(chunk_views(predict_in_chunks(forward, views, mirror, step, device), counts))
+        per_image.extend(chunk_views(score_flat_views(forward, views, counts, preprocess, step, device), counts))
         labels.extend(batch_labels.tolist())
         if progress:
             progress(len(batch_labels))
@@ -362,12 +360,20 @@ def validation_metrics(
         preprocess = calibrate(preprocess, per_image, labels, sources, config.threshold_rule)
     scores = image_scores(per_image, preprocess)
     threshold = choose_threshold(labels, scores, config.threshold_rule, sources)
-    metrics = summarize(labels, scores, threshold, [s.stratum for s in val])
-    metrics["per_dataset"] = per_dataset_metrics(val, scores, threshold)
+    metrics = metrics_at(val, scores, labels, threshold, preprocess)
     metrics["threshold_rule"] = config.threshold_rule
-    metrics["view_offsets"] = list(preprocess.view_offsets)
     metrics["history"] = history
     return metrics, preprocess, scores
+
+
+def metrics_at(
+    val: list[Sample], scores: list[float], labels: list[int], threshold: float, preprocess: Preprocess
+) -> dict[str, Any]:
+    """Pooled and per-dataset metrics of these image scores at `threshold`."""
+    metrics = summarize(labels, scores, threshold, [s.stratum for s in val])
+    metrics["per_dataset"] = per_dataset_metrics(val, scores, threshold)
+    metrics["view_offsets"] = list(preprocess.view_offsets)
+    return metrics
 
 
 def per_dataset_metrics(samples: list[Sample], scores: list[float], threshold: float) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from PIL import Image
 
 from training.faces import Box, FaceFinder, face_region
 from training.metrics import choose_threshold
+from training.models import Forward, predict_in_chunks
 from training.preprocess import VIEW_KINDS, Augment, Preprocess, resize_center_crop, to_tensor
 
 
@@ -110,6 +111,33 @@ def mirror_mask(counts: Sequence[int], preprocess: Preprocess) -> torch.Tensor |
     mirrored = {VIEW_KINDS.index(kind) for kind in preprocess.mirror}
     kinds = [kind for count in counts for kind in view_kinds(count, preprocess.image_views)]
     return torch.tensor([kind in mirrored for kind in kinds], dtype=torch.bool)
+
+
+def in_mirror_band(plain: Sequence[float], counts: Sequence[int], preprocess: Preprocess) -> torch.Tensor:
+    """Which of the flat views score, unmirrored and calibrated, inside the checkpoint's mirror band (absent: no)."""
+    low, high = preprocess.mirror_band
+    offsets = preprocess.view_offsets or (0.0,) * len(VIEW_KINDS)
+    kinds = [kind for count in counts for kind in view_kinds(count, preprocess.image_views)]
+    inside = [not math.isnan(s) and low <= _logit(s) - offsets[k] <= high for s, k in zip(plain, kinds)]
+    return torch.tensor(inside, dtype=torch.bool)
+
+
+def score_flat_views(
+    forward: Forward, views: torch.Tensor, counts: Sequence[int], preprocess: Preprocess, step: int,
+    device: torch.device,
+) -> list[float]:  # fmt: skip
+    """Every view's raw score as the checkpoint says to score it, for training, evaluation and the scanner alike:
+    views of a mirrored kind averaged (logits) with their mirror image, in the same network call; with a mirror
+    band, all views are scored plain first and only those inside the band are scored mirrored too."""
+    mirror = mirror_mask(counts, preprocess)
+    if mirror is None or not preprocess.mirror_band:
+        return predict_in_chunks(forward, views, mirror, step, device)
+    plain = predict_in_chunks(forward, views, None, step, device)
+    rows = (mirror & in_mirror_band(plain, counts, preprocess)).nonzero().flatten().tolist()
+    if rows:
+        for row, score in zip(rows, predict_in_chunks(forward, views[rows].flip(-1), None, step, device)):
+            plain[row] = 1 / (1 + math.exp(-(_logit(plain[row]) + _logit(score)) / 2))
+    return plain
 
 
 def _logit(score: float) -> float:

@@ -372,6 +372,13 @@ def model_calibrate(
             "pixels (0: on every image); default: keep the source's."
         ),
     ] = None,
+    mirror_margin: Annotated[
+        float | None,
+        typer.Option(
+            help="Score a view mirrored only when its plain score is within this many logits of the threshold "
+            "(faster; 0: every view of a mirrored kind); default: keep the source's."
+        ),
+    ] = None,
 ) -> None:
     """Fit per-view offsets and the threshold on the checkpoint's own validation split."""
     from training.checkpoint import CheckpointError
@@ -381,7 +388,7 @@ def model_calibrate(
         kinds = None if mirror is None else tuple(kind for kind in mirror if kind != "none")
         metrics = calibrate_checkpoint(
             source, target, [str(d) for d in data_dirs], "cpu", workers=workers, mirror=kinds, precision=precision,
-            patch_min_side=patch_min_side,
+            patch_min_side=patch_min_side, mirror_margin=mirror_margin,
         )  # fmt: skip
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         fail(str(exc))

@@ -10,8 +10,8 @@ from scanner.connect import SetupError
 from scanner.settings import Settings
 from training.checkpoint import LoadedModel, load_model, read_checkpoint
 from training.faces import FaceFinder
-from training.models import inference_forward, model_batch_size, predict_in_chunks
-from training.views import ImageViews, ViewScores, mirror_mask, split_scores
+from training.models import inference_forward, model_batch_size
+from training.views import ImageViews, ViewScores, score_flat_views, split_scores
 
 
 def model_identity(settings: Settings) -> tuple[str, float]:
@@ -67,7 +67,7 @@ class ModelRunner:
         views = torch.cat([image.tensors for image in images])
         counts = [len(image.tensors) for image in images]
         step = model_batch_size(loaded.device, self.settings.model_batch)
-        flat = predict_in_chunks(forward, views, mirror_mask(counts, preprocess), step, loaded.device)
+        flat = score_flat_views(forward, views, counts, preprocess, step, loaded.device)
         scores = split_scores(flat, counts, preprocess.image_views, preprocess.view_offsets)
         for result, image in zip(scores, images):
             result.boxes = image.boxes

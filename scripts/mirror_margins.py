@@ -1,0 +1,90 @@
+"""How far from the threshold must a view be before its mirror image can be skipped? A margin sweep.
+
+    .venv/bin/python scripts/mirror_margins.py effnet-faces --margins 1 2 3 4 6
+
+Scores the model's validation split twice, with its mirrored view kinds scored plain and mirror-averaged, then
+for each margin applies what `scanner model calibrate --mirror-margin M` stores: a view is mirror-averaged only
+when its calibrated plain logit is within M of the threshold's. Prints the share of views mirrored, the verdicts
+that differ from mirroring every view, and the AUC per set and of GAN faces against real HQ portraits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from detector_report import SETS, goals  # noqa: E402
+
+from scanner.registry import resolve_model  # noqa: E402
+from training.checkpoint import load_model  # noqa: E402
+from training.evaluate import select_samples  # noqa: E402
+from training.metrics import roc_auc  # noqa: E402
+from training.preprocess import VIEW_KINDS  # noqa: E402
+from training.train import image_scores, make_eval_loader, score_views  # noqa: E402
+from training.views import view_kinds  # noqa: E402
+
+
+def logit(score: float) -> float:
+    """The score's logit, clipped as the scanner clips it."""
+    clipped = min(max(score, 1e-7), 1 - 1e-7)
+    return math.log(clipped / (1 - clipped))
+
+
+def banded(plain: list[float], mirrored: list[float], kinds: list[int], margin: float, offsets: tuple[float, ...],
+           middle: float, mirror: set[int]) -> tuple[list[float], int]:  # fmt: skip
+    """One image's raw view scores with only the views inside the band mirror-averaged, and how many were."""
+    scores, count = [], 0
+    for p, m, kind in zip(plain, mirrored, kinds):
+        inside = kind in mirror and not math.isnan(p) and abs(logit(p) - offsets[kind] - middle) <= margin
+        scores.append(m if inside else p)
+        count += inside
+    return scores, count
+
+
+def main() -> None:
+    """Score the split plain and mirrored once, then print one row per margin."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", help="a calibrated checkpoint with mirrored view kinds, or a registered name")
+    parser.add_argument("--margins", type=float, nargs="+", default=[1, 2, 3, 4, 6])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    args = parser.parse_args()
+    model = resolve_model(args.model)
+    loaded = load_model(model, "cpu")
+    full = replace(loaded.preprocess, mirror_band=())
+    if not full.mirror or not full.view_offsets:
+        parser.error(f"{model} has no calibrated, mirrored views")
+    samples = select_samples([str(args.data / name) for name in SETS], model, "val")
+    plain_pp = replace(full, mirror=())
+    plain = score_views(loaded.model, make_eval_loader(samples, plain_pp, None, 64, 1), loaded.device, plain_pp)[0]
+    mirrored = score_views(loaded.model, make_eval_loader(samples, full, None, 64, 1), loaded.device, full)[0]
+    middle, mirror = logit(loaded.threshold), {VIEW_KINDS.index(kind) for kind in full.mirror}
+    reference = [s >= loaded.threshold for s in image_scores(mirrored, full)]
+    print(f"{loaded.version}, threshold {loaded.threshold:.4f}, mirrored kinds {', '.join(full.mirror)}")
+    print("| margin | views mirrored | verdicts changed | " + " | ".join(SETS[:6]) + " | GAN vs HQ |")
+    print("| --- |" + " ---: |" * 9)
+    for margin in [math.inf, *args.margins]:
+        per_image, used, total = [], 0, 0
+        for p, m in zip(plain, mirrored):
+            kinds = view_kinds(len(p), full.image_views)
+            scores, count = banded(p, m, kinds, margin, full.view_offsets, middle, mirror)
+            per_image.append(scores)
+            used += count
+            total += sum(kind in mirror for kind in kinds)
+        scores = image_scores(per_image, full)
+        changed = sum((s >= loaded.threshold) != r for s, r in zip(scores, reference))
+        aucs = []
+        for name in SETS[:6]:
+            idx = [i for i, s in enumerate(samples) if s.dataset == name]
+            aucs.append(roc_auc([samples[i].label for i in idx], [scores[i] for i in idx]))
+        gan = goals(samples, scores, loaded.threshold)["gan_vs_hq_real_auc"]
+        name = "every view" if math.isinf(margin) else f"{margin:g}"
+        print(f"| {name} | {used / max(total, 1):.0%} | {changed} | " + " | ".join(f"{a:.3f}" for a in aucs)
+              + f" | {gan:.3f} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
