@@ -134,9 +134,8 @@ def score_flat_views(
         return predict_in_chunks(forward, views, mirror, step, device)
     plain = predict_in_chunks(forward, views, None, step, device)
     rows = (mirror & in_mirror_band(plain, counts, preprocess)).nonzero().flatten().tolist()
-    if rows:
-        for row, score in zip(rows, predict_in_chunks(forward, views[rows].flip(-1), None, step, device)):
-            plain[row] = 1 / (1 + math.exp(-(_logit(plain[row]) + _logit(score)) / 2))
+    for row, score in zip(rows, predict_in_chunks(forward, views[rows].flip(-1), None, step, device)):
+        plain[row] = 1 / (1 + math.exp(-(_logit(plain[row]) + _logit(score)) / 2))
     return plain
 
 
