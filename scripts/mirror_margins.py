@@ -23,26 +23,23 @@ from scanner.registry import resolve_model  # noqa: E402
 from training.checkpoint import load_model  # noqa: E402
 from training.evaluate import select_samples  # noqa: E402
 from training.metrics import roc_auc  # noqa: E402
-from training.preprocess import VIEW_KINDS  # noqa: E402
+from training.preprocess import VIEW_KINDS, Preprocess  # noqa: E402
 from training.train import image_scores, make_eval_loader, score_views  # noqa: E402
-from training.views import view_kinds  # noqa: E402
+from training.views import band_around, chunk_views, in_mirror_band, mirror_mask, view_kinds  # noqa: E402
 
 
-def logit(score: float) -> float:
-    """The score's logit, clipped as the scanner clips it."""
-    clipped = min(max(score, 1e-7), 1 - 1e-7)
-    return math.log(clipped / (1 - clipped))
-
-
-def banded(plain: list[float], mirrored: list[float], kinds: list[int], margin: float, offsets: tuple[float, ...],
-           middle: float, mirror: set[int]) -> tuple[list[float], int]:  # fmt: skip
-    """One image's raw view scores with only the views inside the band mirror-averaged, and how many were."""
-    scores, count = [], 0
-    for p, m, kind in zip(plain, mirrored, kinds):
-        inside = kind in mirror and not math.isnan(p) and abs(logit(p) - offsets[kind] - middle) <= margin
-        scores.append(m if inside else p)
-        count += inside
-    return scores, count
+def banded(
+    plain: list[list[float]], mirrored: list[list[float]], preprocess: Preprocess
+) -> tuple[list[list[float]], int]:
+    """Each image's raw view scores as a checkpoint with this mirror band scores them (the band decided by the
+    scanner's own `in_mirror_band`), and how many views were mirror-averaged."""
+    counts = [len(views) for views in plain]
+    flat_plain = [s for views in plain for s in views]
+    mirrored_kinds = mirror_mask(counts, preprocess)
+    assert mirrored_kinds is not None  # main() refuses a model without mirrored views
+    inside = mirrored_kinds & in_mirror_band(flat_plain, counts, preprocess)
+    flat = [m if use else p for p, m, use in zip(flat_plain, (s for v in mirrored for s in v), inside.tolist())]
+    return chunk_views(flat, counts), int(inside.sum())
 
 
 def main() -> None:
@@ -61,19 +58,14 @@ def main() -> None:
     plain_pp = replace(full, mirror=())
     plain = score_views(loaded.model, make_eval_loader(samples, plain_pp, None, 64, 1), loaded.device, plain_pp)[0]
     mirrored = score_views(loaded.model, make_eval_loader(samples, full, None, 64, 1), loaded.device, full)[0]
-    middle, mirror = logit(loaded.threshold), {VIEW_KINDS.index(kind) for kind in full.mirror}
+    mirror = {VIEW_KINDS.index(kind) for kind in full.mirror}
+    total = sum(kind in mirror for views in plain for kind in view_kinds(len(views), full.image_views))
     reference = [s >= loaded.threshold for s in image_scores(mirrored, full)]
     print(f"{loaded.version}, threshold {loaded.threshold:.4f}, mirrored kinds {', '.join(full.mirror)}")
     print("| margin | views mirrored | verdicts changed | " + " | ".join(SETS[:6]) + " | GAN vs HQ |")
     print("| --- |" + " ---: |" * 9)
     for margin in [math.inf, *args.margins]:
-        per_image, used, total = [], 0, 0
-        for p, m in zip(plain, mirrored):
-            kinds = view_kinds(len(p), full.image_views)
-            scores, count = banded(p, m, kinds, margin, full.view_offsets, middle, mirror)
-            per_image.append(scores)
-            used += count
-            total += sum(kind in mirror for kind in kinds)
+        per_image, used = banded(plain, mirrored, replace(full, mirror_band=band_around(loaded.threshold, margin)))
         scores = image_scores(per_image, full)
         changed = sum((s >= loaded.threshold) != r for s, r in zip(scores, reference))
         aucs = []

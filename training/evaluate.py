@@ -32,6 +32,7 @@ from training.train import (
     score_views,
     validation_metrics,
 )
+from training.views import band_around
 
 
 def select_samples(data_dirs: list[str], model_path: Path, split: str) -> list[Sample]:
@@ -129,9 +130,7 @@ def calibrate_checkpoint(
     metrics, preprocess, _ = validation_metrics(config, [], samples, per_image, labels, raw)
     metrics.pop("history")
     if margin:
-        threshold = min(max(metrics["threshold"], 1e-7), 1 - 1e-7)
-        middle = math.log(threshold / (1 - threshold))
-        preprocess = replace(preprocess, mirror_band=(middle - margin, middle + margin))
+        preprocess = replace(preprocess, mirror_band=band_around(metrics["threshold"], margin))
         per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=preprocess)
         scores = image_scores(per_image, preprocess)
         metrics = {**metrics, **metrics_at(samples, scores, labels, metrics["threshold"], preprocess)}

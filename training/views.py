@@ -118,8 +118,14 @@ def in_mirror_band(plain: Sequence[float], counts: Sequence[int], preprocess: Pr
     low, high = preprocess.mirror_band
     offsets = preprocess.view_offsets or (0.0,) * len(VIEW_KINDS)
     kinds = [kind for count in counts for kind in view_kinds(count, preprocess.image_views)]
-    inside = [not math.isnan(s) and low <= _logit(s) - offsets[k] <= high for s, k in zip(plain, kinds)]
+    inside = [not math.isnan(s) and low <= logit(s) - offsets[k] <= high for s, k in zip(plain, kinds)]
     return torch.tensor(inside, dtype=torch.bool)
+
+
+def band_around(threshold: float, margin: float) -> tuple[float, float]:
+    """The mirror band of `margin` logits either side of the image threshold's logit."""
+    middle = logit(threshold)
+    return middle - margin, middle + margin
 
 
 def score_flat_views(
@@ -135,18 +141,19 @@ def score_flat_views(
     plain = predict_in_chunks(forward, views, None, step, device)
     rows = (mirror & in_mirror_band(plain, counts, preprocess)).nonzero().flatten().tolist()
     for row, score in zip(rows, predict_in_chunks(forward, views[rows].flip(-1), None, step, device)):
-        plain[row] = 1 / (1 + math.exp(-(_logit(plain[row]) + _logit(score)) / 2))
+        plain[row] = 1 / (1 + math.exp(-(logit(plain[row]) + logit(score)) / 2))
     return plain
 
 
-def _logit(score: float) -> float:
+def logit(score: float) -> float:
+    """A score's logit, the score first clipped to [1e-7, 1 - 1e-7]."""
     clipped = min(max(score, 1e-7), 1 - 1e-7)
     return math.log(clipped / (1 - clipped))
 
 
 def calibrated(score: float, offset: float) -> float:
     """A view score moved by `offset` in logit space: 0.5 where the view reaches its own threshold."""
-    return score if not offset else 1 / (1 + math.exp(offset - _logit(score)))
+    return score if not offset else 1 / (1 + math.exp(offset - logit(score)))
 
 
 def combine_views(chunk: Sequence[float], image_views: int = 1, offsets: Sequence[float] = ()) -> ViewScores:
@@ -186,7 +193,7 @@ def fit_view_offsets(
             offsets.append(0.0)
             continue
         threshold = choose_threshold([k[1] for k in kept], [k[0] for k in kept], rule, [k[2] for k in kept])
-        offsets.append(_logit(threshold))
+        offsets.append(logit(threshold))
     return tuple(offsets)
 
 
