@@ -201,3 +201,20 @@ def test_frozen_cpu_model_scores_like_the_eager_one(tiny_model: Path, tmp_path: 
     assert frozen._forward is not frozen.loaded.model  # really traced and frozen
     frozen_scores = [result.score for result in frozen.score(images)]
     assert frozen_scores == pytest.approx([result.score for result in eager.score(images)], abs=1e-5)
+
+
+def test_decode_threads_keep_torch_single_threaded_without_touching_the_models_threads(settings: Settings) -> None:
+    """A decode thread's tensor work must not start OpenMP teams of its own (while they lived, the model's forward
+    pass ran 30% slower), and setting that up must leave the model thread's torch thread count alone."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    ctx = ScanContext.create(settings)
+    try:
+        in_decode_thread = ctx.pool.submit(torch.get_num_threads).result()
+        assert torch.get_num_threads() == 2
+    finally:
+        ctx.close()
+        torch.set_num_threads(before)
+    assert in_decode_thread == 1

@@ -222,7 +222,7 @@ def _frozen_copy(model: nn.Module, size: int, dtype: torch.dtype | None) -> Forw
             warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript still runs; eager is the fallback
             example = torch.zeros(2, 3, size, size).contiguous(memory_format=layout)
             nhwc = copy.deepcopy(model).eval().to(memory_format=layout)  # type: ignore[call-overload]
-            traced = torch.jit.trace(nhwc, example)
+            traced = torch.jit.trace(nhwc, example, check_trace=False)  # its check re-runs the model: 1 s a start
             # freezing keeps autocast's casts; optimize_for_inference is the faster float32 graph (measured)
             frozen = torch.jit.freeze(traced) if dtype is not None else torch.jit.optimize_for_inference(traced)
     except Exception:  # noqa: BLE001 - an architecture that does not trace still runs eagerly

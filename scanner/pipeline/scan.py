@@ -1,7 +1,7 @@
 """The scan stage as plain functions: prepare a batch (read, hash, decode), score it, record it.
 
-Both the embedded runner and the Celery task call `scan_batch`; the embedded runner also
-calls `prepare_batch` and `complete_batch` separately to decode one batch while scoring another.
+Both the embedded runner and the Celery task call `scan_batch`; the embedded runner also calls
+`read_batch`, `decode_batch` and `complete_batch` separately, to read one batch while scoring another.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import torch
 from sqlalchemy import select
 
 from scanner.db import Batch, Item, Job, make_engine, session_factory
@@ -29,6 +30,12 @@ LOG = logging.getLogger(__name__)
 # Reads wait on disks and servers, not the CPU: 16 at once keep a batch of 64 slow URLs (each bounded by its
 # deadline) well inside the task time limit.
 READ_THREADS = 16
+
+
+def decode_thread_setup() -> None:
+    """Run in each decode thread: its torch work stays on this thread. A thread that runs a large tensor operation
+    keeps a team of OpenMP threads of its own, and while they live the model's forward pass ran 30% slower."""
+    torch.set_num_threads(1)  # OpenMP's thread count is per calling thread: the model's threads keep theirs
 
 
 def worker_name() -> str:
@@ -55,7 +62,7 @@ class ScanContext:
             settings=settings,
             sessions=sessions or session_factory(make_engine(settings.database_url)),
             runner=ModelRunner(settings),
-            pool=ThreadPoolExecutor(threads, thread_name_prefix="decode"),
+            pool=ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=decode_thread_setup),
             reader=ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read"),
         )
 
@@ -63,6 +70,15 @@ class ScanContext:
         """Stop the decode threads."""
         self.pool.shutdown(wait=True)
         self.reader.shutdown(wait=True)
+
+
+@dataclass
+class ReadBatch:
+    """A batch after reading and hashing: each item's bytes (None on error) and the hashes with a verdict."""
+
+    job_id: int
+    read: list[tuple[LoadedItem, bytes | None]]
+    known: set[str]
 
 
 @dataclass
@@ -123,16 +139,26 @@ def _decode_new_content(ctx: ScanContext, read: list[tuple[LoadedItem, bytes | N
             loaded.fail(first.error_code, first.error_message or "")
 
 
-def prepare_batch(ctx: ScanContext, job_id: int, item_ids: list[int]) -> PreparedBatch:
-    """Read, hash and decode the batch's still-queued items; reuse verdicts that already exist."""
+def read_batch(ctx: ScanContext, job_id: int, item_ids: list[int]) -> ReadBatch:
+    """Read and hash the batch's still-queued items, and look up which contents already have a verdict."""
     read = _read_all(ctx, _queued_rows(ctx, job_id, item_ids))
     with ctx.sessions() as session:
         hashes = [loaded.sha256 for loaded, _ in read if loaded.sha256]
         known = set(existing_verdicts(session, hashes, ctx.runner.loaded.version))
-    _decode_new_content(ctx, read, known)
-    items = [loaded for loaded, _ in read]
+    return ReadBatch(job_id, read, known)
+
+
+def decode_batch(ctx: ScanContext, batch: ReadBatch) -> PreparedBatch:
+    """Decode the read batch's new contents into model views; reuse verdicts that already exist."""
+    _decode_new_content(ctx, batch.read, batch.known)
+    items = [loaded for loaded, _ in batch.read]
     to_score = {i.sha256: i.views for i in items if i.sha256 is not None and i.views is not None}
-    return PreparedBatch(job_id, items, to_score)
+    return PreparedBatch(batch.job_id, items, to_score)
+
+
+def prepare_batch(ctx: ScanContext, job_id: int, item_ids: list[int]) -> PreparedBatch:
+    """Read, hash and decode the batch's still-queued items; reuse verdicts that already exist."""
+    return decode_batch(ctx, read_batch(ctx, job_id, item_ids))
 
 
 def complete_batch(ctx: ScanContext, batch: PreparedBatch) -> None:
