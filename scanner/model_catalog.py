@@ -22,7 +22,9 @@ def _input_policy(preprocess: dict[str, Any]) -> str:
             patch = f"{patch[:-1]}; images over {preprocess['patch_min_side']} px only)"
         combine = "the highest view, each at its own threshold" if preprocess.get("view_offsets") else "the highest"
         if preprocess.get("mirror"):
-            combine = f"{' and '.join(preprocess['mirror'])} also scored mirrored, the logits averaged; {combine}"
+            band = preprocess.get("mirror_band")
+            near = f" when within {(band[1] - band[0]) / 2:g} logits of the threshold" if band else ""
+            combine = f"{' and '.join(preprocess['mirror'])} also scored mirrored{near}, the logits averaged; {combine}"
         if preprocess.get("precision"):
             combine = f"{combine}; network in {preprocess['precision']}"
         return f"whole image{patch} + up to {faces.get('max_faces', 3)} face crops at {size} px (score: {combine})"

@@ -242,6 +242,7 @@ def test_a_mirror_band_mirrors_only_views_near_the_threshold_on_every_path(
     middle = math.log(banded["threshold"] / (1 - banded["threshold"]))
     assert banded["format"] == "fauxscan-checkpoint/7"
     assert banded["preprocess"]["mirror_band"] == pytest.approx([middle - 0.5, middle + 0.5])
+    assert "scored mirrored when within 0.5 logits of the threshold" in _input_policy(banded["preprocess"])
     loaded = load_model(out, "cpu")
     samples = find_samples(face_data)[:8]
     finder = FaceFinder(loaded.preprocess.faces)
