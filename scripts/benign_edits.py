@@ -5,7 +5,8 @@
 Real photos reach a moderator re-saved, resized (thumbnails, avatars), sharpened or cropped, and none of that makes
 them fake: each edit is applied to every validation image of the eight shared sets, real and fake alike, and the share
 flagged is printed per source (FPR on reals, TPR on fakes) with the GAN-vs-HQ-real AUC. A real source whose FPR rises
-well past the stored one under an edit is a false-positive trap users will meet. Writes the scores to --out (JSON).
+well past the stored one under an edit is a false-positive trap users will meet.
+Writes the scores to --out (JSON; default: runs/NAME_benign_edits.json).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from scanner.registry import resolve_model  # noqa: E402
 from training.augment import downscale, reencode  # noqa: E402
 from training.checkpoint import load_model  # noqa: E402
 from training.evaluate import score_samples, select_samples  # noqa: E402
+
+RUNS = Path(__file__).resolve().parents[1] / "runs"
 
 
 def cropped(image: Image.Image, keep: float) -> Image.Image:
@@ -89,7 +92,8 @@ def main() -> None:
         scores = score_samples(loaded, samples, EDITS[name], 64, 1)
         results[name] = {"scores": scores, "goals": goals(samples, scores, loaded.threshold)}
         print(row(name, results[name]["goals"], time.perf_counter() - start), flush=True)
-    out = args.out or Path(f"{model.stem}_benign_edits.json")
+    out = args.out or RUNS / f"{model.stem}_benign_edits.json"  # runs/ is ignored by git, unlike the weights
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model_version": loaded.version, "edits": results}) + "\n")
     print(f"\nscores: {out}")
 

@@ -4,7 +4,7 @@ false-positive rate per real source and the AUC cost of JPEG q75 + half size, fo
     .venv/bin/python scripts/detector_report.py runs/v2.pt --compare fauxnet-fast --data ../shared/data
 
 Every model is scored on the validation split of the FIRST model (so all columns use the same images).
-Writes the raw numbers to BENCH_JSON (default: the first model's name with _report.json).
+Writes the raw numbers to --out (default: runs/NAME_report.json, NAME the first model's file name).
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from training.checkpoint import load_model
 from training.data import Sample
 from training.evaluate import degrader, score_samples, select_samples
 from training.metrics import roc_auc
+
+RUNS = Path(__file__).resolve().parents[1] / "runs"
 
 SETS = ("ciplab_real_and_fake_face", "hardfakevsrealfaces", "lfw_faceswap", "cifake", "ffhq_stylegan_256",
         "sdfd_sd21_ffhq", "real_scenes_people", "diffusion_people_multi")  # fmt: skip
@@ -124,7 +126,8 @@ def main() -> None:
     samples = select_samples([str(args.data / name) for name in SETS], first, "val")
     results = {str(m): evaluate_model(resolve_model(m), samples) for m in [args.model, *args.compare]}
     print_tables(results)
-    out = args.out or first.with_name(first.stem + "_report.json")
+    out = args.out or RUNS / f"{first.stem}_report.json"  # runs/ is ignored by git, unlike the weights
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
     print(f"\nraw numbers: {out}")
 
