@@ -19,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageEnhance, ImageFilter
+import numpy as np
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detector_report import SETS, goals  # noqa: E402
@@ -43,6 +44,24 @@ def thumbnail(image: Image.Image, side: int) -> Image.Image:
     return downscale(image, side / min(image.size), Image.Resampling.LANCZOS) if min(image.size) > side else image
 
 
+def noisy(image: Image.Image, sigma: float) -> Image.Image:
+    """Gaussian noise of `sigma` grey levels per channel (a phone photo in poor light), seeded by the image size."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    noise = np.random.default_rng(image.width * 7919 + image.height).normal(0.0, sigma, pixels.shape)
+    return Image.fromarray(np.clip(pixels + noise, 0, 255).round().astype(np.uint8))
+
+
+def screenshot(image: Image.Image) -> Image.Image:
+    """The photo as a screenshot of a post shows it: on a white page with a text bar above, never re-compressed."""
+    margin, bar = max(8, image.width // 12), max(16, image.height // 6)
+    page = Image.new("RGB", (image.width + 2 * margin, image.height + 2 * margin + bar), "white")
+    page.paste(image.convert("RGB"), (margin, margin + bar))
+    draw = ImageDraw.Draw(page)
+    draw.text((margin, margin), "Posted 2h ago . 1.2k likes", fill=(20, 20, 20))
+    draw.rectangle((margin, margin + bar // 2, page.width - margin, margin + bar // 2 + 2), fill=(200, 200, 200))
+    return page
+
+
 EDITS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
     "stored": None,
     "jpeg95": lambda im: reencode(im, 95),
@@ -57,6 +76,12 @@ EDITS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
     "blur": lambda im: im.filter(ImageFilter.GaussianBlur(0.8)),
     "brighter": lambda im: ImageEnhance.Contrast(ImageEnhance.Brightness(im).enhance(1.1)).enhance(1.15),
     "crop80": lambda im: cropped(im, 0.8),
+    "jpeg40": lambda im: reencode(im, 40),
+    "gray": lambda im: ImageOps.grayscale(im).convert("RGB"),
+    "noise": lambda im: noisy(im, 6.0),
+    "smooth": lambda im: im.filter(ImageFilter.MedianFilter(3)),
+    "screenshot": screenshot,
+    "rot90": lambda im: im.transpose(Image.Transpose.ROTATE_90),
 }
 
 

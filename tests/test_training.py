@@ -8,6 +8,7 @@ import pickle
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -250,6 +251,28 @@ def test_still_presets_never_rotate_and_edits_sharpen_blur_or_resample_as_photo_
     result = CliRunner().invoke(app, ["train", str(toy_data), "--out", str(tmp_path / "m.pt"), "--augment", "sharp"])
     assert result.exit_code == 2 and "--augment must be one of paper, robust" in result.stderr
     assert "robust-edits-mixed" in result.stderr and not (tmp_path / "m.pt").exists()
+
+
+def test_gray_and_noise_presets_add_black_and_white_and_noisy_copies_to_a_tenth_of_the_draws() -> None:
+    from dataclasses import replace
+
+    from training.augment import PRESETS, AugmentConfig, Augmenter
+
+    image = noisy_image(7)
+    still = AugmentConfig(rotate_degrees=0.0, hflip=0.0)
+    grays = [Augmenter(replace(still, gray_prob=1.0), seed)(image) for seed in range(3)]
+    for out in grays:
+        red, green, blue = out.split()
+        assert red.tobytes() == green.tobytes() == blue.tobytes() and out.size == image.size
+    noisy = [Augmenter(replace(still, noise_prob=1.0), seed)(image) for seed in range(4)]
+    differences = [np.abs(np.asarray(out, np.float32) - np.asarray(image, np.float32)) for out in noisy]
+    assert all(0.5 < diff.mean() < 8.0 for diff in differences)  # 2-8 grey levels, clipped at 0 and 255
+    assert len({out.tobytes() for out in noisy}) == 4
+    shares = []
+    for preset in ("robust-edits-gray", "robust-edits-gray-noise"):
+        outputs = [Augmenter(PRESETS[preset], seed)(image) for seed in range(200)]
+        shares.append(sum(len(set(out.getpixel((9, 9)))) == 1 for out in outputs) / 200)
+    assert all(0.04 < share < 0.18 for share in shares)  # a tenth of the draws are black and white
 
 
 def test_noise_stream_model_starts_as_the_plain_one_and_learns_from_residuals(toy_data: Path, tmp_path: Path) -> None:

@@ -6,7 +6,8 @@ import io
 import random
 from dataclasses import dataclass, replace
 
-from PIL import Image, ImageEnhance, ImageFilter
+import numpy as np
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class AugmentConfig:
     jitter: float = 0.0
     filter_prob: float = 0.0  # a photo editor's sharpening or a soft blur, half each
     mixed_resampling: bool = False  # shrink with any of the filters image tools use, not only bilinear
+    gray_prob: float = 0.0  # a black-and-white copy (archive, news and art photos), either class
+    noise_prob: float = 0.0  # Gaussian sensor noise of 2-8 grey levels (a phone photo in poor light)
 
 
 PRESETS: dict[str, AugmentConfig] = {
@@ -67,6 +70,8 @@ PRESETS["robust-reposted"] = replace(  # robust-faces with more re-posted copies
 PRESETS["robust-faces-still"] = replace(PRESETS["robust-faces"], rotate_degrees=0.0)  # no resampling by rotation
 PRESETS["robust-edits"] = replace(PRESETS["robust-faces-still"], filter_prob=0.3)  # + sharpened or blurred copies
 PRESETS["robust-edits-mixed"] = replace(PRESETS["robust-edits"], mixed_resampling=True)  # + Lanczos, bicubic, box
+PRESETS["robust-edits-gray"] = replace(PRESETS["robust-edits-mixed"], gray_prob=0.1)  # + black-and-white copies
+PRESETS["robust-edits-gray-noise"] = replace(PRESETS["robust-edits-gray"], noise_prob=0.1)  # + noisy copies
 
 
 def reencode(image: Image.Image, quality: int, fmt: str = "JPEG") -> Image.Image:
@@ -91,6 +96,13 @@ def sharpen_or_blur(image: Image.Image, rng: random.Random) -> Image.Image:
         mask = ImageFilter.UnsharpMask(radius=rng.uniform(1.0, 2.5), percent=rng.randint(40, 120), threshold=2)
         return image.filter(mask)
     return image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.0)))
+
+
+def add_noise(image: Image.Image, sigma: float, seed: int) -> Image.Image:
+    """Gaussian noise of `sigma` grey levels on every channel, as a phone adds in poor light."""
+    pixels = np.asarray(image, dtype=np.float32)
+    noisy = pixels + np.random.default_rng(seed).normal(0.0, sigma, pixels.shape).astype(np.float32)
+    return Image.fromarray(np.clip(noisy, 0, 255).round().astype(np.uint8))
 
 
 def colour_jitter(image: Image.Image, amount: float, rng: random.Random) -> Image.Image:
@@ -128,6 +140,10 @@ class Augmenter:
             image = colour_jitter(image, cfg.jitter, rng)
         if cfg.filter_prob > 0 and rng.random() < cfg.filter_prob:
             image = sharpen_or_blur(image, rng)
+        if cfg.gray_prob > 0 and rng.random() < cfg.gray_prob:
+            image = ImageOps.grayscale(image).convert("RGB")
+        if cfg.noise_prob > 0 and rng.random() < cfg.noise_prob:
+            image = add_noise(image, rng.uniform(2.0, 8.0), rng.getrandbits(32))
         if rng.random() < cfg.jpeg_prob:
             image = reencode(image, rng.randint(*cfg.jpeg_quality))
         return image

@@ -43,6 +43,7 @@ def train(
         str | None,
         typer.Option(
             help="paper, robust, robust-light, robust-faces, robust-faces-still, robust-edits, robust-edits-mixed, "
+            "robust-edits-gray (+ black-and-white copies), robust-edits-gray-noise (+ noisy copies), "
             "robust-reposted or none."
         ),
     ] = None,
