@@ -275,6 +275,29 @@ def test_gray_and_noise_presets_add_black_and_white_and_noisy_copies_to_a_tenth_
     assert all(0.04 < share < 0.18 for share in shares)  # a tenth of the draws are black and white
 
 
+def test_init_refuses_weights_trained_on_another_split_of_the_same_sets(
+    toy_data: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    """Fine-tuning with another --seed would validate on images the starting weights trained on (seeds split)."""
+    import shutil
+    from dataclasses import replace
+
+    from training.train import main as train_main
+
+    start = replace(tiny_config(toy_data, tmp_path / "next.pt", epochs=1), init=str(tiny_model))
+    for changed in ({"seed": 2}, {"val_fraction": 0.3}, {"max_per_dataset": 10}):
+        with pytest.raises(ValueError, match=f"was trained on {toy_data.name} with --") as refused:
+            train_main(replace(start, **changed))
+        assert "validation split would hold images those weights trained on" in str(refused.value)
+        assert not (tmp_path / "next.pt").exists()
+    train_main(start)  # the same split: allowed
+    assert read_checkpoint(tmp_path / "next.pt")["train_config"]["init"] == str(tiny_model)
+    other_set = tmp_path / "other_set"  # other sets: any split, nothing learnt is in their validation
+    shutil.copytree(toy_data, other_set)
+    train_main(replace(start, data_dirs=[str(other_set)], seed=2, out=str(tmp_path / "other.pt")))
+    assert (tmp_path / "other.pt").exists()
+
+
 def test_noise_stream_model_starts_as_the_plain_one_and_learns_from_residuals(toy_data: Path, tmp_path: Path) -> None:
     from dataclasses import replace
 
@@ -289,7 +312,7 @@ def test_noise_stream_model_starts_as_the_plain_one_and_learns_from_residuals(to
     samples = find_samples(toy_data)
     batch = torch.stack([preprocess_bytes(s.path.read_bytes(), Preprocess(size=32)) for s in samples])
     extended = build_model("effnet-lite0-srm", {"dropout": 0.0}).eval()
-    init_weights(extended, tmp_path / "plain.pt", "effnet-lite0-srm", {"dropout": 0.0})
+    init_weights(extended, read_checkpoint(tmp_path / "plain.pt"), "effnet-lite0-srm", {"dropout": 0.0})
     with torch.inference_mode():
         before = predict_scores(load_model(tmp_path / "plain.pt", "cpu").model, batch)
         assert torch.equal(predict_scores(extended, batch), before)  # the noise stem starts at zero

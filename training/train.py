@@ -280,7 +280,9 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     fresh = resume is None and not config.init
     model = build_model(config.arch, arch_args, pretrained=config.pretrained and fresh).to(device)
     if config.init and resume is None:
-        init_weights(model, Path(config.init), config.arch, arch_args)
+        source = read_checkpoint(Path(config.init))
+        check_init_split(source, config)
+        init_weights(model, source, config.arch, arch_args)
     state = read_checkpoint(resume) if resume is not None else None
     start_epoch = int(state["train_state"]["epoch"]) + 1 if state else 1
     augment = Augmenter(PRESETS[config.augment], stream_seed(config.seed, start_epoch))
@@ -317,16 +319,34 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     return validation_metrics(config, history, val, val_views, val_labels, preprocess)[0]
 
 
-def init_weights(model: nn.Module, path: Path, arch: str, arch_args: dict[str, Any]) -> None:
-    """Load another checkpoint's weights into the model: the same architecture and arguments, or one it extends."""
-    source = read_checkpoint(path)
+SPLIT_KEYS = ("seed", "val_fraction", "max_per_dataset")  # what decides which images are validation images
+
+
+def check_init_split(source: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse weights trained on another split of the same sets: validation would score images they learnt."""
+    earlier = source.get("train_config") or {}
+    shared = sorted({Path(d).name for d in earlier.get("data_dirs", [])} & {Path(d).name for d in config.data_dirs})
+    differ = [
+        f"--{key.replace('_', '-')} {earlier[key]}"
+        for key in SPLIT_KEYS
+        if key in earlier and earlier[key] != getattr(config, key)
+    ]
+    if shared and differ:
+        raise ValueError(
+            f"--init {config.init} was trained on {', '.join(shared)} with {', '.join(differ)}: with other values the "
+            "validation split would hold images those weights trained on. Train with the same values."
+        )
+
+
+def init_weights(model: nn.Module, source: dict[str, Any], arch: str, arch_args: dict[str, Any]) -> None:
+    """Load a read checkpoint's weights into the model: the same architecture and arguments, or one it extends."""
     base, added = EXTENDS.get(arch, (arch, ""))
     if source["arch"] not in (arch, base) or source["arch_args"] != arch_args:
-        raise ValueError(f"--init {path} is {source['arch']} {source['arch_args']}, not {arch} {arch_args}")
+        raise ValueError(f"the --init checkpoint is {source['arch']} {source['arch_args']}, not {arch} {arch_args}")
     missing, unexpected = model.load_state_dict(source["state_dict"], strict=source["arch"] == arch)
     left_out = [key for key in missing if not key.startswith(added)]
     if unexpected or left_out:
-        raise ValueError(f"--init {path} does not fit {arch}: missing {left_out}, unexpected {unexpected}")
+        raise ValueError(f"the --init checkpoint does not fit {arch}: missing {left_out}, unexpected {unexpected}")
 
 
 def _epoch_line(row: dict[str, float]) -> str:
