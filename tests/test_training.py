@@ -285,8 +285,10 @@ def test_init_refuses_weights_trained_on_another_split_of_the_same_sets(
     from training.train import main as train_main
 
     start = replace(tiny_config(toy_data, tmp_path / "next.pt", epochs=1), init=str(tiny_model))
-    for changed in ({"seed": 2}, {"val_fraction": 0.3}, {"max_per_dataset": 10}):
-        with pytest.raises(ValueError, match=f"was trained on {toy_data.name} with --") as refused:
+    refusals = {"--seed 1": {"seed": 2}, "--max-per-dataset 0": {"max_per_dataset": 10},
+                "validation share 0.2": {"val_fraction": 0.3}}  # fmt: skip
+    for earlier, changed in refusals.items():
+        with pytest.raises(ValueError, match=f"was trained on {toy_data.name} with {earlier}:") as refused:
             train_main(replace(start, **changed))
         assert "validation split would hold images those weights trained on" in str(refused.value)
         assert not (tmp_path / "next.pt").exists()

@@ -319,7 +319,7 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     return validation_metrics(config, history, val, val_views, val_labels, preprocess)[0]
 
 
-SPLIT_KEYS = ("seed", "val_fraction", "max_per_dataset")  # what decides which images are validation images
+SPLIT_KEYS = {"seed": "--seed", "max_per_dataset": "--max-per-dataset", "val_fraction": "validation share"}  # the split
 
 
 def check_init_split(source: dict[str, Any], config: TrainConfig) -> None:
@@ -327,8 +327,8 @@ def check_init_split(source: dict[str, Any], config: TrainConfig) -> None:
     earlier = source.get("train_config") or {}
     shared = sorted({Path(d).name for d in earlier.get("data_dirs", [])} & {Path(d).name for d in config.data_dirs})
     differ = [
-        f"--{key.replace('_', '-')} {earlier[key]}"
-        for key in SPLIT_KEYS
+        f"{option} {earlier[key]}"
+        for key, option in SPLIT_KEYS.items()
         if key in earlier and earlier[key] != getattr(config, key)
     ]
     if shared and differ:
