@@ -19,14 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detector_report import SETS, goals  # noqa: E402
 
 from scanner.registry import resolve_model  # noqa: E402
-from training.augment import downscale, reencode  # noqa: E402
+from training.augment import add_noise, downscale, reencode  # noqa: E402
 from training.checkpoint import load_model  # noqa: E402
 from training.evaluate import score_samples, select_samples  # noqa: E402
 
@@ -42,13 +41,6 @@ def cropped(image: Image.Image, keep: float) -> Image.Image:
 def thumbnail(image: Image.Image, side: int) -> Image.Image:
     """Shrunk (Lanczos) so that the shorter side is `side` px, as an avatar or a thumbnail; never enlarged."""
     return downscale(image, side / min(image.size), Image.Resampling.LANCZOS) if min(image.size) > side else image
-
-
-def noisy(image: Image.Image, sigma: float) -> Image.Image:
-    """Gaussian noise of `sigma` grey levels per channel (a phone photo in poor light), seeded by the image size."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    noise = np.random.default_rng(image.width * 7919 + image.height).normal(0.0, sigma, pixels.shape)
-    return Image.fromarray(np.clip(pixels + noise, 0, 255).round().astype(np.uint8))
 
 
 def screenshot(image: Image.Image) -> Image.Image:
@@ -78,7 +70,7 @@ EDITS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
     "crop80": lambda im: cropped(im, 0.8),
     "jpeg40": lambda im: reencode(im, 40),
     "gray": lambda im: ImageOps.grayscale(im).convert("RGB"),
-    "noise": lambda im: noisy(im, 6.0),
+    "noise": lambda im: add_noise(im.convert("RGB"), 6.0, seed=im.width * 7919 + im.height),  # seeded by the size
     "smooth": lambda im: im.filter(ImageFilter.MedianFilter(3)),
     "screenshot": screenshot,
     "rot90": lambda im: im.transpose(Image.Transpose.ROTATE_90),
