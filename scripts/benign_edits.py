@@ -22,14 +22,12 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detector_report import SETS, goals  # noqa: E402
+from detector_report import RUNS, SETS, goals  # noqa: E402
 
 from scanner.registry import resolve_model  # noqa: E402
 from training.augment import add_noise, downscale, reencode  # noqa: E402
 from training.checkpoint import load_model  # noqa: E402
 from training.evaluate import score_samples, select_samples  # noqa: E402
-
-RUNS = Path(__file__).resolve().parents[1] / "runs"
 
 
 def cropped(image: Image.Image, keep: float) -> Image.Image:
