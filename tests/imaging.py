@@ -141,3 +141,16 @@ def write_face_dataset(root: Path, per_class: int, size: int = 160) -> Path:
                 folder / f"{label}_{index:03d}.png"
             )
     return root
+
+
+def on_page(
+    photo: Image.Image, colour: tuple[int, int, int] = (255, 255, 255), margin: int = 16, bar: int = 30
+) -> tuple[Image.Image, tuple[int, int]]:
+    """`photo` as a screenshot of a post shows it: on a flat page, a line of text above it; and where it lies."""
+    from PIL import ImageDraw
+
+    page = Image.new("RGB", (photo.width + 2 * margin, photo.height + 2 * margin + bar), colour)
+    page.paste(photo, (margin, margin + bar))
+    ink = tuple(255 - value for value in colour)
+    ImageDraw.Draw(page).text((margin, margin), "Posted 2h ago . 1.2k likes", fill=ink)
+    return page, (margin, margin + bar)

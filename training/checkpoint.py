@@ -26,8 +26,12 @@ PRECISION_FORMAT = "fauxscan-checkpoint/5"
 PATCH_FORMAT = "fauxscan-checkpoint/6"
 # 7: "mirror_band"; older code would mirror every view, and score views far from the threshold differently
 BAND_FORMAT = "fauxscan-checkpoint/7"
+# 8: "trim_page", "turn_faces"; older code would score a screenshot's page and a sideways face's image whole, against
+# offsets fitted on the photo inside the page and the face set upright
+PAGE_FORMAT = "fauxscan-checkpoint/8"
 READABLE_FORMATS = (
     "fauxscan-checkpoint/1", FORMAT, CALIBRATED_FORMAT, MIRROR_FORMAT, PRECISION_FORMAT, PATCH_FORMAT, BAND_FORMAT,
+    PAGE_FORMAT,
 )  # fmt: skip
 CODE_VERSION = "0.1.0"
 
@@ -51,6 +55,8 @@ class LoadedModel:
 def format_for(preprocess: Preprocess) -> str:
     """The oldest checkpoint format that can describe this preprocessing, so older fauxscan refuses only what
     it would score wrongly."""
+    if preprocess.trim_page or preprocess.turn_faces:
+        return PAGE_FORMAT
     if preprocess.mirror_band:
         return BAND_FORMAT
     if preprocess.patch_min_side:
@@ -126,6 +132,9 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     patch_min_side = checkpoint.get("preprocess", {}).get("patch_min_side", 0)
     if not isinstance(patch_min_side, int) or isinstance(patch_min_side, bool) or patch_min_side < 0:
         raise CheckpointError(f"{path} has an unusable patch_min_side {patch_min_side!r}: expected a whole number >= 0")
+    for flag in ("trim_page", "turn_faces"):
+        if not isinstance(checkpoint.get("preprocess", {}).get(flag, False), bool):
+            raise CheckpointError(f"{path} has an unusable {flag}: expected true or false")
     try:
         check_mirror(checkpoint.get("preprocess", {}).get("mirror", []))
         check_precision(checkpoint.get("preprocess", {}).get("precision", "float32"))

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 from training.faces import Box, FaceFinder
 from training.preprocess import IMAGE_SUFFIXES, Augment, Preprocess, decode_image
 from training.selfblend import self_blend
-from training.views import blended_training_view, find_faces, make_views, training_view, views_from_boxes
+from training.views import Placement, blended_training_view, make_views, scored_part, training_view
 
 KnownBoxes = Mapping[str, list[Box]]
 
@@ -150,23 +150,28 @@ class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         self.finder = FaceFinder(preprocess.faces)
         self._bytes: dict[int, bytes] = {}
         self._boxes: dict[int, list[Box]] = boxes_for(samples, known, preprocess)
+        self._placements: dict[int, Placement] = {}  # how each sample's scored part is cut (its boxes: _boxes)
 
     def __len__(self) -> int:
         return len(self.samples)
 
-    def image(self, index: int) -> Image.Image:
-        """The decoded RGB image of sample `index`."""
+    def image(self, index: int) -> tuple[Image.Image, list[Box]]:
+        """The part of sample `index` the model scores (see `scored_part`) and its face boxes, cut once per process."""
         data = self._bytes.get(index)
         if data is None:
             data = self.samples[index].path.read_bytes()
             self._bytes[index] = data
-        return decode_image(data, self.preprocess.decode_side).image
+        image = decode_image(data, self.preprocess.decode_side).image
+        if index in self._placements:
+            return self._placements[index].apply(image), self._boxes[index]
+        part, self._boxes[index], self._placements[index] = scored_part(
+            image, self.preprocess, self.finder, self._boxes.get(index)
+        )
+        return part, self._boxes[index]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = self.image(index)
-        if index not in self._boxes:
-            self._boxes[index] = find_faces(image, self.preprocess, self.finder)
-        boxes, label = self._boxes[index], self.samples[index].label
+        image, boxes = self.image(index)
+        label = self.samples[index].label
         if label == 0 and boxes and self.blend_share and self.rng.random() < self.blend_share:
             box = self.rng.choice(boxes)
             blended = self_blend(image, box, self.rng)
@@ -193,9 +198,8 @@ class ViewsDataset(Dataset[tuple[torch.Tensor, int]]):
         image = decode_image(self.samples[index].path.read_bytes(), self.preprocess.decode_side).image
         if self.degrade is not None:
             image = self.degrade(image)
-        if index in self._boxes:
-            return views_from_boxes(image, self.preprocess, self._boxes[index]).tensors, self.samples[index].label
-        return make_views(image, self.preprocess, self.finder).tensors, self.samples[index].label
+        views = make_views(image, self.preprocess, self.finder, self._boxes.get(index))
+        return views.tensors, self.samples[index].label
 
 
 def collate_views(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, list[int], torch.Tensor]:

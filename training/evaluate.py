@@ -91,14 +91,16 @@ def run_evaluation(
 def calibrate_checkpoint(
     source: Path, target: Path, data_dirs: list[str], device: str = "auto", batch_size: int = 64, workers: int = 1,
     mirror: tuple[str, ...] | None = None, precision: str | None = None, patch_min_side: int | None = None,
-    mirror_margin: float | None = None,
+    mirror_margin: float | None = None, trim_page: bool | None = None, turn_faces: bool | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Fit a multi-view checkpoint's view offsets and threshold on its own validation split; write a copy.
     `mirror` first sets the view kinds scored with their mirror image too, `precision` the number format the
     network runs in, `patch_min_side` the shorter side an image needs for its native patch to be scored (None
     keeps the source's). With `mirror_margin` (logits; None keeps the source's, 0 mirrors every view), the
     offsets and threshold are fitted with every view mirrored, and then only views that score within that
-    margin of the threshold are mirrored, in the metrics stored and wherever the model runs."""
+    margin of the threshold are mirrored, in the metrics stored and wherever the model runs. `trim_page` sets
+    whether the model scores the photo inside a flat page (screenshots, letterboxes) instead of the page, and
+    `turn_faces` whether it looks for faces on their side or upside down in images with no upright face."""
     if mirror is not None:
         check_mirror(mirror)  # before any model or image is loaded
     if precision is not None:
@@ -116,7 +118,8 @@ def calibrate_checkpoint(
         loaded.preprocess, view_offsets=(), mirror=loaded.preprocess.mirror if mirror is None else mirror,
         precision=precision or loaded.preprocess.precision,
         patch_min_side=loaded.preprocess.patch_min_side if patch_min_side is None else patch_min_side,
-        mirror_band=(),
+        mirror_band=(), trim_page=loaded.preprocess.trim_page if trim_page is None else trim_page,
+        turn_faces=loaded.preprocess.turn_faces if turn_faces is None else turn_faces,
     )  # fmt: skip
     band = loaded.preprocess.mirror_band
     margin = (band[1] - band[0]) / 2 if band and mirror_margin is None else mirror_margin or 0.0

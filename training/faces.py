@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -82,22 +83,40 @@ class FaceFinder:
         """Load the cascade now, so a missing one is one setup error rather than every image failing."""
         self._cascade()
 
-    def find(self, image: Image.Image) -> list[Box]:
-        """Face boxes in `image` coordinates, largest first, at most `max_faces`."""
+    def _search_copy(self, image: Image.Image) -> tuple[np.ndarray, float, int]:
+        """The grey copy faces are searched on, its scale against `image`, and the smallest face side searched."""
         cfg = self.settings
         grey = image.convert("L")
         scale = min(1.0, cfg.detect_side / max(grey.size))
         if scale < 1.0:
             small = (max(1, round(grey.width * scale)), max(1, round(grey.height * scale)))
             grey = grey.resize(small, Image.Resampling.BILINEAR, reducing_gap=2.0)
-        min_side = max(20, round(cfg.min_face_fraction * min(grey.size)))
-        if min(grey.size) < min_side:
+        return np.asarray(grey), scale, max(20, round(cfg.min_face_fraction * min(grey.size)))
+
+    def find(self, image: Image.Image) -> list[Box]:
+        """Face boxes in `image` coordinates, largest first, at most `max_faces`."""
+        cfg = self.settings
+        grey, scale, min_side = self._search_copy(image)
+        if min(grey.shape) < min_side:
             return []
         found = self._cascade().detectMultiScale(  # type: ignore[attr-defined]
-            np.asarray(grey), scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(min_side, min_side)
+            grey, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(min_side, min_side)
         )
         boxes = [Box(*(round(int(v) / scale) for v in row)) for row in found]
         return sorted(boxes, key=lambda box: box.area, reverse=True)[: cfg.max_faces]
+
+    def confidence(self, image: Image.Image) -> float:
+        """How sure the cascade is of its most face-like find in `image` (its last stage's sum); -inf for none.
+        A face upside down is sometimes found too, less surely than the same face upright."""
+        cfg = self.settings
+        grey, _, min_side = self._search_copy(image)
+        if min(grey.shape) < min_side:
+            return -math.inf
+        _, _, weights = self._cascade().detectMultiScale3(  # type: ignore[attr-defined]
+            grey, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(min_side, min_side),
+            outputRejectLevels=True,
+        )  # fmt: skip
+        return float(np.max(weights)) if len(weights) else -math.inf
 
 
 def save_boxes(path: Path, settings: FaceSettings, boxes: Mapping[str, list[Box]]) -> None:

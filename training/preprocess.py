@@ -80,6 +80,8 @@ class Preprocess:
     # (low, high) in calibrated logits: only views of a mirrored kind whose plain score lies inside are scored mirrored
     # too (the others are far from the threshold, where the average changes no verdict); () = every such view
     mirror_band: tuple[float, ...] = ()
+    trim_page: bool = False  # score the photo inside a flat page (screenshots, letterboxes), not the page
+    turn_faces: bool = False  # with no upright face found, look for faces turned a quarter or half turn
 
     @property
     def decode_side(self) -> int:
@@ -106,6 +108,10 @@ class Preprocess:
             data["mirror_band"] = list(self.mirror_band)
         else:
             del data["mirror_band"]  # and one that mirrors every view of its mirrored kinds
+        if not self.trim_page:
+            del data["trim_page"]  # and one that scores pages whole
+        if not self.turn_faces:
+            del data["turn_faces"]  # and one that looks only for upright faces
         return data
 
     @property
@@ -134,6 +140,8 @@ class Preprocess:
             precision=str(data.get("precision", "float32")),
             patch_min_side=int(data.get("patch_min_side", 0)),
             mirror_band=tuple(float(v) for v in data.get("mirror_band", ())),
+            trim_page=bool(data.get("trim_page", False)),
+            turn_faces=bool(data.get("turn_faces", False)),
         )
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 from training.faces import Box, FaceFinder, face_region
 from training.metrics import choose_threshold
 from training.models import Forward, predict_in_chunks
+from training.pages import page_region
 from training.preprocess import VIEW_KINDS, Augment, Preprocess, resize_center_crop, to_tensor
 
 
@@ -85,9 +86,66 @@ def absent_view(config: Preprocess) -> torch.Tensor:
     return torch.full((3, config.size, config.size), math.nan)
 
 
-def make_views(image: Image.Image, config: Preprocess, finder: FaceFinder | None) -> ImageViews:
-    """Decoded RGB image -> the stacked model inputs and the face boxes they came from."""
-    return views_from_boxes(image, config, find_faces(image, config, finder))
+TURNS = {90: Image.Transpose.ROTATE_90, 270: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How the part the model scores was cut from the image: the photo inside a page (`region`, None for the
+    whole image), then turned by `turn` degrees counter-clockwise to set its faces upright (0: as it is)."""
+
+    region: tuple[int, int, int, int] | None = None
+    turn: int = 0
+
+    def apply(self, image: Image.Image) -> Image.Image:
+        """The part of `image` this placement describes."""
+        part = image.crop(self.region) if self.region else image
+        return part.transpose(TURNS[self.turn]) if self.turn else part
+
+    def to_image(self, box: Box, part_size: tuple[int, int]) -> Box:
+        """A box in the turned part (of size `part_size`) -> the same box in the image's pixels."""
+        width, height = part_size if self.turn == 180 else part_size[::-1]  # the part before it was turned
+        x, y, w, h = box.x, box.y, box.w, box.h
+        if self.turn == 90:  # counter-clockwise: the part's (u, v) was the cut's (width - v, u)
+            x, y, w, h = width - box.y - box.h, box.x, box.h, box.w
+        elif self.turn == 270:
+            x, y, w, h = box.y, height - box.x - box.w, box.h, box.w
+        elif self.turn == 180:
+            x, y = width - box.x - box.w, height - box.y - box.h
+        left, top = self.region[:2] if self.region else (0, 0)
+        return Box(x + left, y + top, w, h)
+
+
+def scored_part(
+    image: Image.Image, config: Preprocess, finder: FaceFinder | None = None, known: list[Box] | None = None
+) -> tuple[Image.Image, list[Box], Placement]:
+    """The part of the image the views come from, its face boxes, and how it was cut: the photo inside a flat page
+    (screenshots, letterboxes, padded reposts) for models that trim pages; for models that turn faces, an image
+    with no upright face but a face on its side or upside down is turned to set that face upright. `known`: the
+    upright boxes found on this image before, used unless a photo is cut out of it."""
+    region = page_region(image) if config.trim_page else None
+    part = image.crop(region) if region else image
+    boxes = known if known is not None and region is None else find_faces(part, config, finder)
+    if not boxes and config.turn_faces and config.uses_faces and finder is not None:
+        turned = {turn: part.transpose(transpose) for turn, transpose in TURNS.items()}
+        found = {turn: turned_boxes for turn, image in turned.items() if (turned_boxes := finder.find(image))}
+        if found:  # a face upside down is sometimes found too: the cascade's surest find decides (slower, rare)
+            surest = (
+                max(found, key=lambda turn: finder.confidence(turned[turn])) if len(found) > 1 else next(iter(found))
+            )
+            return turned[surest], found[surest], Placement(region, surest)
+    return part, boxes, Placement(region)
+
+
+def make_views(
+    image: Image.Image, config: Preprocess, finder: FaceFinder | None, known: list[Box] | None = None
+) -> ImageViews:
+    """Decoded RGB image -> the stacked model inputs and the face boxes they came from (in `image`'s pixels);
+    `known`: the upright boxes found on this image before (see `scored_part`)."""
+    part, boxes, placement = scored_part(image, config, finder, known)
+    views = views_from_boxes(part, config, boxes)
+    views.boxes = [placement.to_image(box, part.size) for box in boxes]
+    return views
 
 
 def views_from_boxes(image: Image.Image, config: Preprocess, boxes: list[Box]) -> ImageViews:

@@ -379,6 +379,20 @@ def model_calibrate(
             "(faster; 0: every view of a mirrored kind); default: keep the source's."
         ),
     ] = None,
+    trim_page: Annotated[
+        bool | None,
+        typer.Option(
+            help="Score the photo inside a flat page (a screenshot of a post, a letterboxed or padded image) instead "
+            "of the page; default: keep the source's."
+        ),
+    ] = None,
+    turn_faces: Annotated[
+        bool | None,
+        typer.Option(
+            help="In an image with no upright face, look for faces on their side or upside down and score the image "
+            "turned to set them upright; default: keep the source's."
+        ),
+    ] = None,
 ) -> None:
     """Fit per-view offsets and the threshold on the checkpoint's own validation split."""
     from training.checkpoint import CheckpointError
@@ -388,7 +402,7 @@ def model_calibrate(
         kinds = None if mirror is None else tuple(kind for kind in mirror if kind != "none")
         metrics = calibrate_checkpoint(
             source, target, [str(d) for d in data_dirs], "cpu", workers=workers, mirror=kinds, precision=precision,
-            patch_min_side=patch_min_side, mirror_margin=mirror_margin,
+            patch_min_side=patch_min_side, mirror_margin=mirror_margin, trim_page=trim_page, turn_faces=turn_faces,
         )  # fmt: skip
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         fail(str(exc))

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from training.faces import Box
+from training.faces import Box, FaceFinder
 from training.preprocess import Preprocess, to_tensor
-from training.views import view_images
+from training.views import scored_part, view_images
 
 
 def gradcam(model: nn.Module, tensor: torch.Tensor) -> np.ndarray:
@@ -55,7 +55,13 @@ def explain_image(
     model: nn.Module, image: Image.Image, preprocess: Preprocess, boxes: Sequence[Box] = ()
 ) -> Image.Image:
     """Heatmaps of every view the model scored (the whole image, then each face), side by side."""
-    panels = [overlay(model, view, preprocess) for view in view_images(image, preprocess, list(boxes))]
+    if preprocess.turn_faces and boxes:  # the faces may have been found turned: find them again, as the scan did
+        part, part_boxes, _ = scored_part(image, preprocess, FaceFinder(preprocess.faces))
+    else:  # the photo inside a page, for models that trim pages
+        part, _, placement = scored_part(image, preprocess)
+        left, top = placement.region[:2] if placement.region else (0, 0)
+        part_boxes = [Box(box.x - left, box.y - top, box.w, box.h) for box in boxes]
+    panels = [overlay(model, view, preprocess) for view in view_images(part, preprocess, part_boxes)]
     strip = Image.new("RGB", (sum(p.width for p in panels) + 4 * (len(panels) - 1), panels[0].height), "white")
     left = 0
     for panel in panels:

@@ -1,0 +1,208 @@
+"""Screenshots, letterboxes and padded reposts, and faces on their side: models that trim pages score the photo
+inside, models that turn faces score a sideways face upright, the same on every path."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from scanner.cli import app
+from scanner.db import Face
+from scanner.model_catalog import _input_policy
+from scanner.moderation.explain import explainer
+from scanner.moderation.reports import report_rows
+from scanner.pipeline.submit import open_database, submit
+from tests.conftest import make_settings
+from tests.imaging import drawn_face, noisy_image, on_page, smooth_image
+from training.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from training.data import ImageFolderDataset, Sample
+from training.evaluate import score_samples
+from training.faces import Box, FaceFinder
+from training.models import predict_scores
+from training.pages import page_region
+from training.views import Placement, combine_views, make_views
+
+
+@pytest.mark.parametrize(
+    ("colour", "margin", "bar"),
+    [((255, 255, 255), 16, 30), ((18, 18, 18), 24, 40), ((240, 242, 245), 6, 20)],
+    ids=["white page", "dark mode", "grey feed"],
+)
+def test_the_photo_inside_a_page_is_found_to_the_pixel(colour: tuple[int, int, int], margin: int, bar: int) -> None:
+    photo = noisy_image(3, 150)
+    page, (left, top) = on_page(photo, colour, margin, bar)
+    assert page_region(page) == (left, top, left + 150, top + 150)
+
+
+def test_letterbox_bars_are_cut_off_a_full_width_frame() -> None:
+    frame = Image.new("RGB", (200, 180), (0, 0, 0))
+    frame.paste(noisy_image(4, 200).crop((0, 0, 200, 120)), (0, 30))
+    assert page_region(frame) == (0, 30, 200, 150)
+
+
+def test_photos_are_left_whole() -> None:
+    assert page_region(noisy_image(5, 160)) is None  # no flat edge
+    assert page_region(smooth_image(5, 160)) is None  # a gradient: no edge is one colour
+    sky = np.asarray(noisy_image(6, 160)).copy()
+    sky[:40] = 250  # an overexposed sky: one flat edge is not a page
+    assert page_region(Image.fromarray(sky)) is None
+    thin = Image.new("RGB", (160, 160), (255, 255, 255))
+    thin.paste(noisy_image(7, 158), (1, 1))  # a 1-pixel frame: nothing worth cutting
+    assert page_region(thin) is None
+    tiny = Image.new("RGB", (300, 300), (255, 255, 255))
+    tiny.paste(noisy_image(8, 60), (120, 120))  # an icon on a page, not a photo
+    assert page_region(tiny) is None
+    assert page_region(Image.new("RGB", (200, 200), (255, 255, 255))) is None  # a blank page
+    assert page_region(Image.new("RGB", (30, 30), (255, 255, 255))) is None
+
+
+@pytest.fixture(scope="module")
+def page_model(face_model: Path, face_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny face model recalibrated to trim pages and turn faces (`calibrate --trim-page --turn-faces`)."""
+    out = tmp_path_factory.mktemp("page") / "page.pt"
+    args = ["model", "calibrate", str(face_model), str(out), str(face_data), "--trim-page", "--turn-faces"]
+    result = CliRunner().invoke(app, [*args, "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def direct_score(model: Path, image: Image.Image) -> tuple[float, list[list[int]]]:
+    """The image's score and face boxes computed view by view, without any loader."""
+    loaded = load_model(model, "cpu")
+    views = make_views(image, loaded.preprocess, FaceFinder(loaded.preprocess.faces))
+    with torch.inference_mode():
+        raw = predict_scores(loaded.model, views.tensors).tolist()
+    scores = combine_views(raw, loaded.preprocess.image_views, loaded.preprocess.view_offsets)
+    return scores.score, [box.to_list() for box in views.boxes]
+
+
+def test_a_screenshot_scores_as_its_photo_on_every_path(page_model: Path, face_model: Path, tmp_path: Path) -> None:
+    before, after = read_checkpoint(face_model), read_checkpoint(page_model)
+    assert after["format"] == "fauxscan-checkpoint/8" and after["preprocess"]["trim_page"] is True
+    assert after["preprocess"]["turn_faces"] is True and after["model_version"] != before["model_version"]
+    assert "trim_page" not in before["preprocess"] and "turn_faces" not in before["preprocess"]
+    policy = _input_policy(after["preprocess"])  # as `scanner models` shows it
+    assert policy.startswith("photo inside a page, else the whole image") and "(also turned" in policy
+    assert _input_policy(before["preprocess"]).startswith("whole image + up to 3 face crops at 32 px")
+    photo = drawn_face(11, size=160, noisy=True)
+    page, (dx, dy) = on_page(photo)
+    photo_score, photo_boxes = direct_score(page_model, photo)
+    page_score, page_boxes = direct_score(page_model, page)
+    assert photo_boxes and page_score == pytest.approx(photo_score, abs=1e-6)
+    assert page_boxes == [[x + dx, y + dy, w, h] for x, y, w, h in photo_boxes]  # in the page's pixels
+    assert not math.isclose(direct_score(face_model, page)[0], photo_score, abs_tol=1e-4)  # the page, scored whole
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo.save(folder / "photo.png")
+    page.save(folder / "page.png")
+    samples = [Sample(folder / name, 1, "in", name, "in/fake") for name in ("photo.png", "page.png")]
+    assert score_samples(load_model(page_model, "cpu"), samples, batch_size=2) == pytest.approx(
+        [photo_score, photo_score], abs=1e-5
+    )
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", page_model)
+    job_id = submit(settings, [str(folder)], wait=True).summary["job_id"]
+    with open_database(settings)() as session:
+        rows = {Path(row["uri"]).name: row for row in report_rows(session, job_id)}
+        assert len(session.scalars(select(Face)).all()) == 2
+    assert rows["page.png"]["score"] == pytest.approx(photo_score, abs=1e-4)
+    assert rows["photo.png"]["score"] == pytest.approx(photo_score, abs=1e-4)
+    assert rows["page.png"]["faces"][0]["box"] == page_boxes[0]
+    loaded = load_model(page_model, "cpu")
+    assert np.array_equal(  # the heatmaps of the page are those of the photo
+        np.asarray(explainer(loaded)(page, [Box(*box) for box in page_boxes])),
+        np.asarray(explainer(loaded)(photo, [Box(*box) for box in photo_boxes])),
+    )
+
+
+@pytest.mark.parametrize("turn", [Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270])
+def test_a_face_on_its_side_or_upside_down_scores_as_upright_on_every_path(
+    turn: Image.Transpose, page_model: Path, face_model: Path, tmp_path: Path
+) -> None:
+    photo = drawn_face(12, size=160, noisy=True)
+    turned = photo.transpose(turn)
+    photo_score, photo_boxes = direct_score(page_model, photo)
+    turned_score, turned_boxes = direct_score(page_model, turned)
+    assert photo_boxes and turned_score == pytest.approx(photo_score, abs=1e-6)
+    expected = []  # the upright boxes, carried into the turned image's pixels
+    for x, y, w, h in photo_boxes:
+        corners = [(x, y), (x + w, y + h)]
+        if turn == Image.Transpose.ROTATE_90:  # counter-clockwise: (x, y) -> (y, width - x)
+            corners = [(b, 160 - a) for a, b in corners]
+        else:
+            corners = [(160 - b, a) for a, b in corners]
+        (x0, y0), (x1, y1) = corners
+        expected.append([min(x0, x1), min(y0, y1), abs(x1 - x0), abs(y1 - y0)])
+    assert turned_boxes == expected
+    assert direct_score(face_model, turned)[1] == []  # a model that does not turn faces finds none
+    assert not math.isclose(direct_score(face_model, turned)[0], photo_score, abs_tol=1e-4)
+    on_its_side, _ = on_page(turned)  # a screenshot of a sideways face: cut out, then turned
+    page_score, page_boxes = direct_score(page_model, on_its_side)
+    assert page_score == pytest.approx(photo_score, abs=1e-6) and len(page_boxes) == len(photo_boxes)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    turned.save(folder / "turned.png")
+    sample = Sample(folder / "turned.png", 1, "in", "turned", "in/fake")
+    assert score_samples(load_model(page_model, "cpu"), [sample], batch_size=1) == pytest.approx(
+        [photo_score], abs=1e-5
+    )
+    loaded = load_model(page_model, "cpu")
+    training_image, training_boxes = ImageFolderDataset([sample], loaded.preprocess, None).image(0)
+    assert training_image.tobytes() == photo.tobytes() and [b.to_list() for b in training_boxes] == photo_boxes
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", page_model)
+    job_id = submit(settings, [str(folder)], wait=True).summary["job_id"]
+    with open_database(settings)() as session:
+        (row,) = report_rows(session, job_id)
+    assert row["score"] == pytest.approx(photo_score, abs=1e-4) and row["faces"][0]["box"] == turned_boxes[0]
+    assert np.array_equal(  # the heatmaps of the turned image are those of the upright one
+        np.asarray(explainer(loaded)(turned, [Box(*box) for box in turned_boxes])),
+        np.asarray(explainer(loaded)(photo, [Box(*box) for box in photo_boxes])),
+    )
+
+
+@pytest.mark.parametrize(
+    ("turn", "expected"),
+    [(0, (15, 25, 30, 40)), (90, (45, 15, 40, 30)), (270, (25, 45, 40, 30)), (180, (65, 25, 30, 40))],
+)
+def test_a_box_in_the_turned_part_is_carried_back_to_the_image(turn: int, expected: tuple[int, ...]) -> None:
+    """A 100x80 cut at (5, 5) of a page: a box found on it after `turn` lies at `expected` in the page."""
+    cut = noisy_image(9, 100).crop((0, 0, 100, 80))
+    page = Image.new("RGB", (110, 90), (255, 255, 255))
+    page.paste(cut, (5, 5))
+    placement = Placement((5, 5, 105, 85), turn)
+    part = placement.apply(page)
+    box = Box(10, 20, 30, 40)
+    carried = placement.to_image(box, part.size)
+    assert carried.to_list() == list(expected)
+    inside = part.crop((box.x, box.y, box.x + box.w, box.y + box.h))
+    back = page.crop((carried.x, carried.y, carried.x + carried.w, carried.y + carried.h))
+    undo = {0: None, 90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180}
+    assert (inside.transpose(undo[turn]) if undo[turn] else inside).tobytes() == back.tobytes()  # the same pixels
+
+
+def test_the_training_draws_come_from_the_photo_inside_a_page(page_model: Path, tmp_path: Path) -> None:
+    photo = drawn_face(13, size=160, noisy=True)
+    page, _ = on_page(photo, (20, 20, 20))
+    page.save(tmp_path / "page.png")
+    sample = Sample(tmp_path / "page.png", 0, "in", "page", "in/real")
+    dataset = ImageFolderDataset([sample], load_model(page_model, "cpu").preprocess, None)
+    for _ in range(2):  # the second time from the cut it remembered
+        part, boxes = dataset.image(0)
+        assert part.tobytes() == photo.tobytes() and boxes
+    assert dataset[0][0].shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("flag", ["trim_page", "turn_faces"])
+def test_a_checkpoint_with_an_unusable_page_or_turn_setting_is_refused(
+    flag: str, page_model: Path, tmp_path: Path
+) -> None:
+    checkpoint = read_checkpoint(page_model)
+    save_checkpoint(dict(checkpoint, preprocess={**checkpoint["preprocess"], flag: "yes"}), tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=flag):
+        load_model(tmp_path / "bad.pt", "cpu")

@@ -1,0 +1,66 @@
+"""The photo inside a page: screenshots of posts, letterboxed frames and padded reposts show a photo on a flat
+background with a few lines of text or icons around it. The model should see the photo, not the page: a face's
+widened crop would run into the page, and the whole-image view would be mostly page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+PAGE_TOLERANCE = 4  # grey levels (any channel) a page pixel may differ from the page colour: JPEG noise
+FLAT_SIDE_SHARE = 0.95  # an edge of the image is page when this share of its pixels has the page colour
+MIN_PHOTO_SHARE = 0.1  # the photo found must cover at least this share of the page
+MIN_PHOTO_SIDE = 48  # and be at least this many pixels on each side
+MIN_TRIM_SHARE = 0.03  # trims that would remove less than this share of the width and of the height are not made
+Region = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), as PIL's crop takes it
+
+
+def _edges(pixels: np.ndarray) -> list[np.ndarray]:
+    return [pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]]
+
+
+def page_colour(pixels: np.ndarray) -> np.ndarray | None:
+    """The colour that at least two of the image's four edges are made of almost entirely, or None (a photo)."""
+    flat_colours: list[np.ndarray] = []
+    for edge in _edges(pixels):
+        colour = np.median(edge, axis=0)
+        if np.mean(np.abs(edge - colour).max(axis=1) <= PAGE_TOLERANCE) >= FLAT_SIDE_SHARE:
+            flat_colours.append(colour)
+    for colour in flat_colours:
+        agreeing = sum(np.abs(other - colour).max() <= PAGE_TOLERANCE for other in flat_colours)
+        if agreeing >= 2:
+            return colour
+    return None
+
+
+def _largest_component_box(mask: np.ndarray) -> Region | None:
+    cv2: Any = __import__("cv2")
+    count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    if count < 2:
+        return None
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    left, top, width, height = (int(v) for v in stats[largest, :4])
+    return left, top, left + width, top + height
+
+
+def page_region(image: Image.Image) -> Region | None:
+    """The photo's rectangle when `image` is a photo on a flat page (the largest connected area that is not page
+    colour), or None when it is not, or the photo would be too small or nearly the whole image."""
+    if min(image.size) < MIN_PHOTO_SIDE:
+        return None
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    colour = page_colour(pixels)
+    if colour is None:
+        return None
+    region = _largest_component_box(np.abs(pixels - colour.astype(np.int16)).max(axis=2) > PAGE_TOLERANCE)
+    if region is None:
+        return None
+    left, top, right, bottom = region
+    width, height = right - left, bottom - top
+    if min(width, height) < MIN_PHOTO_SIDE or width * height < MIN_PHOTO_SHARE * image.width * image.height:
+        return None
+    if width > (1 - MIN_TRIM_SHARE) * image.width and height > (1 - MIN_TRIM_SHARE) * image.height:
+        return None
+    return region
