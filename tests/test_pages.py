@@ -47,6 +47,16 @@ def test_letterbox_bars_are_cut_off_a_full_width_frame() -> None:
     assert page_region(frame) == (0, 30, 200, 150)
 
 
+def test_a_large_screenshot_is_searched_on_a_reduced_copy_and_keeps_every_photo_pixel() -> None:
+    photo = noisy_image(10, 1500)
+    page, (left, top) = on_page(photo, margin=101, bar=203)  # 1702 x 1905: searched at a half
+    found = page_region(page)
+    assert found is not None
+    x0, y0, x1, y1 = found
+    assert left - 2 < x0 <= left and top - 2 < y0 <= top and left + 1500 <= x1 < left + 1502
+    assert top + 1500 <= y1 < top + 1502
+
+
 def test_photos_are_left_whole() -> None:
     assert page_region(noisy_image(5, 160)) is None  # no flat edge
     assert page_region(smooth_image(5, 160)) is None  # a gradient: no edge is one colour

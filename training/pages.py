@@ -14,6 +14,7 @@ FLAT_SIDE_SHARE = 0.95  # an edge of the image is page when this share of its pi
 MIN_PHOTO_SHARE = 0.1  # the photo found must cover at least this share of the page
 MIN_PHOTO_SIDE = 48  # and be at least this many pixels on each side
 MIN_TRIM_SHARE = 0.03  # trims that would remove less than this share of the width and of the height are not made
+SEARCH_SIDE = 1024  # larger images are searched on a copy reduced to at most this (bounded memory and time)
 Region = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), as PIL's crop takes it
 
 
@@ -50,17 +51,20 @@ def page_region(image: Image.Image) -> Region | None:
     colour), or None when it is not, or the photo would be too small or nearly the whole image."""
     if min(image.size) < MIN_PHOTO_SIDE:
         return None
-    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    factor = -(-max(image.size) // SEARCH_SIDE)  # ceil: the copy's longer side is at most SEARCH_SIDE
+    copy = image.reduce(factor) if factor > 1 else image
+    pixels = np.asarray(copy.convert("RGB"), dtype=np.int16)
     colour = page_colour(pixels)
     if colour is None:
         return None
     region = _largest_component_box(np.abs(pixels - colour.astype(np.int16)).max(axis=2) > PAGE_TOLERANCE)
     if region is None:
         return None
-    left, top, right, bottom = region
+    left, top = region[0] * factor, region[1] * factor  # widened to whole copy pixels: no photo pixel is cut
+    right, bottom = min(image.width, region[2] * factor), min(image.height, region[3] * factor)
     width, height = right - left, bottom - top
     if min(width, height) < MIN_PHOTO_SIDE or width * height < MIN_PHOTO_SHARE * image.width * image.height:
         return None
     if width > (1 - MIN_TRIM_SHARE) * image.width and height > (1 - MIN_TRIM_SHARE) * image.height:
         return None
-    return region
+    return left, top, right, bottom
