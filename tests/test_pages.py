@@ -41,6 +41,11 @@ def test_the_photo_inside_a_page_is_found_to_the_pixel(colour: tuple[int, int, i
     assert page_region(page) == (left, top, left + 150, top + 150)
 
 
+def test_a_thumbnail_sized_photo_is_cut_out_of_its_page() -> None:
+    page, (left, top) = on_page(noisy_image(3, 32), margin=8, bar=16)
+    assert page_region(page) == (left, top, left + 32, top + 32)
+
+
 def test_letterbox_bars_are_cut_off_a_full_width_frame() -> None:
     frame = Image.new("RGB", (200, 180), (0, 0, 0))
     frame.paste(noisy_image(4, 200).crop((0, 0, 200, 120)), (0, 30))
@@ -71,6 +76,9 @@ def test_photos_are_left_whole() -> None:
     assert page_region(tiny) is None
     assert page_region(Image.new("RGB", (200, 200), (255, 255, 255))) is None  # a blank page
     assert page_region(Image.new("RGB", (30, 30), (255, 255, 255))) is None
+    small = Image.new("RGB", (60, 60), (255, 255, 255))
+    small.paste(noisy_image(9, 30), (15, 15))  # smaller than a CIFAR image: not a photo worth cutting out
+    assert page_region(small) is None
 
 
 @pytest.fixture(scope="module")

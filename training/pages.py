@@ -12,7 +12,7 @@ from PIL import Image
 PAGE_TOLERANCE = 4  # grey levels (any channel) a page pixel may differ from the page colour: JPEG noise
 FLAT_SIDE_SHARE = 0.95  # an edge of the image is page when this share of its pixels has the page colour
 MIN_PHOTO_SHARE = 0.1  # the photo found must cover at least this share of the page
-MIN_PHOTO_SIDE = 48  # and be at least this many pixels on each side
+MIN_PHOTO_SIDE = 32  # and be at least this many pixels on each side (a CIFAR image)
 MIN_TRIM_SHARE = 0.03  # trims that would remove less than this share of the width and of the height are not made
 SEARCH_SIDE = 1024  # larger images are searched on a copy reduced to at most this (bounded memory and time)
 Region = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), as PIL's crop takes it
