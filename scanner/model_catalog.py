@@ -27,7 +27,7 @@ def _input_policy(preprocess: dict[str, Any]) -> str:
             combine = f"{' and '.join(preprocess['mirror'])} also scored mirrored{near}, the logits averaged; {combine}"
         if preprocess.get("precision"):
             combine = f"{combine}; network in {preprocess['precision']}"
-        found = " (also turned a quarter or half turn)" if preprocess.get("turn_faces") else ""
+        found = " (also turned a quarter turn)" if preprocess.get("turn_faces") else ""
         whole = "photo inside a page, else the whole image" if preprocess.get("trim_page") else "whole image"
         crops = f"up to {faces.get('max_faces', 3)} face crops{found}"
         return f"{whole}{patch} + {crops} at {size} px (score: {combine})"

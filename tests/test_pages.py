@@ -140,7 +140,7 @@ def test_a_screenshot_scores_as_its_photo_on_every_path(page_model: Path, face_m
 
 
 @pytest.mark.parametrize("turn", [Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270])
-def test_a_face_on_its_side_or_upside_down_scores_as_upright_on_every_path(
+def test_a_face_on_its_side_scores_as_upright_on_every_path(
     turn: Image.Transpose, page_model: Path, face_model: Path, tmp_path: Path
 ) -> None:
     photo = drawn_face(12, size=160, noisy=True)
@@ -186,7 +186,7 @@ def test_a_face_on_its_side_or_upside_down_scores_as_upright_on_every_path(
 
 @pytest.mark.parametrize(
     ("turn", "expected"),
-    [(0, (15, 25, 30, 40)), (90, (45, 15, 40, 30)), (270, (25, 45, 40, 30)), (180, (65, 25, 30, 40))],
+    [(0, (15, 25, 30, 40)), (90, (45, 15, 40, 30)), (270, (25, 45, 40, 30))],
 )
 def test_a_box_in_the_turned_part_is_carried_back_to_the_image(turn: int, expected: tuple[int, ...]) -> None:
     """A 100x80 cut at (5, 5) of a page: a box found on it after `turn` lies at `expected` in the page."""
@@ -200,7 +200,7 @@ def test_a_box_in_the_turned_part_is_carried_back_to_the_image(turn: int, expect
     assert carried.to_list() == list(expected)
     inside = part.crop((box.x, box.y, box.x + box.w, box.y + box.h))
     back = page.crop((carried.x, carried.y, carried.x + carried.w, carried.y + carried.h))
-    undo = {0: None, 90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180}
+    undo = {0: None, 90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_90}
     assert (inside.transpose(undo[turn]) if undo[turn] else inside).tobytes() == back.tobytes()  # the same pixels
 
 

@@ -100,7 +100,7 @@ def calibrate_checkpoint(
     offsets and threshold are fitted with every view mirrored, and then only views that score within that
     margin of the threshold are mirrored, in the metrics stored and wherever the model runs. `trim_page` sets
     whether the model scores the photo inside a flat page (screenshots, letterboxes) instead of the page, and
-    `turn_faces` whether it looks for faces on their side or upside down in images with no upright face."""
+    `turn_faces` whether it looks for faces on their side in images with no upright face."""
     if mirror is not None:
         check_mirror(mirror)  # before any model or image is loaded
     if precision is not None:

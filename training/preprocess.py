@@ -81,7 +81,7 @@ class Preprocess:
     # too (the others are far from the threshold, where the average changes no verdict); () = every such view
     mirror_band: tuple[float, ...] = ()
     trim_page: bool = False  # score the photo inside a flat page (screenshots, letterboxes), not the page
-    turn_faces: bool = False  # with no upright face found, look for faces turned a quarter or half turn
+    turn_faces: bool = False  # with no upright face found, look for faces turned a quarter turn either way
 
     @property
     def decode_side(self) -> int:

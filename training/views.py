@@ -86,13 +86,15 @@ def absent_view(config: Preprocess) -> torch.Tensor:
     return torch.full((3, config.size, config.size), math.nan)
 
 
-TURNS = {90: Image.Transpose.ROTATE_90, 270: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180}
+# Quarter turns each way: a photo whose orientation was lost. Not a half turn: the cascade finds faces in upside-down
+# scenes that have none (5 of 300 real scenes; none turned a quarter), and upside-down uploads are rare.
+TURNS = {90: Image.Transpose.ROTATE_90, 270: Image.Transpose.ROTATE_270}
 
 
 @dataclass(frozen=True)
 class Placement:
     """How the part the model scores was cut from the image: the photo inside a page (`region`, None for the
-    whole image), then turned by `turn` degrees counter-clockwise to set its faces upright (0: as it is)."""
+    whole image), then turned by `turn` degrees counter-clockwise (90 or 270) to set its faces upright (0: as it is)."""
 
     region: tuple[int, int, int, int] | None = None
     turn: int = 0
@@ -104,14 +106,12 @@ class Placement:
 
     def to_image(self, box: Box, part_size: tuple[int, int]) -> Box:
         """A box in the turned part (of size `part_size`) -> the same box in the image's pixels."""
-        width, height = part_size if self.turn == 180 else part_size[::-1]  # the part before it was turned
+        width, height = part_size[::-1] if self.turn else part_size  # the part before it was turned
         x, y, w, h = box.x, box.y, box.w, box.h
         if self.turn == 90:  # counter-clockwise: the part's (u, v) was the cut's (width - v, u)
             x, y, w, h = width - box.y - box.h, box.x, box.h, box.w
         elif self.turn == 270:
             x, y, w, h = box.y, height - box.x - box.w, box.h, box.w
-        elif self.turn == 180:
-            x, y = width - box.x - box.w, height - box.y - box.h
         left, top = self.region[:2] if self.region else (0, 0)
         return Box(x + left, y + top, w, h)
 
@@ -121,18 +121,16 @@ def scored_part(
 ) -> tuple[Image.Image, list[Box], Placement]:
     """The part of the image the views come from, its face boxes, and how it was cut: the photo inside a flat page
     (screenshots, letterboxes, padded reposts) for models that trim pages; for models that turn faces, an image
-    with no upright face but a face on its side or upside down is turned to set that face upright. `known`: the
+    with no upright face but a face on its side is turned a quarter turn to set that face upright. `known`: the
     upright boxes found on this image before, used unless a photo is cut out of it."""
     region = page_region(image) if config.trim_page else None
     part = image.crop(region) if region else image
     boxes = known if known is not None and region is None else find_faces(part, config, finder)
     if not boxes and config.turn_faces and config.uses_faces and finder is not None:
-        turned = {turn: part.transpose(transpose) for turn, transpose in TURNS.items()}
-        found = {turn: turned_boxes for turn, image in turned.items() if (turned_boxes := finder.find(image))}
-        if found:  # a face upside down is sometimes found too: the cascade's surest find decides (slower, rare)
-            surest = (
-                max(found, key=lambda turn: finder.confidence(turned[turn])) if len(found) > 1 else next(iter(found))
-            )
+        found = finder.find_turned(part, tuple(TURNS))  # one grey copy, turned: no turned copy of the image made
+        turned = {turn: part.transpose(TURNS[turn]) for turn in found}
+        if found:  # both ways turned show a face (rare): the cascade's surest find decides (slower)
+            surest = max(found, key=lambda turn: finder.confidence(turned[turn])) if len(found) > 1 else min(found)
             return turned[surest], found[surest], Placement(region, surest)
     return part, boxes, Placement(region)
 

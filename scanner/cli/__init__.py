@@ -389,8 +389,8 @@ def model_calibrate(
     turn_faces: Annotated[
         bool | None,
         typer.Option(
-            help="In an image with no upright face, look for faces on their side or upside down and score the image "
-            "turned to set them upright; default: keep the source's."
+            help="In an image with no upright face, look for faces on their side and score the image turned "
+            "to set them upright; default: keep the source's."
         ),
     ] = None,
 ) -> None:
