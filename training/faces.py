@@ -51,7 +51,8 @@ class FaceSettings:
 _IMPORT_LOCK = threading.Lock()  # cv2's first import is not thread-safe (a half-initialised module is seen)
 
 
-def _opencv() -> Any:
+def opencv() -> Any:
+    """The cv2 module, imported under a lock (its first import is not thread-safe), with one thread per call."""
     with _IMPORT_LOCK:
         import cv2
 
@@ -69,7 +70,7 @@ class FaceFinder:
     def _cascade(self) -> object:
         cascade = getattr(self._local, "cascade", None)
         if cascade is None:
-            cv2 = _opencv()
+            cv2 = opencv()
             folder = getattr(getattr(cv2, "data", None), "haarcascades", "")
             if not hasattr(cv2, "CascadeClassifier") or not folder:
                 raise RuntimeError(f"OpenCV {cv2.__version__} has no Haar cascades (5.x dropped them): {NEEDS_OPENCV}")
@@ -93,35 +94,28 @@ class FaceFinder:
             grey = grey.resize(small, Image.Resampling.BILINEAR, reducing_gap=2.0)
         return np.asarray(grey), scale, max(20, round(cfg.min_face_fraction * min(grey.size)))
 
-    def find(self, image: Image.Image) -> list[Box]:
-        """Face boxes in `image` coordinates, largest first, at most `max_faces`."""
+    def _detect(self, grey: np.ndarray, scale: float, min_side: int) -> list[Box]:
         cfg = self.settings
-        grey, scale, min_side = self._search_copy(image)
-        if min(grey.shape) < min_side:
-            return []
         found = self._cascade().detectMultiScale(  # type: ignore[attr-defined]
-            grey, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(min_side, min_side)
-        )
+            np.ascontiguousarray(grey), scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors,
+            minSize=(min_side, min_side),
+        )  # fmt: skip
         boxes = [Box(*(round(int(v) / scale) for v in row)) for row in found]
         return sorted(boxes, key=lambda box: box.area, reverse=True)[: cfg.max_faces]
+
+    def find(self, image: Image.Image) -> list[Box]:
+        """Face boxes in `image` coordinates, largest first, at most `max_faces`."""
+        grey, scale, min_side = self._search_copy(image)
+        return self._detect(grey, scale, min_side) if min(grey.shape) >= min_side else []
 
     def find_turned(self, image: Image.Image, turns: tuple[int, ...]) -> dict[int, list[Box]]:
         """For each of `turns` (degrees counter-clockwise) in which the turned image shows faces, their boxes in that
         turned image's pixels, largest first; the grey copy is made once and turned (cheap), not the image."""
-        cfg = self.settings
         grey, scale, min_side = self._search_copy(image)
         if min(grey.shape) < min_side:
             return {}
-        found = {}
-        for turn in turns:
-            rows = self._cascade().detectMultiScale(  # type: ignore[attr-defined]
-                np.ascontiguousarray(np.rot90(grey, turn // 90)), scaleFactor=cfg.scale_factor,
-                minNeighbors=cfg.min_neighbors, minSize=(min_side, min_side),
-            )  # fmt: skip
-            boxes = sorted((Box(*(round(int(v) / scale) for v in row)) for row in rows), key=lambda b: -b.area)
-            if boxes:
-                found[turn] = boxes[: cfg.max_faces]
-        return found
+        found = {turn: self._detect(np.rot90(grey, turn // 90), scale, min_side) for turn in turns}
+        return {turn: boxes for turn, boxes in found.items() if boxes}
 
     def confidence(self, image: Image.Image) -> float:
         """How sure the cascade is of its most face-like find in `image` (its last stage's sum); -inf for none.

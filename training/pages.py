@@ -4,10 +4,10 @@ widened crop would run into the page, and the whole-image view would be mostly p
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from PIL import Image
+
+from training.faces import opencv
 
 PAGE_TOLERANCE = 4  # grey levels (any channel) a page pixel may differ from the page colour: JPEG noise
 FLAT_SIDE_SHARE = 0.95  # an edge of the image is page when this share of its pixels has the page colour
@@ -37,7 +37,7 @@ def page_colour(pixels: np.ndarray) -> np.ndarray | None:
 
 
 def _largest_component_box(mask: np.ndarray) -> Region | None:
-    cv2: Any = __import__("cv2")
+    cv2 = opencv()
     count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if count < 2:
         return None
