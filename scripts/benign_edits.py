@@ -71,6 +71,10 @@ EDITS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
     "noise": lambda im: add_noise(im.convert("RGB"), 6.0, seed=im.width * 7919 + im.height),  # seeded by the size
     "smooth": lambda im: im.filter(ImageFilter.MedianFilter(3)),
     "screenshot": screenshot,
+    # a phone's screenshot: the photo drawn at twice its pixels (device pixel ratio 2), then sent on as JPEG q90
+    "screenshot-phone": lambda im: reencode(
+        screenshot(im.resize((2 * im.width, 2 * im.height), Image.Resampling.LANCZOS)), 90
+    ),
     "rot90": lambda im: im.transpose(Image.Transpose.ROTATE_90),
 }
 
