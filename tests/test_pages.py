@@ -75,6 +75,13 @@ def test_photos_are_left_whole() -> None:
     tiny.paste(noisy_image(8, 60), (120, 120))  # an icon on a page, not a photo
     assert page_region(tiny) is None
     assert page_region(Image.new("RGB", (200, 200), (255, 255, 255))) is None  # a blank page
+    collage = Image.new("RGB", (340, 200), (255, 255, 255))
+    collage.paste(noisy_image(11, 160), (10, 20))
+    collage.paste(noisy_image(12, 120), (200, 40))  # two photos: cutting out one would leave the other unscored
+    assert page_region(collage) is None
+    collage.paste(Image.new("RGB", (120, 120), (255, 255, 255)), (200, 40))
+    collage.paste(noisy_image(12, 40), (200, 40))  # an avatar beside the photo is not a second photo
+    assert page_region(collage) == (10, 20, 170, 180)
     assert page_region(Image.new("RGB", (30, 30), (255, 255, 255))) is None
     small = Image.new("RGB", (60, 60), (255, 255, 255))
     small.paste(noisy_image(9, 30), (15, 15))  # smaller than a CIFAR image: not a photo worth cutting out

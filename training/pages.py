@@ -14,6 +14,7 @@ FLAT_SIDE_SHARE = 0.95  # an edge of the image is page when this share of its pi
 MIN_PHOTO_SHARE = 0.1  # the photo found must cover at least this share of the page
 MIN_PHOTO_SIDE = 32  # and be at least this many pixels on each side (a CIFAR image)
 MIN_TRIM_SHARE = 0.03  # trims that would remove less than this share of the width and of the height are not made
+SECOND_PHOTO_SHARE = 0.2  # another area this large against the largest makes the page a collage, scored whole
 SEARCH_SIDE = 1024  # larger images are searched on a copy reduced to at most this (bounded memory and time)
 Region = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), as PIL's crop takes it
 
@@ -36,13 +37,20 @@ def page_colour(pixels: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def _largest_component_box(mask: np.ndarray) -> Region | None:
+def _photo_box(mask: np.ndarray, min_side: int) -> Region | None:
+    """The box of the largest connected area of `mask`, unless another area is a photo too, `min_side` or more a side
+    (a collage, a grid of posts: the page is scored whole, so no photo on it goes unscored; a line of text is not)."""
     cv2 = opencv()
     count, _, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
     if count < 2:
         return None
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    left, top, width, height = (int(v) for v in stats[largest, :4])
+    order = 1 + np.argsort(stats[1:, cv2.CC_STAT_AREA])[::-1]  # areas by size; label 0 is the page
+    if len(order) > 1:
+        first, second = stats[order[0]], stats[order[1]]
+        photo_sized = min(second[cv2.CC_STAT_WIDTH], second[cv2.CC_STAT_HEIGHT]) >= min_side
+        if photo_sized and second[cv2.CC_STAT_AREA] >= SECOND_PHOTO_SHARE * first[cv2.CC_STAT_AREA]:
+            return None
+    left, top, width, height = (int(v) for v in stats[order[0], :4])
     return left, top, left + width, top + height
 
 
@@ -57,7 +65,7 @@ def page_region(image: Image.Image) -> Region | None:
     colour = page_colour(pixels)
     if colour is None:
         return None
-    region = _largest_component_box(np.abs(pixels - colour.astype(np.int16)).max(axis=2) > PAGE_TOLERANCE)
+    region = _photo_box(np.abs(pixels - colour.astype(np.int16)).max(axis=2) > PAGE_TOLERANCE, MIN_PHOTO_SIDE // factor)
     if region is None:
         return None
     left, top = region[0] * factor, region[1] * factor  # widened to whole copy pixels: no photo pixel is cut
