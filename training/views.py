@@ -86,8 +86,8 @@ def absent_view(config: Preprocess) -> torch.Tensor:
     return torch.full((3, config.size, config.size), math.nan)
 
 
-# Quarter turns each way: a photo whose orientation was lost. Not a half turn: the cascade finds faces in upside-down
-# scenes that have none (5 of 300 real scenes; none turned a quarter), and upside-down uploads are rare.
+# Quarter turns each way: a photo whose orientation was lost. Not a half turn: upside-down uploads are rare, and on the
+# validation split it found as many faces that are not there (6 of 1,450 upright images) as both quarter turns (7).
 TURNS = {90: Image.Transpose.ROTATE_90, 270: Image.Transpose.ROTATE_270}
 
 
