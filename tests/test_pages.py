@@ -231,3 +231,29 @@ def test_a_checkpoint_with_an_unusable_page_or_turn_setting_is_refused(
     save_checkpoint(dict(checkpoint, preprocess={**checkpoint["preprocess"], flag: "yes"}), tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=flag):
         load_model(tmp_path / "bad.pt", "cpu")
+
+
+def test_odd_pages_and_strips_are_scanned_by_a_model_that_trims_and_turns(page_model: Path, tmp_path: Path) -> None:
+    """Shapes the page search and the turned search meet in the wild, through the scanner: each is scanned, none errs,
+    and a flat-coloured photo on a page is cut out like any other."""
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    Image.new("RGB", (1, 5000), (255, 255, 255)).save(folder / "strip.png")  # thinner than any photo
+    dot = Image.new("RGB", (3000, 40), (255, 255, 255))
+    dot.putpixel((1500, 20), (0, 0, 0))
+    dot.save(folder / "dot.png")  # a page with one dark pixel
+    Image.new("RGB", (2500, 2500), (250, 250, 250)).save(folder / "blank.png")  # a blank page, searched reduced
+    block = Image.new("RGB", (300, 300), (255, 255, 255))
+    block.paste((200, 30, 30), (50, 60, 250, 260))
+    block.save(folder / "block.png")  # a one-colour photo on a page
+    clear = Image.new("RGBA", (200, 200), (0, 0, 0, 0))
+    clear.paste(drawn_face(14, 120, noisy=True).convert("RGBA"), (40, 40))
+    clear.save(folder / "clear.png")  # transparency, flattened onto white: a page
+    drawn_face(15, 160, noisy=True).transpose(Image.Transpose.ROTATE_270).convert("P").save(folder / "palette.gif")
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", page_model)
+    job_id = submit(settings, [str(folder)], wait=True).summary["job_id"]
+    with open_database(settings)() as session:
+        rows = {Path(row["uri"]).name: row for row in report_rows(session, job_id)}
+    assert {name: row["status"] for name, row in rows.items()} == dict.fromkeys(rows, "done") and len(rows) == 6
+    assert page_region(Image.open(folder / "block.png").convert("RGB")) == (50, 60, 250, 260)
+    assert rows["clear.png"]["face_count"] == 1 and rows["palette.gif"]["face_count"] >= 1  # cut out; turned
