@@ -52,6 +52,15 @@ def screenshot(image: Image.Image) -> Image.Image:
     return page
 
 
+def meme(image: Image.Image) -> Image.Image:
+    """The photo under a white caption bar (a fifth of its height) with a line of black text, as memes are made."""
+    bar = max(16, image.height // 5)
+    page = Image.new("RGB", (image.width, image.height + bar), "white")
+    page.paste(image.convert("RGB"), (0, bar))
+    ImageDraw.Draw(page).text((4, bar // 3), "when the photo is too real", fill=(0, 0, 0))
+    return page
+
+
 EDITS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
     "stored": None,
     "jpeg95": lambda im: reencode(im, 95),
@@ -76,6 +85,7 @@ EDITS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
         screenshot(im.resize((2 * im.width, 2 * im.height), Image.Resampling.LANCZOS)), 90
     ),
     "rot90": lambda im: im.transpose(Image.Transpose.ROTATE_90),
+    "meme": meme,
 }
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -62,11 +62,20 @@ def test_a_large_screenshot_is_searched_on_a_reduced_copy_and_keeps_every_photo_
     assert top + 1500 <= y1 < top + 1502
 
 
+def test_a_caption_bar_above_a_meme_is_cut_off() -> None:
+    photo = noisy_image(16, 150)
+    meme = Image.new("RGB", (150, 190), (255, 255, 255))
+    meme.paste(photo, (0, 40))
+    ImageDraw.Draw(meme).text((4, 12), "when the photo is too real", fill=(0, 0, 0))
+    assert page_region(meme) == (0, 40, 150, 190)
+
+
 def test_photos_are_left_whole() -> None:
     assert page_region(noisy_image(5, 160)) is None  # no flat edge
     assert page_region(smooth_image(5, 160)) is None  # a gradient: no edge is one colour
     sky = np.asarray(noisy_image(6, 160)).copy()
-    sky[:40] = 250  # an overexposed sky: one flat edge is not a page
+    for column in range(160):
+        sky[: 30 + int(20 * np.sin(column / 9)), column] = 250  # an overexposed sky above a skyline: not a page
     assert page_region(Image.fromarray(sky)) is None
     thin = Image.new("RGB", (160, 160), (255, 255, 255))
     thin.paste(noisy_image(7, 158), (1, 1))  # a 1-pixel frame: nothing worth cutting
