@@ -108,22 +108,22 @@ class FaceFinder:
         grey, scale, min_side = self._search_copy(image)
         return self._detect(grey, scale, min_side) if min(grey.shape) >= min_side else []
 
-    def find_turned(self, image: Image.Image, turns: tuple[int, ...]) -> dict[int, list[Box]]:
-        """For each of `turns` (degrees counter-clockwise) in which the turned image shows faces, their boxes in that
-        turned image's pixels, largest first; the grey copy is made once and turned (cheap), not the image."""
+    def find_turned(self, image: Image.Image, turns: tuple[int, ...]) -> tuple[int, list[Box]] | None:
+        """The turn (degrees counter-clockwise, one of `turns`) that shows faces in `image`, and their boxes in the
+        turned image's pixels, largest first; None when no turn does. When several do, the one the cascade is surest
+        of (its last stage's sum). The grey copy is made once and turned (cheap), not the image."""
         grey, scale, min_side = self._search_copy(image)
         if min(grey.shape) < min_side:
-            return {}
-        found = {turn: self._detect(np.rot90(grey, turn // 90), scale, min_side) for turn in turns}
-        return {turn: boxes for turn, boxes in found.items() if boxes}
+            return None
+        copies = {turn: np.ascontiguousarray(np.rot90(grey, turn // 90)) for turn in turns}
+        found = {turn: boxes for turn, copy in copies.items() if (boxes := self._detect(copy, scale, min_side))}
+        if not found:
+            return None
+        surest = max(found, key=lambda turn: self._confidence(copies[turn], min_side)) if len(found) > 1 else min(found)
+        return surest, found[surest]
 
-    def confidence(self, image: Image.Image) -> float:
-        """How sure the cascade is of its most face-like find in `image` (its last stage's sum); -inf for none.
-        Decides between the two quarter turns when both show a face."""
+    def _confidence(self, grey: np.ndarray, min_side: int) -> float:
         cfg = self.settings
-        grey, _, min_side = self._search_copy(image)
-        if min(grey.shape) < min_side:
-            return -math.inf
         _, _, weights = self._cascade().detectMultiScale3(  # type: ignore[attr-defined]
             grey, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(min_side, min_side),
             outputRejectLevels=True,

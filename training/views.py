@@ -127,11 +127,9 @@ def scored_part(
     part = image.crop(region) if region else image
     boxes = known if known is not None and region is None else find_faces(part, config, finder)
     if not boxes and config.turn_faces and config.uses_faces and finder is not None:
-        found = finder.find_turned(part, tuple(TURNS))  # one grey copy, turned: no turned copy of the image made
-        turned = {turn: part.transpose(TURNS[turn]) for turn in found}
-        if found:  # both ways turned show a face (rare): the cascade's surest find decides (slower)
-            surest = max(found, key=lambda turn: finder.confidence(turned[turn])) if len(found) > 1 else min(found)
-            return turned[surest], found[surest], Placement(region, surest)
+        if turned := finder.find_turned(part, tuple(TURNS)):  # only the turn chosen is made of the image
+            turn, turned_boxes = turned
+            return part.transpose(TURNS[turn]), turned_boxes, Placement(region, turn)
     return part, boxes, Placement(region)
 
 

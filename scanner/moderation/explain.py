@@ -52,11 +52,13 @@ def overlay(model: nn.Module, view: Image.Image, preprocess: Preprocess, alpha: 
 
 
 def explain_image(
-    model: nn.Module, image: Image.Image, preprocess: Preprocess, boxes: Sequence[Box] = ()
-) -> Image.Image:
-    """Heatmaps of every view the model scored (the whole image, then each face), side by side."""
+    model: nn.Module, image: Image.Image, preprocess: Preprocess, boxes: Sequence[Box] = (),
+    finder: FaceFinder | None = None,
+) -> Image.Image:  # fmt: skip
+    """Heatmaps of every view the model scored (the whole image, then each face), side by side; `finder` (one is
+    made if None) finds the faces again for models that turn faces, since they may have been found turned."""
     if preprocess.turn_faces and boxes:  # the faces may have been found turned: find them again, as the scan did
-        part, part_boxes, _ = scored_part(image, preprocess, FaceFinder(preprocess.faces))
+        part, part_boxes, _ = scored_part(image, preprocess, finder or FaceFinder(preprocess.faces))
     else:  # the photo inside a page, for models that trim pages
         part, _, placement = scored_part(image, preprocess)
         left, top = placement.region[:2] if placement.region else (0, 0)
@@ -72,4 +74,5 @@ def explain_image(
 
 def explainer(loaded: Any) -> Any:
     """A callable (image, face boxes in that image's pixels) -> heatmap strip, bound to a loaded model."""
-    return lambda image, boxes=(): explain_image(loaded.model, image, loaded.preprocess, boxes)
+    finder = FaceFinder(loaded.preprocess.faces)  # its cascade is loaded once per thread, not once per image
+    return lambda image, boxes=(): explain_image(loaded.model, image, loaded.preprocess, boxes, finder)
