@@ -27,8 +27,10 @@ def _input_policy(preprocess: dict[str, Any]) -> str:
             combine = f"{' and '.join(preprocess['mirror'])} also scored mirrored{near}, the logits averaged; {combine}"
         if preprocess.get("precision"):
             combine = f"{combine}; network in {preprocess['precision']}"
-        found = " (also turned a quarter turn)" if preprocess.get("turn_faces") else ""
-        whole = "photo inside a page, else the whole image" if preprocess.get("trim_page") else "whole image"
+        turns = preprocess.get("turns", [90, 270] if preprocess.get("turn_faces") else [])
+        found = f" (also turned {' or '.join(map(str, turns))} degrees)" if turns else ""
+        paged = preprocess.get("trim_page") or "page" in preprocess
+        whole = "photo inside a page, else the whole image" if paged else "whole image"
         crops = f"up to {faces.get('max_faces', 3)} face crops{found}"
         return f"{whole}{patch} + {crops} at {size} px (score: {combine})"
     return f"centre crop of {size} px (shorter side kept up to {preprocess.get('max_side', 0)} px)"

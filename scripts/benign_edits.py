@@ -85,6 +85,7 @@ EDITS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
         screenshot(im.resize((2 * im.width, 2 * im.height), Image.Resampling.LANCZOS)), 90
     ),
     "rot90": lambda im: im.transpose(Image.Transpose.ROTATE_90),
+    "rot180": lambda im: im.transpose(Image.Transpose.ROTATE_180),
     "meme": meme,
 }
 

@@ -4,6 +4,7 @@ inside, models that turn faces score a sideways face upright, the same on every 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +27,10 @@ from training.data import ImageFolderDataset, Sample
 from training.evaluate import score_samples
 from training.faces import Box, FaceFinder
 from training.models import predict_scores
-from training.pages import page_region
+from training.pages import FORMAT8_PAGE, PageSettings, page_region
 from training.views import Placement, combine_views, make_views
+
+PAGE = PageSettings()
 
 
 @pytest.mark.parametrize(
@@ -38,24 +41,24 @@ from training.views import Placement, combine_views, make_views
 def test_the_photo_inside_a_page_is_found_to_the_pixel(colour: tuple[int, int, int], margin: int, bar: int) -> None:
     photo = noisy_image(3, 150)
     page, (left, top) = on_page(photo, colour, margin, bar)
-    assert page_region(page) == (left, top, left + 150, top + 150)
+    assert page_region(page, PAGE) == (left, top, left + 150, top + 150)
 
 
 def test_a_thumbnail_sized_photo_is_cut_out_of_its_page() -> None:
     page, (left, top) = on_page(noisy_image(3, 32), margin=8, bar=16)
-    assert page_region(page) == (left, top, left + 32, top + 32)
+    assert page_region(page, PAGE) == (left, top, left + 32, top + 32)
 
 
 def test_letterbox_bars_are_cut_off_a_full_width_frame() -> None:
     frame = Image.new("RGB", (200, 180), (0, 0, 0))
     frame.paste(noisy_image(4, 200).crop((0, 0, 200, 120)), (0, 30))
-    assert page_region(frame) == (0, 30, 200, 150)
+    assert page_region(frame, PAGE) == (0, 30, 200, 150)
 
 
 def test_a_large_screenshot_is_searched_on_a_reduced_copy_and_keeps_every_photo_pixel() -> None:
     photo = noisy_image(10, 1500)
     page, (left, top) = on_page(photo, margin=101, bar=203)  # 1702 x 1905: searched at a half
-    found = page_region(page)
+    found = page_region(page, PAGE)
     assert found is not None
     x0, y0, x1, y1 = found
     assert left - 2 < x0 <= left and top - 2 < y0 <= top and left + 1500 <= x1 < left + 1502
@@ -67,34 +70,34 @@ def test_a_caption_bar_above_a_meme_is_cut_off() -> None:
     meme = Image.new("RGB", (150, 190), (255, 255, 255))
     meme.paste(photo, (0, 40))
     ImageDraw.Draw(meme).text((4, 12), "when the photo is too real", fill=(0, 0, 0))
-    assert page_region(meme) == (0, 40, 150, 190)
+    assert page_region(meme, PAGE) == (0, 40, 150, 190)
 
 
 def test_photos_are_left_whole() -> None:
-    assert page_region(noisy_image(5, 160)) is None  # no flat edge
-    assert page_region(smooth_image(5, 160)) is None  # a gradient: no edge is one colour
+    assert page_region(noisy_image(5, 160), PAGE) is None  # no flat edge
+    assert page_region(smooth_image(5, 160), PAGE) is None  # a gradient: no edge is one colour
     sky = np.asarray(noisy_image(6, 160)).copy()
     for column in range(160):
         sky[: 30 + int(20 * np.sin(column / 9)), column] = 250  # an overexposed sky above a skyline: not a page
-    assert page_region(Image.fromarray(sky)) is None
+    assert page_region(Image.fromarray(sky), PAGE) is None
     thin = Image.new("RGB", (160, 160), (255, 255, 255))
     thin.paste(noisy_image(7, 158), (1, 1))  # a 1-pixel frame: nothing worth cutting
-    assert page_region(thin) is None
+    assert page_region(thin, PAGE) is None
     tiny = Image.new("RGB", (300, 300), (255, 255, 255))
     tiny.paste(noisy_image(8, 60), (120, 120))  # an icon on a page, not a photo
-    assert page_region(tiny) is None
-    assert page_region(Image.new("RGB", (200, 200), (255, 255, 255))) is None  # a blank page
+    assert page_region(tiny, PAGE) is None
+    assert page_region(Image.new("RGB", (200, 200), (255, 255, 255)), PAGE) is None  # a blank page
     collage = Image.new("RGB", (340, 200), (255, 255, 255))
     collage.paste(noisy_image(11, 160), (10, 20))
     collage.paste(noisy_image(12, 120), (200, 40))  # two photos: cutting out one would leave the other unscored
-    assert page_region(collage) is None
+    assert page_region(collage, PAGE) is None
     collage.paste(Image.new("RGB", (120, 120), (255, 255, 255)), (200, 40))
     collage.paste(noisy_image(12, 40), (200, 40))  # an avatar beside the photo is not a second photo
-    assert page_region(collage) == (10, 20, 170, 180)
-    assert page_region(Image.new("RGB", (30, 30), (255, 255, 255))) is None
+    assert page_region(collage, PAGE) == (10, 20, 170, 180)
+    assert page_region(Image.new("RGB", (30, 30), (255, 255, 255)), PAGE) is None
     small = Image.new("RGB", (60, 60), (255, 255, 255))
     small.paste(noisy_image(9, 30), (15, 15))  # smaller than a CIFAR image: not a photo worth cutting out
-    assert page_region(small) is None
+    assert page_region(small, PAGE) is None
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +205,7 @@ def test_a_face_on_its_side_scores_as_upright_on_every_path(
 
 @pytest.mark.parametrize(
     ("turn", "expected"),
-    [(0, (15, 25, 30, 40)), (90, (45, 15, 40, 30)), (270, (25, 45, 40, 30))],
+    [(0, (15, 25, 30, 40)), (90, (45, 15, 40, 30)), (180, (65, 25, 30, 40)), (270, (25, 45, 40, 30))],
 )
 def test_a_box_in_the_turned_part_is_carried_back_to_the_image(turn: int, expected: tuple[int, ...]) -> None:
     """A 100x80 cut at (5, 5) of a page: a box found on it after `turn` lies at `expected` in the page."""
@@ -216,7 +219,7 @@ def test_a_box_in_the_turned_part_is_carried_back_to_the_image(turn: int, expect
     assert carried.to_list() == list(expected)
     inside = part.crop((box.x, box.y, box.x + box.w, box.y + box.h))
     back = page.crop((carried.x, carried.y, carried.x + carried.w, carried.y + carried.h))
-    undo = {0: None, 90: Image.Transpose.ROTATE_270, 270: Image.Transpose.ROTATE_90}
+    undo = {0: None, 90: Image.Transpose.ROTATE_270, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_90}
     assert (inside.transpose(undo[turn]) if undo[turn] else inside).tobytes() == back.tobytes()  # the same pixels
 
 
@@ -242,6 +245,102 @@ def test_a_checkpoint_with_an_unusable_page_or_turn_setting_is_refused(
         load_model(tmp_path / "bad.pt", "cpu")
 
 
+def noisy_page(photo: Image.Image, spread: int) -> tuple[Image.Image, tuple[int, int]]:
+    """`photo` on a white page whose pixels vary by up to `spread` grey levels (a screenshot saved as JPEG)."""
+    page, (left, top) = on_page(photo)
+    pixels = np.asarray(page).astype(np.int16)
+    noise = np.random.default_rng(4).integers(-spread, spread + 1, pixels.shape)
+    noise[top : top + photo.height, left : left + photo.width] = 0
+    return Image.fromarray(np.clip(pixels + noise, 0, 255).astype(np.uint8)), (left, top)
+
+
+def test_page_settings_and_turns_travel_in_the_checkpoint(page_model: Path, face_data: Path, tmp_path: Path) -> None:
+    """Format 8's flags mean the settings the default was calibrated with, pinned in the code; other page settings
+    and turns are written into the checkpoint (format 9) and used on every path: a looser page tolerance cuts a page
+    the pinned one leaves whole, and a half turn sets an upside-down face upright."""
+    pinned = load_model(page_model, "cpu").preprocess
+    assert pinned.page == FORMAT8_PAGE and pinned.turns == (90, 270)
+    out = tmp_path / "loose.pt"
+    turns = ["--turn", "90", "--turn", "180", "--turn", "270"]
+    args = ["model", "calibrate", str(page_model), str(out), str(face_data), "--page-setting", "tolerance=12", *turns]
+    result = CliRunner().invoke(app, [*args, "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    stored = read_checkpoint(out)
+    assert stored["format"] == "fauxscan-checkpoint/9" and stored["preprocess"]["turns"] == [90, 180, 270]
+    assert stored["preprocess"]["page"] == {**asdict(FORMAT8_PAGE), "tolerance": 12}
+    assert not {"trim_page", "turn_faces"} & stored["preprocess"].keys()
+    assert "(also turned 90 or 180 or 270 degrees)" in _input_policy(stored["preprocess"])
+    photo = drawn_face(17, size=160, noisy=True)  # found neither upright nor sideways when upside down
+    page, (left, top) = noisy_page(photo, 8)
+    loose = load_model(out, "cpu").preprocess.page
+    assert loose is not None and page_region(page, FORMAT8_PAGE) is None
+    assert page_region(page, loose) == (left, top, left + 160, top + 160)
+    photo_score, photo_boxes = direct_score(out, photo)
+    assert photo_boxes and direct_score(out, page)[0] == pytest.approx(photo_score, abs=1e-6)
+    upside_down = photo.transpose(Image.Transpose.ROTATE_180)
+    assert direct_score(page_model, upside_down)[1] == []  # quarter turns only: no face found
+    score, boxes = direct_score(out, upside_down)
+    assert score == pytest.approx(photo_score, abs=1e-6)
+    assert boxes == [[160 - x - w, 160 - y - h, w, h] for x, y, w, h in photo_boxes]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    upside_down.save(folder / "upside-down.png")
+    page.save(folder / "page.png")
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", out)
+    job_id = submit(settings, [str(folder)], wait=True).summary["job_id"]
+    with open_database(settings)() as session:
+        rows = {Path(row["uri"]).name: row for row in report_rows(session, job_id)}
+    assert rows["upside-down.png"]["score"] == pytest.approx(photo_score, abs=1e-4)
+    assert rows["upside-down.png"]["faces"][0]["box"] == boxes[0]
+    assert rows["page.png"]["score"] == pytest.approx(photo_score, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"page": {"tolerance": "4"}}, "whole number"),
+        ({"page": {"tolerance": 4.5}}, "whole number"),
+        ({"page": {"margin": 3}}, "unknown"),
+        ({"page": {"min_photo_share": 2.0}}, r"\[0, 1\]"),
+        ({"page": [4]}, "mapping"),
+        ({"turns": [45]}, "among"),
+        ({"turns": [90, 90]}, "once"),
+        ({"turns": []}, "one or more"),
+        ({"page": {}, "trim_page": True}, "both trim_page and page"),
+        ({"turns": [180], "turn_faces": True}, "both turn_faces and turns"),
+    ],
+)
+def test_unusable_page_settings_or_turns_are_refused(
+    change: dict[str, object], message: str, page_model: Path, tmp_path: Path
+) -> None:
+    checkpoint = read_checkpoint(page_model)
+    preprocess = {
+        key: value for key, value in checkpoint["preprocess"].items() if key not in ("trim_page", "turn_faces")
+    }
+    save_checkpoint(dict(checkpoint, preprocess={**preprocess, **change}), tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=message):
+        load_model(tmp_path / "bad.pt", "cpu")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--page-setting", "tolerance"], "expected NAME=NUMBER"),
+        (["--page-setting", "tolerance=wide"], "expected NAME=NUMBER"),
+        (["--page-setting", "width=3"], "unknown"),
+        (["--no-trim-page", "--page-setting", "tolerance=8"], "trims pages"),
+        (["--turn", "45"], "among"),
+        (["--no-turn-faces", "--turn", "180"], "does not turn faces"),
+    ],
+)
+def test_calibrate_refuses_bad_page_settings_and_turns_with_one_line(
+    options: list[str], message: str, page_model: Path, face_data: Path, tmp_path: Path
+) -> None:
+    args = ["model", "calibrate", str(page_model), str(tmp_path / "out.pt"), str(face_data), *options]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1 and message in result.output and not (tmp_path / "out.pt").exists()
+
+
 def test_odd_pages_and_strips_are_scanned_by_a_model_that_trims_and_turns(page_model: Path, tmp_path: Path) -> None:
     """Shapes the page search and the turned search meet in the wild, through the scanner: each is scanned, none errs,
     and a flat-coloured photo on a page is cut out like any other."""
@@ -264,5 +363,5 @@ def test_odd_pages_and_strips_are_scanned_by_a_model_that_trims_and_turns(page_m
     with open_database(settings)() as session:
         rows = {Path(row["uri"]).name: row for row in report_rows(session, job_id)}
     assert {name: row["status"] for name, row in rows.items()} == dict.fromkeys(rows, "done") and len(rows) == 6
-    assert page_region(Image.open(folder / "block.png").convert("RGB")) == (50, 60, 250, 260)
+    assert page_region(Image.open(folder / "block.png").convert("RGB"), PAGE) == (50, 60, 250, 260)
     assert rows["clear.png"]["face_count"] == 1 and rows["palette.gif"]["face_count"] >= 1  # cut out; turned

@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from training.models import build_model
-from training.preprocess import PRECISIONS, VIEW_KINDS, Preprocess
+from training.pages import PageSettings
+from training.preprocess import PRECISIONS, VIEW_KINDS, Preprocess, check_turns
 
 FORMAT = "fauxscan-checkpoint/2"  # 2: face-aware preprocessing ("views", "faces"); older code must refuse it
 # 3: calibrated views ("view_offsets"); older code would compare raw view scores with a calibrated threshold
@@ -29,9 +30,12 @@ BAND_FORMAT = "fauxscan-checkpoint/7"
 # 8: "trim_page", "turn_faces"; older code would score a screenshot's page and a sideways face's image whole, against
 # offsets fitted on the photo inside the page and the face set upright
 PAGE_FORMAT = "fauxscan-checkpoint/8"
+# 9: "page" (the page search's settings) and "turns" where they are not format 8's; older code would cut pages and
+# search turns as its own constants say, not as the model was calibrated
+PAGE_SETTINGS_FORMAT = "fauxscan-checkpoint/9"
 READABLE_FORMATS = (
     "fauxscan-checkpoint/1", FORMAT, CALIBRATED_FORMAT, MIRROR_FORMAT, PRECISION_FORMAT, PATCH_FORMAT, BAND_FORMAT,
-    PAGE_FORMAT,
+    PAGE_FORMAT, PAGE_SETTINGS_FORMAT,
 )  # fmt: skip
 CODE_VERSION = "0.1.0"
 
@@ -55,6 +59,8 @@ class LoadedModel:
 def format_for(preprocess: Preprocess) -> str:
     """The oldest checkpoint format that can describe this preprocessing, so older fauxscan refuses only what
     it would score wrongly."""
+    if {"page", "turns"} & preprocess.to_dict().keys():
+        return PAGE_SETTINGS_FORMAT
     if preprocess.trim_page or preprocess.turn_faces:
         return PAGE_FORMAT
     if preprocess.mirror_band:
@@ -132,15 +138,30 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     patch_min_side = checkpoint.get("preprocess", {}).get("patch_min_side", 0)
     if not isinstance(patch_min_side, int) or isinstance(patch_min_side, bool) or patch_min_side < 0:
         raise CheckpointError(f"{path} has an unusable patch_min_side {patch_min_side!r}: expected a whole number >= 0")
-    for flag in ("trim_page", "turn_faces"):
-        if not isinstance(checkpoint.get("preprocess", {}).get(flag, False), bool):
-            raise CheckpointError(f"{path} has an unusable {flag}: expected true or false")
+    _check_page_and_turns(path, checkpoint.get("preprocess", {}))
     try:
         check_mirror(checkpoint.get("preprocess", {}).get("mirror", []))
         check_precision(checkpoint.get("preprocess", {}).get("precision", "float32"))
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     return checkpoint
+
+
+def _check_page_and_turns(path: Path, preprocess: dict[str, Any]) -> None:
+    """Format 8's flags are true or false; format 9's page settings and turns are usable; never both kinds."""
+    for flag in ("trim_page", "turn_faces"):
+        if not isinstance(preprocess.get(flag, False), bool):
+            raise CheckpointError(f"{path} has an unusable {flag}: expected true or false")
+    for flag, settings in (("trim_page", "page"), ("turn_faces", "turns")):
+        if flag in preprocess and settings in preprocess:
+            raise CheckpointError(f"{path} has both {flag} and {settings}: expected one")
+    try:
+        if "page" in preprocess:
+            PageSettings.from_dict(preprocess["page"])
+        if "turns" in preprocess:
+            check_turns(preprocess["turns"])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} has unusable settings: {exc}") from None
 
 
 def _check_view_offsets(path: Path, offsets: Any) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ from training.checkpoint import (
 )
 from training.data import Sample, find_samples
 from training.metrics import summarize
-from training.preprocess import Augment
+from training.pages import PageSettings
+from training.preprocess import FORMAT8_TURNS, Augment, Preprocess, check_turns
 from training.train import (
     TrainConfig,
     evaluate,
@@ -92,6 +93,7 @@ def calibrate_checkpoint(
     source: Path, target: Path, data_dirs: list[str], device: str = "auto", batch_size: int = 64, workers: int = 1,
     mirror: tuple[str, ...] | None = None, precision: str | None = None, patch_min_side: int | None = None,
     mirror_margin: float | None = None, trim_page: bool | None = None, turn_faces: bool | None = None,
+    page_settings: dict[str, Any] | None = None, turns: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Fit a multi-view checkpoint's view offsets and threshold on its own validation split; write a copy.
     `mirror` first sets the view kinds scored with their mirror image too, `precision` the number format the
@@ -100,7 +102,8 @@ def calibrate_checkpoint(
     offsets and threshold are fitted with every view mirrored, and then only views that score within that
     margin of the threshold are mirrored, in the metrics stored and wherever the model runs. `trim_page` sets
     whether the model scores the photo inside a flat page (screenshots, letterboxes) instead of the page, and
-    `turn_faces` whether it looks for faces on their side in images with no upright face."""
+    `turn_faces` whether it looks for faces on their side in images with no upright face; `page_settings` changes
+    some of the page search's settings (`PageSettings` names), `turns` the turns searched (implies `turn_faces`)."""
     if mirror is not None:
         check_mirror(mirror)  # before any model or image is loaded
     if precision is not None:
@@ -108,6 +111,8 @@ def calibrate_checkpoint(
     if patch_min_side is not None and patch_min_side < 0:
         raise ValueError(f"the patch's minimum side must be 0 or more, not {patch_min_side}")
     checkpoint = read_checkpoint(source)
+    stored = Preprocess.from_dict(checkpoint["preprocess"])
+    page, chosen_turns = page_and_turns(stored, trim_page, page_settings, turn_faces, turns)  # before any model
     loaded = load_model(source, device)
     if loaded.preprocess.views == "center":
         raise ValueError(f"{source} scores one view per image: there is nothing to calibrate")
@@ -118,8 +123,7 @@ def calibrate_checkpoint(
         loaded.preprocess, view_offsets=(), mirror=loaded.preprocess.mirror if mirror is None else mirror,
         precision=precision or loaded.preprocess.precision,
         patch_min_side=loaded.preprocess.patch_min_side if patch_min_side is None else patch_min_side,
-        mirror_band=(), trim_page=loaded.preprocess.trim_page if trim_page is None else trim_page,
-        turn_faces=loaded.preprocess.turn_faces if turn_faces is None else turn_faces,
+        mirror_band=(), page=page, turns=chosen_turns,
     )  # fmt: skip
     band = loaded.preprocess.mirror_band
     margin = (band[1] - band[0]) / 2 if band and mirror_margin is None else mirror_margin or 0.0
@@ -145,6 +149,25 @@ def calibrate_checkpoint(
     metrics["calibrated_from"] = previous
     save_checkpoint(checkpoint, target)
     return without_nan(metrics)
+
+
+def page_and_turns(
+    source: Preprocess, trim_page: bool | None, page_settings: dict[str, Any] | None, turn_faces: bool | None,
+    turns: tuple[int, ...] | None,
+) -> tuple[PageSettings | None, tuple[int, ...]]:  # fmt: skip
+    """The page settings and turns a calibrated copy of a model with `source` preprocessing gets (None: keep)."""
+    trims = source.trim_page if trim_page is None else trim_page
+    if page_settings and not trims:
+        raise ValueError("page settings need a model that trims pages (--trim-page)")
+    page = None
+    if trims:
+        page = PageSettings.from_dict({**asdict(source.page or PageSettings()), **(page_settings or {})})
+    if turns is not None and turn_faces is False:
+        raise ValueError("turns were given for a model that does not turn faces (--no-turn-faces)")
+    if turns is not None:
+        return page, check_turns(list(turns))
+    turned = source.turn_faces if turn_faces is None else turn_faces
+    return page, (source.turns or FORMAT8_TURNS) if turned else ()
 
 
 def without_nan(value: Any) -> Any:

@@ -14,6 +14,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from training.faces import FaceSettings
+from training.pages import FORMAT8_PAGE, PageSettings
 
 DEFAULT_MAX_PIXELS = 64_000_000
 # A progressive JPEG is decoded scan by scan, each scan a pass over every block of the image: a 0.6 MB file of
@@ -60,6 +61,19 @@ VIEW_POLICIES = ("center", "faces", "faces+patch")
 VIEW_KINDS = ("whole", "patch", "face")  # the order of Preprocess.view_offsets
 # The number format the network runs in at inference (bfloat16: faster where the device has bf16 kernels).
 PRECISIONS = ("float32", "bfloat16")
+# Turns (degrees counter-clockwise) an image with no upright face may be searched at for faces; a format 8 checkpoint's
+# "turn_faces": true means the two quarter turns.
+TURN_CHOICES = (90, 180, 270)
+FORMAT8_TURNS = (90, 270)
+
+
+def check_turns(turns: Any) -> tuple[int, ...]:
+    """A list of turns -> the sorted tuple, or ValueError unless each is one of TURN_CHOICES, once."""
+    if not isinstance(turns, list | tuple) or not turns or len(set(turns)) != len(turns):
+        raise ValueError(f"turns must list one or more of {TURN_CHOICES} once each, not {turns!r}")
+    if any(isinstance(t, bool) or t not in TURN_CHOICES for t in turns):
+        raise ValueError(f"turns must be among {TURN_CHOICES} (degrees counter-clockwise), not {turns!r}")
+    return tuple(sorted(int(t) for t in turns))
 
 
 @dataclass(frozen=True)
@@ -80,8 +94,18 @@ class Preprocess:
     # (low, high) in calibrated logits: only views of a mirrored kind whose plain score lies inside are scored mirrored
     # too (the others are far from the threshold, where the average changes no verdict); () = every such view
     mirror_band: tuple[float, ...] = ()
-    trim_page: bool = False  # score the photo inside a flat page (screenshots, letterboxes), not the page
-    turn_faces: bool = False  # with no upright face found, look for faces turned a quarter turn either way
+    page: PageSettings | None = None  # score the photo inside a flat page (screenshots, letterboxes), not the page
+    turns: tuple[int, ...] = ()  # with no upright face found, look for faces at these turns (TURN_CHOICES)
+
+    @property
+    def trim_page(self) -> bool:
+        """Whether the model scores the photo inside a flat page instead of the page."""
+        return self.page is not None
+
+    @property
+    def turn_faces(self) -> bool:
+        """Whether the model looks for faces on their side (or upside down) when none is upright."""
+        return bool(self.turns)
 
     @property
     def decode_side(self) -> int:
@@ -108,10 +132,11 @@ class Preprocess:
             data["mirror_band"] = list(self.mirror_band)
         else:
             del data["mirror_band"]  # and one that mirrors every view of its mirrored kinds
-        if not self.trim_page:
-            del data["trim_page"]  # and one that scores pages whole
-        if not self.turn_faces:
-            del data["turn_faces"]  # and one that looks only for upright faces
+        del data["page"], data["turns"]  # a model that scores pages whole, and faces upright only, keeps its version
+        if self.page is not None:  # format 8's flag where it says the same (its file and version unchanged)
+            data.update({"trim_page": True} if self.page == FORMAT8_PAGE else {"page": asdict(self.page)})
+        if self.turns:
+            data.update({"turn_faces": True} if self.turns == FORMAT8_TURNS else {"turns": list(self.turns)})
         return data
 
     @property
@@ -140,9 +165,16 @@ class Preprocess:
             precision=str(data.get("precision", "float32")),
             patch_min_side=int(data.get("patch_min_side", 0)),
             mirror_band=tuple(float(v) for v in data.get("mirror_band", ())),
-            trim_page=bool(data.get("trim_page", False)),
-            turn_faces=bool(data.get("turn_faces", False)),
+            page=page_settings(data),
+            turns=check_turns(data["turns"]) if "turns" in data else FORMAT8_TURNS if data.get("turn_faces") else (),
         )
+
+
+def page_settings(data: dict[str, Any]) -> PageSettings | None:
+    """A checkpoint's page settings: its "page" mapping (format 9), or format 8's "trim_page" flag."""
+    if "page" in data:
+        return PageSettings.from_dict(data["page"])
+    return FORMAT8_PAGE if data.get("trim_page") else None
 
 
 @dataclass(frozen=True)

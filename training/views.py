@@ -86,15 +86,17 @@ def absent_view(config: Preprocess) -> torch.Tensor:
     return torch.full((3, config.size, config.size), math.nan)
 
 
-# Quarter turns each way: a photo whose orientation was lost. Not a half turn: upside-down uploads are rare, and on the
-# validation split it found as many faces that are not there (6 of 1,450 upright images) as both quarter turns (7).
-TURNS = {90: Image.Transpose.ROTATE_90, 270: Image.Transpose.ROTATE_270}
+# The turns a checkpoint may search (`Preprocess.turns`). The default's are the quarter turns each way, a photo whose
+# orientation was lost. Not the half turn: upside-down uploads are rare, and on the validation split it found as many
+# faces that are not there (6 of 1,450 upright images) as both quarter turns (7).
+TURNS = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180, 270: Image.Transpose.ROTATE_270}
 
 
 @dataclass(frozen=True)
 class Placement:
     """How the part the model scores was cut from the image: the photo inside a page (`region`, None for the
-    whole image), then turned by `turn` degrees counter-clockwise (90 or 270) to set its faces upright (0: as it is)."""
+    whole image), then turned by `turn` degrees counter-clockwise (90, 180 or 270) to set its faces upright (0: as it
+    is)."""
 
     region: tuple[int, int, int, int] | None = None
     turn: int = 0
@@ -106,9 +108,11 @@ class Placement:
 
     def to_image(self, box: Box, part_size: tuple[int, int]) -> Box:
         """A box in the turned part (of size `part_size`) -> the same box in the image's pixels."""
-        width, height = part_size[::-1] if self.turn else part_size  # the part before it was turned
+        width, height = part_size[::-1] if self.turn in (90, 270) else part_size  # the part before it was turned
         x, y, w, h = box.x, box.y, box.w, box.h
-        if self.turn == 90:  # counter-clockwise: the part's (u, v) was the cut's (width - v, u)
+        if self.turn == 180:
+            x, y = width - box.x - box.w, height - box.y - box.h
+        elif self.turn == 90:  # counter-clockwise: the part's (u, v) was the cut's (width - v, u)
             x, y, w, h = width - box.y - box.h, box.x, box.h, box.w
         elif self.turn == 270:
             x, y, w, h = box.y, height - box.x - box.w, box.h, box.w
@@ -121,13 +125,13 @@ def scored_part(
 ) -> tuple[Image.Image, list[Box], Placement]:
     """The part of the image the views come from, its face boxes, and how it was cut: the photo inside a flat page
     (screenshots, letterboxes, padded reposts) for models that trim pages; for models that turn faces, an image
-    with no upright face but a face on its side is turned a quarter turn to set that face upright. `known`: the
+    with no upright face but a face at one of the checkpoint's turns is turned to set that face upright. `known`: the
     upright boxes found on this image before, used unless a photo is cut out of it."""
-    region = page_region(image) if config.trim_page else None
+    region = page_region(image, config.page) if config.page is not None else None
     part = image.crop(region) if region else image
     boxes = known if known is not None and region is None else find_faces(part, config, finder)
-    if not boxes and config.turn_faces and config.uses_faces and finder is not None:
-        if turned := finder.find_turned(part, tuple(TURNS)):  # only the turn chosen is made of the image
+    if not boxes and config.turns and config.uses_faces and finder is not None:
+        if turned := finder.find_turned(part, config.turns):  # only the turn chosen is made of the image
             turn, turned_boxes = turned
             return part.transpose(TURNS[turn]), turned_boxes, Placement(region, turn)
     return part, boxes, Placement(region)

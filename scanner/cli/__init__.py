@@ -54,6 +54,20 @@ def _read_from_file(source: str) -> list[str]:
         fail(f"--from-file {source}: {exc}")
 
 
+def name_values(items: list[str]) -> dict[str, int | float]:
+    """NAME=VALUE options -> a mapping; a whole number stays an int; ValueError names the item that is not one."""
+    parsed: dict[str, int | float] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            parsed[name.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        except ValueError:
+            raise ValueError(f"expected NAME=NUMBER, not {item!r}") from None
+        if not sep or not name.strip():
+            raise ValueError(f"expected NAME=NUMBER, not {item!r}")
+    return parsed
+
+
 @app.command()
 def submit(
     paths: Annotated[list[str] | None, typer.Argument(help="Files, directories and http(s) URLs.")] = None,
@@ -393,6 +407,20 @@ def model_calibrate(
             "to set them upright; default: keep the source's."
         ),
     ] = None,
+    page_setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=VALUE: change one setting of the page search (tolerance, flat_side_share, straight_share, "
+            "min_photo_share, min_photo_side, min_trim_share, second_photo_share, search_side); repeat for more."
+        ),
+    ] = None,
+    turn: Annotated[
+        list[int] | None,
+        typer.Option(
+            help="Degrees counter-clockwise (90, 180, 270) to search for faces when none is upright; repeat for "
+            "more (default for --turn-faces: 90 and 270)."
+        ),
+    ] = None,
 ) -> None:
     """Fit per-view offsets and the threshold on the checkpoint's own validation split."""
     from training.checkpoint import CheckpointError
@@ -403,6 +431,7 @@ def model_calibrate(
         metrics = calibrate_checkpoint(
             source, target, [str(d) for d in data_dirs], "cpu", workers=workers, mirror=kinds, precision=precision,
             patch_min_side=patch_min_side, mirror_margin=mirror_margin, trim_page=trim_page, turn_faces=turn_faces,
+            page_settings=name_values(page_setting or []), turns=tuple(turn) if turn else None,
         )  # fmt: skip
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         fail(str(exc))
