@@ -295,6 +295,14 @@ def test_page_settings_and_turns_travel_in_the_checkpoint(page_model: Path, face
     assert rows["page.png"]["score"] == pytest.approx(photo_score, abs=1e-4)
 
 
+def test_a_page_setting_alone_makes_a_model_trim_pages(face_model: Path, face_data: Path, tmp_path: Path) -> None:
+    args = ["model", "calibrate", str(face_model), str(tmp_path / "out.pt"), str(face_data)]
+    result = CliRunner().invoke(app, [*args, "--page-setting", "min_photo_side=40", "--workers", "0"])
+    assert result.exit_code == 0, result.output
+    preprocess = load_model(tmp_path / "out.pt", "cpu").preprocess
+    assert preprocess.page == PageSettings(min_photo_side=40) and preprocess.turns == ()
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -328,7 +336,7 @@ def test_unusable_page_settings_or_turns_are_refused(
         (["--page-setting", "tolerance"], "expected NAME=NUMBER"),
         (["--page-setting", "tolerance=wide"], "expected NAME=NUMBER"),
         (["--page-setting", "width=3"], "unknown"),
-        (["--no-trim-page", "--page-setting", "tolerance=8"], "trims pages"),
+        (["--no-trim-page", "--page-setting", "tolerance=8"], "does not trim pages"),
         (["--turn", "45"], "among"),
         (["--no-turn-faces", "--turn", "180"], "does not turn faces"),
     ],

@@ -103,7 +103,8 @@ def calibrate_checkpoint(
     margin of the threshold are mirrored, in the metrics stored and wherever the model runs. `trim_page` sets
     whether the model scores the photo inside a flat page (screenshots, letterboxes) instead of the page, and
     `turn_faces` whether it looks for faces on their side in images with no upright face; `page_settings` changes
-    some of the page search's settings (`PageSettings` names), `turns` the turns searched (implies `turn_faces`)."""
+    some of the page search's settings (`PageSettings` names; implies `trim_page`), `turns` the turns searched
+    (implies `turn_faces`)."""
     if mirror is not None:
         check_mirror(mirror)  # before any model or image is loaded
     if precision is not None:
@@ -156,9 +157,9 @@ def page_and_turns(
     turns: tuple[int, ...] | None,
 ) -> tuple[PageSettings | None, tuple[int, ...]]:  # fmt: skip
     """The page settings and turns a calibrated copy of a model with `source` preprocessing gets (None: keep)."""
-    trims = source.trim_page if trim_page is None else trim_page
-    if page_settings and not trims:
-        raise ValueError("page settings need a model that trims pages (--trim-page)")
+    if page_settings and trim_page is False:
+        raise ValueError("page settings were given for a model that does not trim pages (--no-trim-page)")
+    trims = bool(page_settings) or (source.trim_page if trim_page is None else trim_page)
     page = None
     if trims:
         page = PageSettings.from_dict({**asdict(source.page or PageSettings()), **(page_settings or {})})

@@ -411,14 +411,15 @@ def model_calibrate(
         list[str] | None,
         typer.Option(
             help="NAME=VALUE: change one setting of the page search (tolerance, flat_side_share, straight_share, "
-            "min_photo_share, min_photo_side, min_trim_share, second_photo_share, search_side); repeat for more."
+            "min_photo_share, min_photo_side, min_trim_share, second_photo_share, search_side); repeat for more; "
+            "implies --trim-page."
         ),
     ] = None,
     turn: Annotated[
         list[int] | None,
         typer.Option(
             help="Degrees counter-clockwise (90, 180, 270) to search for faces when none is upright; repeat for "
-            "more (default for --turn-faces: 90 and 270)."
+            "more; implies --turn-faces (whose default is 90 and 270)."
         ),
     ] = None,
 ) -> None:
