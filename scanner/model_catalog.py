@@ -28,7 +28,8 @@ def _input_policy(preprocess: dict[str, Any]) -> str:
         if preprocess.get("precision"):
             combine = f"{combine}; network in {preprocess['precision']}"
         turns = preprocess.get("turns", [90, 270] if preprocess.get("turn_faces") else [])
-        found = f" (also turned {' or '.join(map(str, turns))} degrees)" if turns else ""
+        listed = ", ".join(map(str, turns[:-1])) + " or " if len(turns) > 1 else ""
+        found = f" (also turned {listed}{turns[-1]} degrees)" if turns else ""
         paged = preprocess.get("trim_page") or "page" in preprocess
         whole = "photo inside a page, else the whole image" if paged else "whole image"
         crops = f"up to {faces.get('max_faces', 3)} face crops{found}"

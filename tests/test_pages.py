@@ -269,7 +269,7 @@ def test_page_settings_and_turns_travel_in_the_checkpoint(page_model: Path, face
     assert stored["format"] == "fauxscan-checkpoint/9" and stored["preprocess"]["turns"] == [90, 180, 270]
     assert stored["preprocess"]["page"] == {**asdict(FORMAT8_PAGE), "tolerance": 12}
     assert not {"trim_page", "turn_faces"} & stored["preprocess"].keys()
-    assert "(also turned 90 or 180 or 270 degrees)" in _input_policy(stored["preprocess"])
+    assert "(also turned 90, 180 or 270 degrees)" in _input_policy(stored["preprocess"])
     photo = drawn_face(17, size=160, noisy=True)  # found neither upright nor sideways when upside down
     page, (left, top) = noisy_page(photo, 8)
     loose = load_model(out, "cpu").preprocess.page
