@@ -6,6 +6,7 @@ from typing import Any
 
 from scanner.registry import RegisteredModel, registered_models
 from training.checkpoint import CheckpointError, read_checkpoint
+from training.preprocess import FORMAT8_TURNS
 
 
 def _input_policy(preprocess: dict[str, Any]) -> str:
@@ -27,7 +28,7 @@ def _input_policy(preprocess: dict[str, Any]) -> str:
             combine = f"{' and '.join(preprocess['mirror'])} also scored mirrored{near}, the logits averaged; {combine}"
         if preprocess.get("precision"):
             combine = f"{combine}; network in {preprocess['precision']}"
-        turns = preprocess.get("turns", [90, 270] if preprocess.get("turn_faces") else [])
+        turns = preprocess.get("turns", list(FORMAT8_TURNS) if preprocess.get("turn_faces") else [])
         listed = ", ".join(map(str, turns[:-1])) + " or " if len(turns) > 1 else ""
         found = f" (also turned {listed}{turns[-1]} degrees)" if turns else ""
         paged = preprocess.get("trim_page") or "page" in preprocess

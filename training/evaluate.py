@@ -166,7 +166,7 @@ def page_and_turns(
     if turns is not None and turn_faces is False:
         raise ValueError("turns were given for a model that does not turn faces (--no-turn-faces)")
     if turns is not None:
-        return page, check_turns(list(turns))
+        return page, check_turns(turns)
     turned = source.turn_faces if turn_faces is None else turn_faces
     return page, (source.turns or FORMAT8_TURNS) if turned else ()
 

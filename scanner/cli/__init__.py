@@ -60,11 +60,11 @@ def name_values(items: list[str]) -> dict[str, int | float]:
     for item in items:
         name, sep, value = item.partition("=")
         try:
+            if not sep or not name.strip():
+                raise ValueError
             parsed[name.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
         except ValueError:
             raise ValueError(f"expected NAME=NUMBER, not {item!r}") from None
-        if not sep or not name.strip():
-            raise ValueError(f"expected NAME=NUMBER, not {item!r}")
     return parsed
 
 
