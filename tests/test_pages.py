@@ -295,6 +295,63 @@ def test_page_settings_and_turns_travel_in_the_checkpoint(page_model: Path, face
     assert rows["page.png"]["score"] == pytest.approx(photo_score, abs=1e-4)
 
 
+def two_faces_one_upside_down() -> tuple[Image.Image, Image.Image]:
+    """A strip with a drawn face upright on the left and another upside down on the right, and the strip turned over:
+    the cascade is surer of the left face (8.9) than of the right one (6.8), so each shows one face upright."""
+    strip = Image.new("RGB", (320, 160))
+    strip.paste(drawn_face(13, size=160, noisy=True), (0, 0))
+    strip.paste(drawn_face(14, size=160, noisy=True).transpose(Image.Transpose.ROTATE_180), (160, 0))
+    return strip, strip.transpose(Image.Transpose.ROTATE_180)
+
+
+def calibrated_copy(source: Path, out: Path, data: Path, *options: str) -> Path:
+    """`scanner model calibrate SOURCE OUT DATA OPTIONS`, which must succeed."""
+    result = CliRunner().invoke(
+        app, ["model", "calibrate", str(source), str(out), str(data), *options, "--workers", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_a_weak_upright_face_is_checked_against_the_image_upside_down(
+    page_model: Path, face_data: Path, tmp_path: Path
+) -> None:
+    """With a half-turn check, an image whose upright face is weak and whose upside-down face is surer is scored
+    turned over, on every path; a margin or a confident upright face keeps it as stored."""
+    turns = ["--turn", "90", "--turn", "180", "--turn", "270"]
+    checked = calibrated_copy(page_model, tmp_path / "checked.pt", face_data, *turns, "--half-turn-check", "100,1")
+    stored = read_checkpoint(checked)
+    assert stored["format"] == "fauxscan-checkpoint/10"
+    assert stored["preprocess"]["half_turn"] == {"below": 100.0, "margin": 1.0}
+    assert "upside down too where the upright face is weaker than 100" in _input_policy(stored["preprocess"])
+    upright, over = two_faces_one_upside_down()
+    upright_score, upright_boxes = direct_score(checked, upright)
+    over_score, over_boxes = direct_score(checked, over)
+    assert upright_boxes and over_score == pytest.approx(upright_score, abs=1e-6)
+    assert over_boxes == [[320 - x - w, 160 - y - h, w, h] for x, y, w, h in upright_boxes]
+    unchecked = direct_score(page_model, over)  # every upright find trusted: the right face, as stored
+    assert unchecked[1] != over_boxes and not math.isclose(unchecked[0], upright_score, abs_tol=1e-4)
+    sure = calibrated_copy(checked, tmp_path / "sure.pt", face_data, "--half-turn-check", "5")  # both finds over 5
+    assert direct_score(sure, over)[1] == direct_score(page_model, over)[1]
+    wide = calibrated_copy(checked, tmp_path / "wide.pt", face_data, "--half-turn-check", "100,3")  # 8.9 < 6.8 + 3
+    assert direct_score(wide, over)[1] == direct_score(page_model, over)[1]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    over.save(folder / "over.png")
+    sample = Sample(folder / "over.png", 1, "in", "over", "in/fake")
+    loaded = load_model(checked, "cpu")
+    assert score_samples(loaded, [sample], batch_size=1) == pytest.approx([upright_score], abs=1e-5)
+    training_image, _ = ImageFolderDataset([sample], loaded.preprocess, None).image(0)
+    assert training_image.tobytes() == upright.tobytes()
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", checked)
+    job_id = submit(settings, [str(folder)], wait=True).summary["job_id"]
+    with open_database(settings)() as session:
+        (row,) = report_rows(session, job_id)
+    assert row["score"] == pytest.approx(upright_score, abs=1e-4) and row["faces"][0]["box"] == over_boxes[0]
+    plain = read_checkpoint(calibrated_copy(checked, tmp_path / "plain.pt", face_data, "--half-turn-check", "none"))
+    assert plain["format"] == "fauxscan-checkpoint/9" and "half_turn" not in plain["preprocess"]
+
+
 def test_a_page_setting_alone_makes_a_model_trim_pages(face_model: Path, face_data: Path, tmp_path: Path) -> None:
     args = ["model", "calibrate", str(face_model), str(tmp_path / "out.pt"), str(face_data)]
     result = CliRunner().invoke(app, [*args, "--page-setting", "min_photo_side=40", "--workers", "0"])
@@ -316,6 +373,11 @@ def test_a_page_setting_alone_makes_a_model_trim_pages(face_model: Path, face_da
         ({"turns": []}, "one or more"),
         ({"page": {}, "trim_page": True}, "both trim_page and page"),
         ({"turns": [180], "turn_faces": True}, "both turn_faces and turns"),
+        ({"turns": [90, 270], "half_turn": {"below": 5.0}}, "half turn"),
+        ({"turn_faces": True, "half_turn": {"below": 5.0}}, "half turn"),
+        ({"turns": [180], "half_turn": {"below": "5"}}, "finite numbers"),
+        ({"turns": [180], "half_turn": {"below": 5.0, "margin": -1.0}}, "0 or more"),
+        ({"turns": [180], "half_turn": {"margin": 1.0}}, "needs 'below'"),
     ],
 )
 def test_unusable_page_settings_or_turns_are_refused(
@@ -339,6 +401,11 @@ def test_unusable_page_settings_or_turns_are_refused(
         (["--no-trim-page", "--page-setting", "tolerance=8"], "does not trim pages"),
         (["--turn", "45"], "among"),
         (["--no-turn-faces", "--turn", "180"], "does not turn faces"),
+        (["--half-turn-check", "5"], "--turn 180"),
+        (["--turn", "180", "--half-turn-check", "weak"], "BELOW,MARGIN"),
+        (["--turn", "180", "--half-turn-check", "5,1,2"], "BELOW,MARGIN"),
+        (["--turn", "180", "--half-turn-check", "5,-1"], "0 or more"),
+        (["--turn", "180", "--half-turn-check", "nan"], "finite"),
     ],
 )
 def test_calibrate_refuses_bad_page_settings_and_turns_with_one_line(

@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from training.faces import HalfTurnCheck
 from training.models import build_model
 from training.pages import PageSettings
-from training.preprocess import PRECISIONS, VIEW_KINDS, Preprocess, check_turns
+from training.preprocess import PRECISIONS, VIEW_KINDS, Preprocess, check_half_turn, check_turns
 
 FORMAT = "fauxscan-checkpoint/2"  # 2: face-aware preprocessing ("views", "faces"); older code must refuse it
 # 3: calibrated views ("view_offsets"); older code would compare raw view scores with a calibrated threshold
@@ -33,9 +34,11 @@ PAGE_FORMAT = "fauxscan-checkpoint/8"
 # 9: "page" (the page search's settings) and "turns" where they are not format 8's; older code would cut pages and
 # search turns as its own constants say, not as the model was calibrated
 PAGE_SETTINGS_FORMAT = "fauxscan-checkpoint/9"
+# 10: "half_turn" (a weak upright face is checked against the image upside down); older code would not turn them
+HALF_TURN_FORMAT = "fauxscan-checkpoint/10"
 READABLE_FORMATS = (
     "fauxscan-checkpoint/1", FORMAT, CALIBRATED_FORMAT, MIRROR_FORMAT, PRECISION_FORMAT, PATCH_FORMAT, BAND_FORMAT,
-    PAGE_FORMAT, PAGE_SETTINGS_FORMAT,
+    PAGE_FORMAT, PAGE_SETTINGS_FORMAT, HALF_TURN_FORMAT,
 )  # fmt: skip
 CODE_VERSION = "0.1.0"
 
@@ -59,6 +62,8 @@ class LoadedModel:
 def format_for(preprocess: Preprocess) -> str:
     """The oldest checkpoint format that can describe this preprocessing, so older fauxscan refuses only what
     it would score wrongly."""
+    if preprocess.half_turn is not None:
+        return HALF_TURN_FORMAT
     if {"page", "turns"} & preprocess.to_dict().keys():
         return PAGE_SETTINGS_FORMAT
     if preprocess.trim_page or preprocess.turn_faces:
@@ -148,7 +153,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _check_page_and_turns(path: Path, preprocess: dict[str, Any]) -> None:
-    """Format 8's flags are true or false; format 9's page settings and turns are usable; never both kinds."""
+    """Format 8's flags are true or false; format 9's page settings and turns and format 10's half-turn check are
+    usable; never a flag and its settings both."""
     for flag in ("trim_page", "turn_faces"):
         if not isinstance(preprocess.get(flag, False), bool):
             raise CheckpointError(f"{path} has an unusable {flag}: expected true or false")
@@ -160,6 +166,9 @@ def _check_page_and_turns(path: Path, preprocess: dict[str, Any]) -> None:
             PageSettings.from_dict(preprocess["page"])
         if "turns" in preprocess:
             check_turns(preprocess["turns"])
+        if "half_turn" in preprocess:
+            check = HalfTurnCheck.from_dict(preprocess["half_turn"])
+            check_half_turn(preprocess.get("views", "center"), preprocess.get("turns", ()), check)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} has unusable settings: {exc}") from None
 

@@ -19,9 +19,10 @@ from training.checkpoint import (
     save_checkpoint,
 )
 from training.data import Sample, find_samples
+from training.faces import HalfTurnCheck
 from training.metrics import summarize
 from training.pages import PageSettings
-from training.preprocess import FORMAT8_TURNS, Augment, Preprocess, check_turns
+from training.preprocess import FORMAT8_TURNS, Augment, Preprocess, check_half_turn, check_turns
 from training.train import (
     TrainConfig,
     evaluate,
@@ -93,7 +94,7 @@ def calibrate_checkpoint(
     source: Path, target: Path, data_dirs: list[str], device: str = "auto", batch_size: int = 64, workers: int = 1,
     mirror: tuple[str, ...] | None = None, precision: str | None = None, patch_min_side: int | None = None,
     mirror_margin: float | None = None, trim_page: bool | None = None, turn_faces: bool | None = None,
-    page_settings: dict[str, Any] | None = None, turns: tuple[int, ...] | None = None,
+    page_settings: dict[str, Any] | None = None, turns: tuple[int, ...] | None = None, half_turn: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Fit a multi-view checkpoint's view offsets and threshold on its own validation split; write a copy.
     `mirror` first sets the view kinds scored with their mirror image too, `precision` the number format the
@@ -104,7 +105,7 @@ def calibrate_checkpoint(
     whether the model scores the photo inside a flat page (screenshots, letterboxes) instead of the page, and
     `turn_faces` whether it looks for faces on their side in images with no upright face; `page_settings` changes
     some of the page search's settings (`PageSettings` names; implies `trim_page`), `turns` the turns searched
-    (implies `turn_faces`)."""
+    (implies `turn_faces`), `half_turn` the half-turn check ("BELOW[,MARGIN]" or "none"; see `half_turn_check`)."""
     if mirror is not None:
         check_mirror(mirror)  # before any model or image is loaded
     if precision is not None:
@@ -114,6 +115,8 @@ def calibrate_checkpoint(
     checkpoint = read_checkpoint(source)
     stored = Preprocess.from_dict(checkpoint["preprocess"])
     page, chosen_turns = page_and_turns(stored, trim_page, page_settings, turn_faces, turns)  # before any model
+    check = stored.half_turn if half_turn is None else half_turn_check(half_turn)
+    check_half_turn(stored.views, chosen_turns, check)
     loaded = load_model(source, device)
     if loaded.preprocess.views == "center":
         raise ValueError(f"{source} scores one view per image: there is nothing to calibrate")
@@ -124,7 +127,7 @@ def calibrate_checkpoint(
         loaded.preprocess, view_offsets=(), mirror=loaded.preprocess.mirror if mirror is None else mirror,
         precision=precision or loaded.preprocess.precision,
         patch_min_side=loaded.preprocess.patch_min_side if patch_min_side is None else patch_min_side,
-        mirror_band=(), page=page, turns=chosen_turns,
+        mirror_band=(), page=page, turns=chosen_turns, half_turn=check,
     )  # fmt: skip
     band = loaded.preprocess.mirror_band
     margin = (band[1] - band[0]) / 2 if band and mirror_margin is None else mirror_margin or 0.0
@@ -169,6 +172,20 @@ def page_and_turns(
         return page, check_turns(turns)
     turned = source.turn_faces if turn_faces is None else turn_faces
     return page, (source.turns or FORMAT8_TURNS) if turned else ()
+
+
+def half_turn_check(text: str) -> HalfTurnCheck | None:
+    """ "BELOW" or "BELOW,MARGIN" (the cascade confidences of HalfTurnCheck) -> the check; "none" -> no check."""
+    if text.strip().lower() == "none":
+        return None
+    parts = text.split(",")
+    try:
+        numbers = [float(part) for part in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or len(parts) != len(numbers):
+        raise ValueError(f"a half-turn check is BELOW or BELOW,MARGIN (numbers) or none, not {text!r}")
+    return HalfTurnCheck.from_dict(dict(zip(("below", "margin"), numbers)))
 
 
 def without_nan(value: Any) -> Any:

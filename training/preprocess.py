@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from training.faces import FaceSettings
+from training.faces import FaceSettings, HalfTurnCheck
 from training.pages import FORMAT8_PAGE, PageSettings
 
 DEFAULT_MAX_PIXELS = 64_000_000
@@ -76,6 +76,12 @@ def check_turns(turns: Any) -> tuple[int, ...]:
     return tuple(sorted(int(t) for t in turns))
 
 
+def check_half_turn(views: str, turns: Any, half_turn: HalfTurnCheck | None) -> None:
+    """ValueError where a half-turn check is set on a model that does not search faces at the half turn."""
+    if half_turn is not None and (views not in ("faces", "faces+patch") or 180 not in turns):
+        raise ValueError("a half-turn check needs a face-aware model that searches the half turn (--turn 180)")
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Preprocessing parameters stored in every checkpoint."""
@@ -96,6 +102,7 @@ class Preprocess:
     mirror_band: tuple[float, ...] = ()
     page: PageSettings | None = None  # score the photo inside a flat page (screenshots, letterboxes), not the page
     turns: tuple[int, ...] = ()  # with no upright face found, look for faces at these turns (TURN_CHOICES)
+    half_turn: HalfTurnCheck | None = None  # with a weak upright face found, look upside down too (needs turn 180)
 
     @property
     def trim_page(self) -> bool:
@@ -137,6 +144,8 @@ class Preprocess:
             data.update({"trim_page": True} if self.page == FORMAT8_PAGE else {"page": asdict(self.page)})
         if self.turns:
             data.update({"turn_faces": True} if self.turns == FORMAT8_TURNS else {"turns": list(self.turns)})
+        if self.half_turn is None:
+            del data["half_turn"]  # and one that trusts every upright find
         return data
 
     @property
@@ -167,6 +176,7 @@ class Preprocess:
             mirror_band=tuple(float(v) for v in data.get("mirror_band", ())),
             page=page_settings(data),
             turns=check_turns(data["turns"]) if "turns" in data else FORMAT8_TURNS if data.get("turn_faces") else (),
+            half_turn=HalfTurnCheck.from_dict(data["half_turn"]) if "half_turn" in data else None,
         )
 
 
@@ -341,11 +351,15 @@ def resize_center_crop(image: Image.Image, size: int, max_side: int = 0, resampl
 
 def to_tensor(image: Image.Image, config: Preprocess) -> torch.Tensor:
     """Turn a size x size RGB image into a normalised CHW float tensor."""
-    array = np.asarray(image, dtype=np.uint8)
-    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(config.mean).view(3, 1, 1)
-    std = torch.tensor(config.std).view(3, 1, 1)
-    return tensor.sub_(mean).div_(std)
+    return torch.from_numpy(to_array(image, config))
+
+
+def to_array(image: Image.Image, config: Preprocess) -> np.ndarray:
+    """The normalised CHW float32 array of a size x size RGB image. In numpy, not torch: torch splits an array this
+    size over its thread pool, and decoding threads would then wait on the cores the network runs on."""
+    scaled = np.asarray(image, dtype=np.float32) / np.float32(255.0)
+    normalised = (scaled - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
 
 
 Augment = Callable[[Image.Image], Image.Image]

@@ -13,6 +13,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -20,7 +21,7 @@ from training.faces import Box, FaceFinder, face_region
 from training.metrics import choose_threshold
 from training.models import Forward, predict_in_chunks
 from training.pages import page_region
-from training.preprocess import VIEW_KINDS, Augment, Preprocess, resize_center_crop, to_tensor
+from training.preprocess import VIEW_KINDS, Augment, Preprocess, resize_center_crop, to_array, to_tensor
 
 
 @dataclass
@@ -124,11 +125,20 @@ def scored_part(
 ) -> tuple[Image.Image, list[Box], Placement]:
     """The part of the image the views come from, its face boxes, and how it was cut: the photo inside a flat page
     (screenshots, letterboxes, padded reposts) for models that trim pages; for models that turn faces, an image
-    with no upright face but a face at one of the checkpoint's turns is turned to set that face upright. `known`: the
-    upright boxes found on this image before, used unless a photo is cut out of it."""
+    with no upright face but a face at one of the checkpoint's turns is turned to set that face upright, and for
+    models with a half-turn check, an image whose upright face is weak and upside-down face surer is turned over.
+    `known`: the upright boxes found on this image before, used unless a photo is cut out of it or the model checks
+    the half turn (which needs the search's confidence)."""
     region = page_region(image, config.page) if config.page is not None else None
     part = image.crop(region) if region else image
-    boxes = known if known is not None and region is None else find_faces(part, config, finder)
+    if config.half_turn is not None and config.uses_faces and finder is not None:
+        turn, boxes = finder.find_checked(part, config.half_turn)
+        if turn:
+            return part.transpose(TURNS[turn]), boxes, Placement(region, turn)
+    elif known is not None and region is None:
+        boxes = known
+    else:
+        boxes = find_faces(part, config, finder)
     if not boxes and config.turns and config.uses_faces and finder is not None:
         if turned := finder.find_turned(part, config.turns):  # only the turn chosen is made of the image
             turn, turned_boxes = turned
@@ -149,10 +159,10 @@ def make_views(
 
 def views_from_boxes(image: Image.Image, config: Preprocess, boxes: list[Box]) -> ImageViews:
     """The stacked model inputs of an image whose face boxes are already known."""
-    rows = [to_tensor(view, config) for view in view_images(image, config, boxes)]
+    rows = [to_array(view, config) for view in view_images(image, config, boxes)]
     if config.image_views == 2 and not has_patch(image, config):
-        rows.insert(1, absent_view(config))  # every image keeps the layout whole, patch, faces
-    return ImageViews(torch.stack(rows), boxes)
+        rows.insert(1, absent_view(config).numpy())  # every image keeps the layout whole, patch, faces
+    return ImageViews(torch.from_numpy(np.stack(rows)), boxes)  # stacked in numpy too (see `to_array`)
 
 
 def view_kinds(count: int, image_views: int) -> list[int]:

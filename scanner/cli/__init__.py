@@ -422,6 +422,14 @@ def model_calibrate(
             "more; implies --turn-faces (whose default is 90 and 270)."
         ),
     ] = None,
+    half_turn_check: Annotated[
+        str | None,
+        typer.Option(
+            help="BELOW[,MARGIN]: where the surest upright face's cascade confidence is under BELOW, search the "
+            "image upside down too and score it turned over where that face is surer by more than MARGIN (default "
+            "1); needs --turn 180; 'none' for no check; default: keep the source's."
+        ),
+    ] = None,
 ) -> None:
     """Fit per-view offsets and the threshold on the checkpoint's own validation split."""
     from training.checkpoint import CheckpointError
@@ -433,6 +441,7 @@ def model_calibrate(
             source, target, [str(d) for d in data_dirs], "cpu", workers=workers, mirror=kinds, precision=precision,
             patch_min_side=patch_min_side, mirror_margin=mirror_margin, trim_page=trim_page, turn_faces=turn_faces,
             page_settings=name_values(page_setting or []), turns=tuple(turn) if turn else None,
+            half_turn=half_turn_check,
         )  # fmt: skip
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         fail(str(exc))
