@@ -352,6 +352,39 @@ def test_a_weak_upright_face_is_checked_against_the_image_upside_down(
     assert plain["format"] == "fauxscan-checkpoint/9" and "half_turn" not in plain["preprocess"]
 
 
+def test_keep_threshold_keeps_the_operating_point_unless_the_rule_breaks(
+    page_model: Path, face_data: Path, tmp_path: Path
+) -> None:
+    """`calibrate --keep-threshold` changes a search setting and keeps the view offsets and threshold, with the stored
+    metrics measured there; it refuses a threshold the rule no longer allows, and a source with nothing to keep."""
+    turns = ["--turn", "90", "--turn", "180", "--turn", "270"]
+    kept = calibrated_copy(
+        page_model, tmp_path / "kept.pt", face_data, *turns, "--half-turn-check", "6", "--keep-threshold"
+    )
+    source, stored = read_checkpoint(page_model), read_checkpoint(kept)
+    assert stored["threshold"] == source["threshold"] == stored["metrics"]["threshold"]
+    assert stored["preprocess"]["view_offsets"] == source["preprocess"]["view_offsets"]
+    assert stored["preprocess"]["half_turn"] == {"below": 6.0, "margin": 1.0}
+    assert stored["model_version"] != source["model_version"] and stored["calibrated_from"] == source["model_version"]
+    assert stored["metrics"]["threshold_rule"] == source["metrics"]["threshold_rule"]
+    low = dict(source, threshold=1e-6)  # flags every real: no rule allows it
+    save_checkpoint(low, tmp_path / "low.pt")
+    bare = dict(source, preprocess={**source["preprocess"], "view_offsets": None})
+    del bare["preprocess"]["view_offsets"]
+    save_checkpoint(bare, tmp_path / "bare.pt")
+    for name, message in (("low.pt", "the kept threshold"), ("bare.pt", "no view offsets to keep")):
+        args = [
+            "model",
+            "calibrate",
+            str(tmp_path / name),
+            str(tmp_path / "out.pt"),
+            str(face_data),
+            "--keep-threshold",
+        ]
+        result = CliRunner().invoke(app, [*args, "--workers", "0"])
+        assert result.exit_code == 1 and message in result.output and not (tmp_path / "out.pt").exists()
+
+
 def test_a_page_setting_alone_makes_a_model_trim_pages(face_model: Path, face_data: Path, tmp_path: Path) -> None:
     args = ["model", "calibrate", str(face_model), str(tmp_path / "out.pt"), str(face_data)]
     result = CliRunner().invoke(app, [*args, "--page-setting", "min_photo_side=40", "--workers", "0"])

@@ -20,7 +20,7 @@ from training.checkpoint import (
 )
 from training.data import Sample, find_samples
 from training.faces import HalfTurnCheck
-from training.metrics import summarize
+from training.metrics import choose_threshold, summarize
 from training.pages import PageSettings
 from training.preprocess import FORMAT8_TURNS, Augment, Preprocess, check_half_turn, check_turns
 from training.train import (
@@ -95,6 +95,7 @@ def calibrate_checkpoint(
     mirror: tuple[str, ...] | None = None, precision: str | None = None, patch_min_side: int | None = None,
     mirror_margin: float | None = None, trim_page: bool | None = None, turn_faces: bool | None = None,
     page_settings: dict[str, Any] | None = None, turns: tuple[int, ...] | None = None, half_turn: str | None = None,
+    keep_threshold: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Fit a multi-view checkpoint's view offsets and threshold on its own validation split; write a copy.
     `mirror` first sets the view kinds scored with their mirror image too, `precision` the number format the
@@ -105,7 +106,9 @@ def calibrate_checkpoint(
     whether the model scores the photo inside a flat page (screenshots, letterboxes) instead of the page, and
     `turn_faces` whether it looks for faces on their side in images with no upright face; `page_settings` changes
     some of the page search's settings (`PageSettings` names; implies `trim_page`), `turns` the turns searched
-    (implies `turn_faces`), `half_turn` the half-turn check ("BELOW[,MARGIN]" or "none"; see `half_turn_check`)."""
+    (implies `turn_faces`), `half_turn` the half-turn check ("BELOW[,MARGIN]" or "none"; see `half_turn_check`).
+    `keep_threshold` keeps the source's view offsets and threshold (a search setting changed without moving the
+    operating point), refused where the threshold rule no longer holds."""
     if mirror is not None:
         check_mirror(mirror)  # before any model or image is loaded
     if precision is not None:
@@ -135,12 +138,17 @@ def calibrate_checkpoint(
         raise ValueError(f"the mirror margin must be 0 or more logits, not {margin}")
     if margin and not raw.mirror:
         raise ValueError(f"{source} mirrors no view: a mirror margin needs --mirror")
+    if keep_threshold and not loaded.preprocess.view_offsets:
+        raise ValueError(f"{source} has no view offsets to keep: calibrate it without --keep-threshold first")
     loader = make_eval_loader(samples, raw, None, batch_size, workers)
-    per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=raw)
     config = TrainConfig(**{**checkpoint["train_config"], "data_dirs": data_dirs, "calibrate_views": True})
-    metrics, preprocess, _ = validation_metrics(config, [], samples, per_image, labels, raw)
-    metrics.pop("history")
-    if margin:
+    if keep_threshold:
+        metrics, preprocess = kept_operating_point(loaded, raw, samples, loader, config.threshold_rule, margin)
+    else:
+        per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=raw)
+        metrics, preprocess, _ = validation_metrics(config, [], samples, per_image, labels, raw)
+        metrics.pop("history")
+    if margin and not keep_threshold:
         preprocess = replace(preprocess, mirror_band=band_around(metrics["threshold"], margin))
         per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=preprocess)
         scores = image_scores(per_image, preprocess)
@@ -153,6 +161,27 @@ def calibrate_checkpoint(
     metrics["calibrated_from"] = previous
     save_checkpoint(checkpoint, target)
     return without_nan(metrics)
+
+
+def kept_operating_point(
+    loaded: LoadedModel, raw: Preprocess, samples: list[Sample], loader: Any, rule: str, margin: float
+) -> tuple[dict[str, Any], Preprocess]:
+    """The source's view offsets and threshold kept under new settings, with the metrics measured there; refused
+    where the threshold rule (e.g. every source's reals at most 5% flagged) no longer holds on the validation split."""
+    threshold = loaded.threshold
+    preprocess = replace(
+        raw, view_offsets=loaded.preprocess.view_offsets, mirror_band=band_around(threshold, margin) if margin else ()
+    )
+    per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=preprocess)
+    scores = image_scores(per_image, preprocess)
+    lowest = choose_threshold(labels, scores, rule, [s.dataset for s in samples])
+    if rule != "youden" and threshold < lowest:
+        raise ValueError(
+            f"the kept threshold {threshold:.4f} is under {lowest:.4f}, the lowest at which {rule} holds on the "
+            "validation split with the new settings: calibrate without --keep-threshold"
+        )
+    return {**metrics_at(samples, scores, labels, threshold, preprocess), "threshold": threshold,
+            "threshold_rule": rule}, preprocess  # fmt: skip
 
 
 def page_and_turns(

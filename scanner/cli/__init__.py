@@ -430,6 +430,13 @@ def model_calibrate(
             "1); needs --turn 180; 'none' for no check; default: keep the source's."
         ),
     ] = None,
+    keep_threshold: Annotated[
+        bool,
+        typer.Option(
+            help="Keep the source's view offsets and threshold instead of fitting them (a search setting changed "
+            "without moving the operating point); refused where the threshold rule no longer holds."
+        ),
+    ] = False,
 ) -> None:
     """Fit per-view offsets and the threshold on the checkpoint's own validation split."""
     from training.checkpoint import CheckpointError
@@ -441,7 +448,7 @@ def model_calibrate(
             source, target, [str(d) for d in data_dirs], "cpu", workers=workers, mirror=kinds, precision=precision,
             patch_min_side=patch_min_side, mirror_margin=mirror_margin, trim_page=trim_page, turn_faces=turn_faces,
             page_settings=name_values(page_setting or []), turns=tuple(turn) if turn else None,
-            half_turn=half_turn_check,
+            half_turn=half_turn_check, keep_threshold=keep_threshold,
         )  # fmt: skip
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         fail(str(exc))
