@@ -351,15 +351,11 @@ def resize_center_crop(image: Image.Image, size: int, max_side: int = 0, resampl
 
 def to_tensor(image: Image.Image, config: Preprocess) -> torch.Tensor:
     """Turn a size x size RGB image into a normalised CHW float tensor."""
-    return torch.from_numpy(to_array(image, config))
-
-
-def to_array(image: Image.Image, config: Preprocess) -> np.ndarray:
-    """The normalised CHW float32 array of a size x size RGB image. In numpy, not torch: torch splits an array this
-    size over its thread pool, and decoding threads would then wait on the cores the network runs on."""
-    scaled = np.asarray(image, dtype=np.float32) / np.float32(255.0)
-    normalised = (scaled - np.asarray(config.mean, np.float32)) / np.asarray(config.std, np.float32)
-    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+    array = np.asarray(image, dtype=np.uint8)
+    tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(config.mean).view(3, 1, 1)
+    std = torch.tensor(config.std).view(3, 1, 1)
+    return tensor.sub_(mean).div_(std)
 
 
 Augment = Callable[[Image.Image], Image.Image]

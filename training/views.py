@@ -13,7 +13,6 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -21,7 +20,7 @@ from training.faces import Box, FaceFinder, face_region
 from training.metrics import choose_threshold
 from training.models import Forward, predict_in_chunks
 from training.pages import page_region
-from training.preprocess import VIEW_KINDS, Augment, Preprocess, resize_center_crop, to_array, to_tensor
+from training.preprocess import VIEW_KINDS, Augment, Preprocess, resize_center_crop, to_tensor
 
 
 @dataclass
@@ -159,10 +158,10 @@ def make_views(
 
 def views_from_boxes(image: Image.Image, config: Preprocess, boxes: list[Box]) -> ImageViews:
     """The stacked model inputs of an image whose face boxes are already known."""
-    rows = [to_array(view, config) for view in view_images(image, config, boxes)]
+    rows = [to_tensor(view, config) for view in view_images(image, config, boxes)]
     if config.image_views == 2 and not has_patch(image, config):
-        rows.insert(1, absent_view(config).numpy())  # every image keeps the layout whole, patch, faces
-    return ImageViews(torch.from_numpy(np.stack(rows)), boxes)  # stacked in numpy too (see `to_array`)
+        rows.insert(1, absent_view(config))  # every image keeps the layout whole, patch, faces
+    return ImageViews(torch.stack(rows), boxes)
 
 
 def view_kinds(count: int, image_views: int) -> list[int]:
