@@ -51,6 +51,18 @@ def test_face_finder_finds_drawn_faces_and_nothing_in_a_gradient() -> None:
     assert finder.find(smooth_image(1, 12)) == []  # too small to hold a face
 
 
+def test_the_sure_search_finds_the_same_faces_with_a_confidence_at_any_turn() -> None:
+    finder = FaceFinder(FaceSettings())
+    face = drawn_face(13, size=160, noisy=True)
+    boxes, confidence = finder.find_sure(face)
+    assert boxes == finder.find(face) and boxes and math.isfinite(confidence)
+    upside_down = face.transpose(Image.Transpose.ROTATE_180)
+    assert finder.find(upside_down) == []
+    assert finder.find_sure(upside_down, 180) == (boxes, confidence)  # searched turned over: the upright face again
+    assert finder.find_sure(smooth_image(1, 200)) == ([], -math.inf)
+    assert finder.find_sure(smooth_image(1, 12)) == ([], -math.inf)  # too small to hold a face
+
+
 def test_face_region_is_a_square_inside_the_image() -> None:
     assert face_region(Box(10, 10, 50, 50), 200, 100, 1.6) == (0, 0, 80, 80)
     left, top, right, bottom = face_region(Box(150, 60, 40, 40), 200, 100, 1.6)

@@ -143,6 +143,14 @@ class FaceFinder:
         grey, scale, min_side = self._search_copy(image)
         return self._detect(grey, scale, min_side) if min(grey.shape) >= min_side else []
 
+    def find_sure(self, image: Image.Image, turn: int = 0) -> tuple[list[Box], float]:
+        """Boxes found in `image` turned by `turn` degrees counter-clockwise (in the turned image's pixels), and the
+        cascade's confidence in the surest (-inf when none)."""
+        grey, scale, min_side = self._search_copy(image)
+        if min(grey.shape) < min_side:
+            return [], -math.inf
+        return self._detect_sure(np.rot90(grey, turn // 90), scale, min_side)
+
     def find_checked(self, image: Image.Image, check: HalfTurnCheck) -> tuple[int, list[Box]]:
         """`find` with the half-turn check: (0, the upright boxes), or (180, the boxes in the upside-down image's
         pixels) where the upright find is weak and the upside-down one surer (see HalfTurnCheck)."""
