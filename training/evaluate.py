@@ -204,7 +204,7 @@ def page_and_turns(
 
 
 def half_turn_check(text: str) -> HalfTurnCheck | None:
-    """ "BELOW" or "BELOW,MARGIN" (the cascade confidences of HalfTurnCheck) -> the check; "none" -> no check."""
+    """The check that "BELOW" or "BELOW,MARGIN" names (cascade confidences, see HalfTurnCheck); None for "none"."""
     if text.strip().lower() == "none":
         return None
     parts = text.split(",")

@@ -170,20 +170,15 @@ class FaceFinder:
         grey, scale, min_side = self._search_copy(image)
         if min(grey.shape) < min_side:
             return None
-        copies = {turn: np.ascontiguousarray(np.rot90(grey, turn // 90)) for turn in turns}
-        found = {turn: boxes for turn, copy in copies.items() if (boxes := self._detect(copy, scale, min_side))}
+        found = {}
+        for turn in turns:
+            boxes, confidence = self._detect_sure(np.rot90(grey, turn // 90), scale, min_side)
+            if boxes:
+                found[turn] = boxes, confidence
         if not found:
             return None
-        surest = max(found, key=lambda turn: self._confidence(copies[turn], min_side)) if len(found) > 1 else min(found)
-        return surest, found[surest]
-
-    def _confidence(self, grey: np.ndarray, min_side: int) -> float:
-        cfg = self.settings
-        _, _, weights = self._cascade().detectMultiScale3(  # type: ignore[attr-defined]
-            grey, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(min_side, min_side),
-            outputRejectLevels=True,
-        )  # fmt: skip
-        return float(np.max(weights)) if len(weights) else -math.inf
+        surest = max(found, key=lambda turn: found[turn][1])
+        return surest, found[surest][0]
 
 
 def save_boxes(path: Path, settings: FaceSettings, boxes: Mapping[str, list[Box]]) -> None:
