@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
+import random
 from pathlib import Path
 
 import pytest
@@ -44,14 +44,15 @@ def build_mixed_folder(root: Path) -> dict[str, str | None]:
     expected["empty.jpg"] = "empty_file"
     (root / "truncated.jpg").write_bytes(encode(noisy_image(7, 64), "JPEG")[:300])
     expected["truncated.jpg"] = "truncated"
-    (root / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + os.urandom(200))
+    # seeded: about 1 in 300 random tails reads as a truncated PNG rather than a corrupt one
+    (root / "garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n" + random.Random(47).randbytes(200))
     expected["garbage.png"] = "decode_error"
     (root / "bomb.png").write_bytes(png_bomb())
     expected["bomb.png"] = "too_many_pixels"
     (root / "fake_text.jpg").write_bytes(b"this is not a jpeg at all")
     expected["fake_text.jpg"] = "not_an_image"
     (root / "README.txt").write_text("not an image")
-    (root / "data.bin").write_bytes(os.urandom(64))
+    (root / "data.bin").write_bytes(random.Random(54).randbytes(64))
     return expected
 
 
