@@ -30,9 +30,10 @@ def _input_policy(preprocess: dict[str, Any]) -> str:
             combine = f"{combine}; network in {preprocess['precision']}"
         turns = preprocess.get("turns", list(FORMAT8_TURNS) if preprocess.get("turn_faces") else [])
         listed = ", ".join(map(str, turns[:-1])) + " or " if len(turns) > 1 else ""
-        found = f" (also turned {listed}{turns[-1]} degrees)" if turns else ""
+        notes = [f"also turned {listed}{turns[-1]} degrees"] if turns else []
         if check := preprocess.get("half_turn"):
-            found = f"{found[:-1]}; upside down too where the upright face is weaker than {check['below']:g})"
+            notes.append(f"upside down too where the upright face is weaker than {check['below']:g}")
+        found = f" ({'; '.join(notes)})" if notes else ""
         paged = preprocess.get("trim_page") or "page" in preprocess
         whole = "photo inside a page, else the whole image" if paged else "whole image"
         crops = f"up to {faces.get('max_faces', 3)} face crops{found}"

@@ -148,11 +148,11 @@ def calibrate_checkpoint(
         per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=raw)
         metrics, preprocess, _ = validation_metrics(config, [], samples, per_image, labels, raw)
         metrics.pop("history")
-    if margin and not keep_threshold:
-        preprocess = replace(preprocess, mirror_band=band_around(metrics["threshold"], margin))
-        per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=preprocess)
-        scores = image_scores(per_image, preprocess)
-        metrics = {**metrics, **metrics_at(samples, scores, labels, metrics["threshold"], preprocess)}
+        if margin:
+            preprocess = replace(preprocess, mirror_band=band_around(metrics["threshold"], margin))
+            per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=preprocess)
+            scores = image_scores(per_image, preprocess)
+            metrics = {**metrics, **metrics_at(samples, scores, labels, metrics["threshold"], preprocess)}
     previous = str(checkpoint["model_version"])
     checkpoint.update(format=format_for(preprocess), preprocess=preprocess.to_dict(), threshold=metrics["threshold"],
                       metrics=metrics, calibrated_from=previous)  # fmt: skip
@@ -180,8 +180,7 @@ def kept_operating_point(
             f"the kept threshold {threshold:.4f} is under {lowest:.4f}, the lowest at which {rule} holds on the "
             "validation split with the new settings: calibrate without --keep-threshold"
         )
-    return {**metrics_at(samples, scores, labels, threshold, preprocess), "threshold": threshold,
-            "threshold_rule": rule}, preprocess  # fmt: skip
+    return {**metrics_at(samples, scores, labels, threshold, preprocess), "threshold_rule": rule}, preprocess
 
 
 def page_and_turns(

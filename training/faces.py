@@ -116,32 +116,22 @@ class FaceFinder:
             grey = grey.resize(small, Image.Resampling.BILINEAR, reducing_gap=2.0)
         return np.asarray(grey), scale, max(20, round(cfg.min_face_fraction * min(grey.size)))
 
-    def _detect(self, grey: np.ndarray, scale: float, min_side: int) -> list[Box]:
-        cfg = self.settings
-        found = self._cascade().detectMultiScale(  # type: ignore[attr-defined]
-            np.ascontiguousarray(grey), scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors,
-            minSize=(min_side, min_side),
-        )  # fmt: skip
-        return self._largest(found, scale)
-
-    def _largest(self, found: Any, scale: float) -> list[Box]:
-        boxes = [Box(*(round(int(v) / scale) for v in row)) for row in found]
-        return sorted(boxes, key=lambda box: box.area, reverse=True)[: self.settings.max_faces]
-
-    def _detect_sure(self, grey: np.ndarray, scale: float, min_side: int) -> tuple[list[Box], float]:
-        """The boxes `_detect` finds (the same search, measured identical on the shared sets' 6,232 searches) and
-        the cascade's confidence in its surest one (-inf when none)."""
+    def _detect(self, grey: np.ndarray, scale: float, min_side: int) -> tuple[list[Box], float]:
+        """Face boxes in the image's pixels, largest first, at most `max_faces`, and the cascade's confidence in the
+        surest (its last stage's sum; -inf when none). detectMultiScale3 gave the boxes detectMultiScale gives on
+        all 72,146 searches of the shared sets' 36,073 images (at 128 and 160 px), at the same cost."""
         cfg = self.settings
         found, _, weights = self._cascade().detectMultiScale3(  # type: ignore[attr-defined]
             np.ascontiguousarray(grey), scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors,
             minSize=(min_side, min_side), outputRejectLevels=True,
         )  # fmt: skip
-        return self._largest(found, scale), float(np.max(weights)) if len(weights) else -math.inf
+        boxes = [Box(*(round(int(v) / scale) for v in row)) for row in found]
+        largest = sorted(boxes, key=lambda box: box.area, reverse=True)[: cfg.max_faces]
+        return largest, float(np.max(weights)) if len(weights) else -math.inf
 
     def find(self, image: Image.Image) -> list[Box]:
         """Face boxes in `image` coordinates, largest first, at most `max_faces`."""
-        grey, scale, min_side = self._search_copy(image)
-        return self._detect(grey, scale, min_side) if min(grey.shape) >= min_side else []
+        return self.find_sure(image)[0]
 
     def find_sure(self, image: Image.Image, turn: int = 0) -> tuple[list[Box], float]:
         """Boxes found in `image` turned by `turn` degrees counter-clockwise (in the turned image's pixels), and the
@@ -149,7 +139,7 @@ class FaceFinder:
         grey, scale, min_side = self._search_copy(image)
         if min(grey.shape) < min_side:
             return [], -math.inf
-        return self._detect_sure(np.rot90(grey, turn // 90), scale, min_side)
+        return self._detect(np.rot90(grey, turn // 90), scale, min_side)
 
     def find_checked(self, image: Image.Image, check: HalfTurnCheck) -> tuple[int, list[Box]]:
         """`find` with the half-turn check: (0, the upright boxes), or (180, the boxes in the upside-down image's
@@ -157,10 +147,10 @@ class FaceFinder:
         grey, scale, min_side = self._search_copy(image)
         if min(grey.shape) < min_side:
             return 0, []
-        boxes, confidence = self._detect_sure(grey, scale, min_side)
+        boxes, confidence = self._detect(grey, scale, min_side)
         if not boxes or confidence >= check.below:
             return 0, boxes
-        turned_boxes, turned_confidence = self._detect_sure(np.rot90(grey, 2), scale, min_side)
+        turned_boxes, turned_confidence = self._detect(np.rot90(grey, 2), scale, min_side)
         return (180, turned_boxes) if turned_confidence > confidence + check.margin else (0, boxes)
 
     def find_turned(self, image: Image.Image, turns: tuple[int, ...]) -> tuple[int, list[Box]] | None:
@@ -172,7 +162,7 @@ class FaceFinder:
             return None
         found = {}
         for turn in turns:
-            boxes, confidence = self._detect_sure(np.rot90(grey, turn // 90), scale, min_side)
+            boxes, confidence = self._detect(np.rot90(grey, turn // 90), scale, min_side)
             if boxes:
                 found[turn] = boxes, confidence
         if not found:
