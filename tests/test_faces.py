@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import math
@@ -397,7 +398,8 @@ def test_face_boxes_are_stored_reported_and_drawn(face_model: Path, tmp_path: Pa
     result = CliRunner().invoke(app, ["report", str(job_id), "--format", "json"], env=settings_env(settings))
     assert json.loads(result.stdout)["items"][0]["faces"] is not None
     csv_text = CliRunner().invoke(app, ["report", str(job_id), "--format", "csv"], env=settings_env(settings)).stdout
-    assert '""box""' in csv_text
+    parsed = {Path(row["uri"]).name: row for row in csv.DictReader(io.StringIO(csv_text))}  # stdout is valid CSV
+    assert json.loads(parsed["face.png"]["faces"])[0]["box"] == [x, y, w, h] and parsed["scene.png"]["faces"] == "[]"
     face_row = dict(rows["face.png"], threshold=-1.0)  # every face counts as flagged: drawn red
     attach_visuals([face_row], settings, None, 10)
     thumb = Image.open(io.BytesIO(base64.b64decode(face_row["thumb"].split(",", 1)[1]))).convert("RGB")

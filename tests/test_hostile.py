@@ -115,6 +115,8 @@ def test_odd_files(settings: Settings, tmp_path: Path) -> None:
     (root / "link_out.png").symlink_to(outside)
     (root / "link_in.png").symlink_to(root / "ok.png")
     (root / "loop").symlink_to(root, target_is_directory=True)
+    (root / "self.jpg").symlink_to(root / "self.jpg")  # a file link to itself: resolving it raises
+    (root / "dangling.png").symlink_to(root / "deleted.png")
     os.mkfifo(root / "pipe.jpg")
     big = root / "big.jpg"
     noisy_image(4, 64).resize((6000, 4000)).save(big, quality=80)
@@ -137,7 +139,12 @@ def test_odd_files(settings: Settings, tmp_path: Path) -> None:
     with sessions() as session:
         skipped = {Path(p).name: r for p, r in session.execute(select(Skipped.path, Skipped.reason))}
         assert session.get(Job, job_id).finished_at is not None
-    assert skipped == {"link_out.png": "symlink_outside", "pipe.jpg": "fifo"}
+    assert skipped == {
+        "link_out.png": "symlink_outside",
+        "pipe.jpg": "fifo",
+        "self.jpg": "broken_symlink",
+        "dangling.png": "broken_symlink",
+    }
 
 
 def test_size_and_pixel_limits(settings: Settings, tmp_path: Path) -> None:

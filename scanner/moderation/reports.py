@@ -241,9 +241,9 @@ def _cell(value: Any) -> str:
 
 
 def render_csv(rows: Iterable[dict[str, Any]]) -> str:
-    """CSV with a header row; cells that start like a spreadsheet formula are quoted with '."""
+    """CSV with a header row and \\n line ends (stdout escapes \\r); formula-like cells are quoted with '."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS)
+    writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _defuse(_csv_value(row.get(k))) for k in REPORT_FIELDS})

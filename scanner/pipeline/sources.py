@@ -107,8 +107,8 @@ def url_spec(argument: str) -> ItemSpec:
 def walk_directory(root: Path) -> Iterator[Path | SkippedFile]:
     """Files under `root`, depth first, sorted; symlinked directories are never entered.
 
-    A symlinked file is followed only when its target lies inside `root`. Directories that cannot be
-    listed and files that are not regular (FIFOs, sockets, devices) come back as SkippedFile with a reason.
+    A symlinked file is followed only when its target lies inside `root`; a dangling or looping link is
+    'broken_symlink'. Directories that cannot be listed and files that are not regular (FIFOs, sockets, devices) come back as SkippedFile with a reason.
     """
     resolved_root = root.resolve()
     unreadable: list[OSError] = []
@@ -118,14 +118,21 @@ def walk_directory(root: Path) -> Iterator[Path | SkippedFile]:
         subdirs.sort()
         for name in sorted(files):
             path = Path(directory) / name
-            if path.is_symlink():
-                target = path.resolve()
-                if not target.is_relative_to(resolved_root) or not target.is_file():
-                    yield SkippedFile(path_uri(path)[0], "symlink_outside")
-                    continue
+            if path.is_symlink() and (reason := _symlink_reason(path, resolved_root)):
+                yield SkippedFile(path_uri(path)[0], reason)
+                continue
             reason = special_file_reason(path)
             yield SkippedFile(path_uri(path)[0], reason) if reason else path
     yield from (_unlistable(error) for error in unreadable)
+
+
+def _symlink_reason(link: Path, resolved_root: Path) -> str | None:
+    """Why a symlinked file is not followed ('broken_symlink' for a dangling or looping link), or None."""
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop on Python < 3.13
+        return "broken_symlink"
+    return None if target.is_relative_to(resolved_root) else "symlink_outside"  # a FIFO target: special_file_reason
 
 
 def _unlistable(error: OSError) -> SkippedFile:
