@@ -108,7 +108,8 @@ def walk_directory(root: Path) -> Iterator[Path | SkippedFile]:
     """Files under `root`, depth first, sorted; symlinked directories are never entered.
 
     A symlinked file is followed only when its target lies inside `root`; a dangling or looping link is
-    'broken_symlink'. Directories that cannot be listed and files that are not regular (FIFOs, sockets, devices) come back as SkippedFile with a reason.
+    'broken_symlink'. Directories that cannot be listed and files that are not regular (FIFOs, sockets,
+    devices) come back as SkippedFile with a reason.
     """
     resolved_root = root.resolve()
     unreadable: list[OSError] = []
