@@ -219,3 +219,20 @@ def test_decode_threads_keep_torch_single_threaded_without_touching_the_models_t
         ctx.close()
         torch.set_num_threads(before)
     assert in_decode_thread == 1
+
+
+def test_conflicting_rows_are_skipped_and_new_ones_kept(settings: Settings) -> None:
+    from scanner.pipeline.sink import insert_ignoring_conflicts
+
+    def rows(shas: str, score: float) -> list[dict]:
+        return [{"sha256": sha * 64, "model_version": "m", "score": score, "label": "real", "threshold": 0.5}
+                for sha in shas]  # fmt: skip
+
+    sessions = open_database(settings)
+    with sessions.begin() as session:
+        insert_ignoring_conflicts(session, Verdict, rows("ab", 0.1), ["sha256", "model_version"])
+    with sessions.begin() as session:  # a redelivered batch beside new content, as two workers may write
+        insert_ignoring_conflicts(session, Verdict, rows("bcd", 0.9), ["sha256", "model_version"])
+    with sessions() as session:
+        stored = {sha: score for sha, score in session.execute(select(Verdict.sha256, Verdict.score))}
+    assert stored == {"a" * 64: 0.1, "b" * 64: 0.1, "c" * 64: 0.9, "d" * 64: 0.9}

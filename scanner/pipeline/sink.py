@@ -18,12 +18,13 @@ if TYPE_CHECKING:
 
 
 def insert_ignoring_conflicts(session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite."""
+    """INSERT ... ON CONFLICT DO NOTHING on PostgreSQL and SQLite, the rows passed as parameters (one cached
+    statement; `.values(rows)` compiled a new statement for every batch, 0.5 ms an image)."""
     if not rows:
         return
     dialect = session.get_bind().dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(model).values(rows).on_conflict_do_nothing(index_elements=keys))
+    session.execute(insert(model).on_conflict_do_nothing(index_elements=keys), rows)
 
 
 def existing_verdicts(session: Session, hashes: Iterable[str], model_version: str) -> dict[str, Verdict]:
