@@ -19,7 +19,7 @@ from scanner.pipeline.sources import expand_sources
 from scanner.pipeline.submit import open_database, submit
 from scanner.settings import Settings
 from tests.httpserver import EXPECTED, HostileServer
-from tests.imaging import corruptions, encode, noisy_image
+from tests.imaging import corruptions, encode, noisy_image, png_bomb
 from tests.support import URL_LIMITS, check_url_outcomes, items_by_uri
 
 
@@ -153,6 +153,20 @@ def test_size_and_pixel_limits(settings: Settings, tmp_path: Path) -> None:
     tight = settings.with_overrides(max_file_bytes=50_000, max_pixels=30_000)
     summary = submit(tight, [str(tmp_path)], wait=True).summary
     assert summary["errors_by_code"] == {"too_large": 1, "too_many_pixels": 1}
+
+
+def test_the_pixel_limit_is_the_scanners_not_pillows() -> None:
+    from training.preprocess import ImageRejected, decode_image
+
+    claims_95_mpx = png_bomb(10_000, 9_500)  # over Pillow's own 89 Mpx warning, under its 179 Mpx refusal
+    with pytest.raises(ImageRejected) as refused:
+        decode_image(claims_95_mpx, 256, max_pixels=64_000_000)
+    assert refused.value.code == "too_many_pixels" and "exceeds the limit of 64000000" in refused.value.message
+    decoded = decode_image(claims_95_mpx, 256, max_pixels=100_000_000)  # a raised limit lets it through
+    assert (decoded.width, decoded.height) == (10_000, 9_500)
+    with pytest.raises(ImageRejected) as bomb:
+        decode_image(png_bomb(20_000, 20_000), 256, max_pixels=500_000_000)
+    assert bomb.value.code == "too_many_pixels" and "the limit is 500000000" in bomb.value.message
 
 
 def test_thin_strips_are_scanned_without_enlarging_the_whole_strip(
