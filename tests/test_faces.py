@@ -461,9 +461,9 @@ def test_registry_names_resolve_and_are_listed(tmp_path: Path) -> None:
 
 
 def test_previous_checkpoint_format_still_loads_and_foreign_ones_fail_clearly(tmp_path: Path) -> None:
-    old = read_checkpoint(resolve_model("fauxnet-fast"))
+    old = read_checkpoint(resolve_model("fauxnet-fast-v1"))
     assert "views" not in old["preprocess"]  # written before face-aware scoring existed
-    loaded = load_model(resolve_model("fauxnet-fast"), "cpu")
+    loaded = load_model(resolve_model("fauxnet-fast-v1"), "cpu")
     assert not loaded.preprocess.uses_faces
     views = make_views(drawn_face(1), loaded.preprocess, FaceFinder(loaded.preprocess.faces))
     assert views.tensors.shape == (1, 3, 128, 128) and views.boxes == []
