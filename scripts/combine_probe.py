@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detector_report import GAN_FAKES, HQ_REALS, SETS, auc_of, pick  # noqa: E402
+from view_rules import Halves, fitted_halves  # noqa: E402
 
 from scanner.registry import resolve_model  # noqa: E402
 from training.checkpoint import LoadedModel, load_model  # noqa: E402
@@ -37,7 +37,7 @@ from training.metrics import choose_threshold  # noqa: E402
 from training.models import inference_forward  # noqa: E402
 from training.preprocess import decode_image, resize_center_crop, to_tensor  # noqa: E402
 from training.train import score_views  # noqa: E402
-from training.views import fit_view_offsets, logit, scored_part, view_kinds  # noqa: E402
+from training.views import logit, scored_part, view_kinds  # noqa: E402
 
 Rule = Callable[[list[float]], float]
 
@@ -54,20 +54,16 @@ def calibrated_logits(views: Sequence[float], offsets: Sequence[float], image_vi
 
 
 def held_out(samples: list[Sample], per_image: list[list[float]], image_views: int, rule: Rule, fpr: float,
-             splits: int) -> list[float]:  # fmt: skip
+             splits: list[Halves]) -> list[float]:  # fmt: skip
     """Mean over readings of: mean recall over fake sources, worst real-source FPR, GAN caught, GAN vs HQ AUC;
     and the largest worst real-source FPR."""
     readings = []
-    for salt in range(splits):
-        key = [zlib.crc32((f"{salt}:" if salt else "").encode() + s.group.encode()) % 2 for s in samples]
-        halves = [[i for i, side in enumerate(key) if side == half] for half in (0, 1)]
-        for fit, held in ((halves[0], halves[1]), (halves[1], halves[0])):
-            labels, sources = [samples[i].label for i in fit], [samples[i].dataset for i in fit]
-            offsets = fit_view_offsets([per_image[i] for i in fit], labels, sources, image_views, "source-fpr:0.05")
-            scores = {i: rule(calibrated_logits(per_image[i], offsets, image_views)) for i in fit + held}
-            probabilities = [1 / (1 + math.exp(-scores[i])) for i in fit]
-            threshold = logit(choose_threshold(labels, probabilities, f"source-fpr:{fpr}", sources))
-            readings.append(reading(samples, scores, held, threshold))
+    for fit, held, offsets in (half for halves in splits for half in halves):
+        labels, sources = [samples[i].label for i in fit], [samples[i].dataset for i in fit]
+        scores = {i: rule(calibrated_logits(per_image[i], offsets, image_views)) for i in fit + held}
+        probabilities = [1 / (1 + math.exp(-scores[i])) for i in fit]
+        threshold = logit(choose_threshold(labels, probabilities, f"source-fpr:{fpr}", sources))
+        readings.append(reading(samples, scores, held, threshold))
     table = np.array(readings)
     return [*table.mean(axis=0), float(table[:, 1].max())]
 
@@ -124,13 +120,14 @@ def main() -> None:
     loader = make_eval_loader(samples, loaded.preprocess, None, 64, 1)
     per_image = score_views(loaded.model, loader, loaded.device, preprocess=loaded.preprocess)[0]
     image_views = loaded.preprocess.image_views
+    splits = [fitted_halves(samples, per_image, image_views, salt) for salt in range(args.splits)]
     print("| rule @ threshold rule | mean recall | worst real-source FPR (max) | GAN caught | GAN vs HQ AUC |")
     print("| --- | ---: | ---: | ---: | ---: |")
     rules: dict[str, Rule] = {"maximum": max, "mean": lambda x: float(np.mean(x)), "soft max T=1": soft_max(1.0),
                               "soft max T=2": soft_max(2.0)}  # fmt: skip
     for name, rule in rules.items():
         for fpr in (0.05, 0.04):
-            print_row(f"{name} @ source-fpr:{fpr}", held_out(samples, per_image, image_views, rule, fpr, args.splits))
+            print_row(f"{name} @ source-fpr:{fpr}", held_out(samples, per_image, image_views, rule, fpr, splits))
     if not args.zooms:
         return
     whole = zoomed_whole_logits(samples, loaded, args.zooms)
@@ -141,8 +138,10 @@ def main() -> None:
         views = per_image if columns is None else [
             [1 / (1 + math.exp(-float(np.mean(row[:columns])))), *views[1:]] for row, views in zip(whole, per_image)
         ]  # fmt: skip
+        refitted = splits if columns is None else [fitted_halves(samples, views, image_views, salt)
+                                                     for salt in range(args.splits)]  # fmt: skip
         for fpr in (0.05, 0.04):
-            print_row(f"{name} @ source-fpr:{fpr}", held_out(samples, views, image_views, max, fpr, args.splits))
+            print_row(f"{name} @ source-fpr:{fpr}", held_out(samples, views, image_views, max, fpr, refitted))
 
 
 if __name__ == "__main__":
