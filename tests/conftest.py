@@ -62,7 +62,8 @@ def face_model(face_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return out
 
 
-def _pg_database() -> Iterator[str]:
+def fresh_pg_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database's URL, dropped afterwards."""
     name = f"fauxscan_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
@@ -76,7 +77,7 @@ def _pg_database() -> Iterator[str]:
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test."""
-    yield from _pg_database()
+    yield from fresh_pg_database()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -85,7 +86,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'scan.db'}"
         return
-    for url in _pg_database():
+    for url in fresh_pg_database():
         upgrade(url)
         yield url
 

@@ -13,14 +13,14 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from scanner.cli import app
-from scanner.db import Item, Job, Skipped
+from scanner.db import SCHEMA_HEAD, Item, Job, Skipped, current_revision, make_engine
 from scanner.moderation.reports import report_rows
 from scanner.pipeline.jobs import canonical_sources, create_job
 from scanner.pipeline.model import model_identity
 from scanner.pipeline.sources import Expansion, ItemSpec, expand_sources
 from scanner.pipeline.submit import open_database, submit
 from scanner.settings import Settings
-from tests.conftest import settings_env
+from tests.conftest import fresh_pg_database, settings_env
 from tests.httpserver import HostileServer
 from tests.imaging import encode, noisy_image, smooth_image
 from tests.workers import SCANNER
@@ -308,3 +308,25 @@ def test_export_writes_only_reviewed_bytes_and_never_through_links(settings: Set
     again = runner.invoke(app, ["export-labels", str(job_id), "--out", str(out), "--overwrite"], env=env)
     assert again.exit_code == 1 and victim.read_text() == "keep me"  # links stay untouched even then
     assert (out / "fake" / f"{ids['exists.png']}_exists.png").read_bytes() == (folder / "exists.png").read_bytes()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_processes_migrating_a_new_database_at_once_all_succeed(backend: str, tmp_path: Path) -> None:
+    """Four `scanner db upgrade` at the same moment on a new database (as two first `scanner submit`s on a new
+    SQLite file, or a compose stack's services, do): before the migration lock, some failed with `table jobs already
+    exists` (SQLite) or a duplicate key in `pg_type` (PostgreSQL)."""
+    for round_number in range(3):
+        urls = iter([f"sqlite:///{tmp_path / f'new{round_number}.db'}"]) if backend == "sqlite" else fresh_pg_database()
+        for url in urls:
+            env = {**os.environ, "SCANNER_DATABASE_URL": url}
+            runs = [
+                subprocess.Popen([SCANNER, "db", "upgrade"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                for _ in range(4)
+            ]
+            outcomes = [(run.wait(timeout=120), run.stderr.read().decode() if run.stderr else "") for run in runs]
+            assert [code for code, _ in outcomes] == [0, 0, 0, 0], outcomes
+            engine = make_engine(url)
+            try:
+                assert current_revision(engine) == SCHEMA_HEAD
+            finally:
+                engine.dispose()
