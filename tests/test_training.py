@@ -131,13 +131,23 @@ def test_checkpoint_refuses_pickled_code(tmp_path: Path) -> None:
     marker.unlink(missing_ok=True)
     path = tmp_path / "evil.pt"
     torch.save({"format": "fauxscan-checkpoint/1", "payload": _Exploit()}, path)
-    with pytest.raises(CheckpointError, match="refusing"):
+    with pytest.raises(CheckpointError, match=r"refusing .*pickled objects \(posix.system\).*can run code") as refused:
         read_checkpoint(path)
     assert not marker.exists()
     plain = tmp_path / "plain.pkl"
     plain.write_bytes(pickle.dumps({"format": "something-else"}))
-    with pytest.raises(CheckpointError):
-        read_checkpoint(plain)
+    picture = tmp_path / "picture.pt"
+    picture.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)) * 8)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    messages = [str(refused.value)]
+    for foreign in (plain, picture, empty):
+        with pytest.raises(CheckpointError) as refused:
+            read_checkpoint(foreign)
+        messages.append(str(refused.value))
+    assert "not a fauxscan checkpoint" in messages[2] and "empty or cut short" in messages[3]
+    for message in messages:  # one line each, and never torch's advice to load the file with weights_only=False
+        assert "\n" not in message and "weights_only` set to `False" not in message and "\x1b" not in message
 
 
 def test_one_epoch_lowers_the_loss(toy_data: Path, tmp_path: Path) -> None:

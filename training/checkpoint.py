@@ -5,6 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,11 +129,13 @@ def save_checkpoint(checkpoint: dict[str, Any], path: Path) -> None:
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint dictionary; refuses pickled code and foreign files."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # e.g. "Detected pickle protocol 4": the error says more
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"model file not found: {path}") from None
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
-        raise CheckpointError(f"refusing to load {path}: {type(exc).__name__}: {exc}") from None
+        raise CheckpointError(f"refusing to load {path}: {load_failure(exc)}") from None
     if not isinstance(checkpoint, dict) or not str(checkpoint.get("format", "")).startswith("fauxscan-checkpoint/"):
         raise CheckpointError(f"{path} is not a fauxscan checkpoint")
     if checkpoint["format"] not in READABLE_FORMATS:
@@ -150,6 +155,20 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except ValueError as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     return checkpoint
+
+
+def load_failure(exc: Exception) -> str:
+    """One line on why `torch.load(weights_only=True)` refused a file, without torch's advice to load it unsafely."""
+    if isinstance(exc, pickle.UnpicklingError):
+        code = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if code:
+            found = code.group(1)
+            return f"it holds pickled objects ({found}) that no fauxscan checkpoint has, and loading them can run code"
+        return "not a fauxscan checkpoint (not a weights-only PyTorch file)"
+    if isinstance(exc, EOFError):
+        return "the file is empty or cut short"
+    first_line = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {first_line.split('. ')[0]}"
 
 
 def _check_page_and_turns(path: Path, preprocess: dict[str, Any]) -> None:
