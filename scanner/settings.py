@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -83,6 +84,10 @@ class Settings:
     serve_reviewers: str = ""
 
     def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison below
+                raise SettingsError(f"{_label(item.name)} must be a finite number, not {value!r}")
         for name in POSITIVE:
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{_label(name)} must be greater than 0, not {getattr(self, name)!r}")

@@ -109,6 +109,10 @@ def test_bad_settings_name_the_variable_and_create_no_job(tmp_path: Path) -> Non
         Settings.from_env({"SCANNER_BATCH_SIZE": "abc"})
     with pytest.raises(SettingsError, match="SCANNER_JIT must be"):
         Settings.from_env({"SCANNER_JIT": "maybe"})
+    for variable in ("SCANNER_HTTP_TIMEOUT", "SCANNER_LEASE_SECONDS", "SCANNER_STALL_TIMEOUT", "SCANNER_HTTP_BACKOFF"):
+        for value in ("nan", "inf", "-inf"):  # nan is neither above nor below 0: it once passed every check
+            with pytest.raises(SettingsError, match=f"{variable} must be a finite number"):
+                Settings.from_env({variable: value})
     db = tmp_path / "x.db"
     env = {"SCANNER_DATABASE_URL": f"sqlite:///{db}"}
     (tmp_path / "a.png").write_bytes(b"")
