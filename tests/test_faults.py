@@ -174,8 +174,15 @@ def test_review_rejects_bad_ids_and_names_with_one_line(settings: Settings, tmp_
     job_id = submit(settings, [str(tmp_path)], wait=True).summary["job_id"]
     with open_database(settings)() as session:
         item_id = session.scalar(select(Item.id).where(Item.job_id == job_id))
-    huge = runner.invoke(app, ["review", "99999999999999999999", "--decision", "fake"], env=env)
-    assert huge.exit_code == 1 and huge.stderr.count("\n") == 1 and "no item with id" in huge.stderr
+    for huge_id in ("3000000000", "99999999999999999999"):  # over PostgreSQL's INTEGER, then over SQLite's
+        huge = runner.invoke(app, ["review", huge_id, "--decision", "fake"], env=env)
+        assert huge.exit_code == 1 and huge.stderr == f"error: no item with id {huge_id}\n", huge.output
+        for command in (["report", huge_id], ["status", huge_id], ["resume", huge_id], ["export-labels", huge_id,
+                        "--out", str(tmp_path / "out")]):  # fmt: skip
+            missing = runner.invoke(app, command, env=env)
+            assert missing.exit_code == 1 and missing.stderr == f"error: no job with id {huge_id}\n", missing.output
+    unwritable = runner.invoke(app, ["report", str(job_id), "--output", str(tmp_path / "no" / "r.csv")], env=env)
+    assert unwritable.exit_code == 1 and "cannot write" in unwritable.stderr and unwritable.stderr.count("\n") == 1
     long_name = runner.invoke(app, ["review", str(item_id), "--decision", "fake", "--reviewer", "r" * 300], env=env)
     assert long_name.exit_code == 1 and "longer than 128" in long_name.stderr and "Traceback" not in long_name.output
     ok = runner.invoke(app, ["review", str(item_id), "--decision", "fake", "--reviewer", "r" * 128], env=env)

@@ -380,3 +380,18 @@ def test_two_reviewers_on_one_queue_are_sent_to_different_items(settings: Settin
     assert a.split("?")[0] != b.split("?")[0]
     again = first.get(f"/jobs/{job_id}/next", follow_redirects=False).headers["location"]
     assert again.split("?")[0] == a.split("?")[0]  # one's own open item is not held from oneself
+
+
+def test_ids_past_the_databases_integers_are_not_found_and_hold_nothing(settings: Settings, tmp_path: Path) -> None:
+    """An id over PostgreSQL's INTEGER (or SQLite's) is a 404. Opening one once put it among the items held open,
+    which every other reviewer's next-item query carried: their queue failed with a database overflow (500)."""
+    job_id = review_job(settings, tmp_path / "in")
+    app = create_app(settings, open_database(settings), ServeConfig(reviewer="team"), tmp_path / "cache")
+    mallory, alice = TestClient(app, base_url="http://127.0.0.1"), TestClient(app, base_url="http://127.0.0.1")
+    for huge_id in (3_000_000_000, 2**70):
+        for path in (f"/items/{huge_id}", f"/jobs/{huge_id}", f"/jobs/{huge_id}/errors", f"/jobs/{huge_id}/next",
+                     f"/items/{huge_id}/image/thumb"):  # fmt: skip
+            assert mallory.get(path, follow_redirects=False).status_code == 404, path
+    for query in ("", f"?after={2**70}"):
+        sent = alice.get(f"/jobs/{job_id}/next{query}", follow_redirects=False)
+        assert sent.status_code == 303 and sent.headers["location"].startswith("/items/"), query

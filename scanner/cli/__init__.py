@@ -180,7 +180,7 @@ def status(job_id: JobId, as_json: AsJson = False) -> None:
 
 
 @app.command()
-def jobs(limit: Annotated[int, typer.Option(help="How many recent jobs.")] = 20) -> None:
+def jobs(limit: Annotated[int, typer.Option(min=1, max=10**6, help="How many recent jobs.")] = 20) -> None:
     """List recent jobs."""
     from scanner.moderation.reports import recent_jobs
 
@@ -223,7 +223,10 @@ def report(
     if output is None:
         echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror or exc}")
         say_error(f"wrote {output}")
 
 

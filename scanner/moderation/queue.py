@@ -10,9 +10,9 @@ from urllib.parse import urlencode
 from sqlalchemy import and_, exists, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
 
-from scanner.db import Decision, Face, Item, Verdict, utcnow
+from scanner.db import MAX_ID, Decision, Face, Item, Verdict, utcnow
 from scanner.moderation.reports import get_job
-from scanner.moderation.review import DECISIONS, MAX_ID, ReviewError, check_decision
+from scanner.moderation.review import DECISIONS, ReviewError, check_decision
 
 PER_PAGE = 50
 LABELS = ("fake", "real")

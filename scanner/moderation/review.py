@@ -12,14 +12,13 @@ from typing import TextIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from scanner.db import Decision, Item
+from scanner.db import MAX_ID, Decision, Item
 from scanner.moderation.reports import get_job, latest_decision_subquery
 from scanner.pipeline.loader import read_item
 from scanner.settings import Settings
 from training.preprocess import FORMAT_SUFFIX, IMAGE_SUFFIXES
 
 DECISIONS = ("fake", "real", "unsure")
-MAX_ID = 2**63 - 1  # BIGINT; SQLite and PostgreSQL refuse larger ids with an overflow, not a "not found"
 MAX_REVIEWER = 128  # the column's length
 MAX_NOTE = 10_000
 

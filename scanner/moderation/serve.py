@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from scanner.connect import SetupError
-from scanner.db import Decision, Item, Job
+from scanner.db import MAX_ID, Decision, Item, Job
 from scanner.moderation import queue
 from scanner.moderation.images import HEATMAP, SIDES, ImageCache, ImageUnavailable
 from scanner.moderation.reports import JobNotFound, errors_by_code, job_overview, job_status, recent_jobs, redact_url
@@ -226,6 +226,8 @@ class ReviewApp:
     def job_queue(self, request: Request) -> Response:
         """A job's queue: flagged first by score, filtered and paginated."""
         job_id = request.path_params["job_id"]
+        if not 1 <= job_id <= MAX_ID:
+            return self._error(request, 404, f"no job with id {job_id}")
         filters = self._filters(request)
         if isinstance(filters, Response):
             return filters
@@ -253,6 +255,8 @@ class ReviewApp:
     def next_item(self, request: Request) -> Response:
         """Go to the next unreviewed item of the filtered queue (after `after`, if given)."""
         job_id = request.path_params["job_id"]
+        if not 1 <= job_id <= MAX_ID:
+            return self._error(request, 404, f"no job with id {job_id}")
         filters = self._filters(request)
         if isinstance(filters, Response):
             return filters
@@ -271,11 +275,11 @@ class ReviewApp:
         if isinstance(filters, Response):
             return filters
         reviewer = _reviewer(request)
-        self.open_items.opened(item_id, reviewer)
         with self.sessions() as session:
             detail = queue.item_detail(session, item_id)
             if detail is None:
                 return self._error(request, 404, f"no item with id {item_id}")
+            self.open_items.opened(item_id, reviewer)  # only items that exist: every queue query carries these ids
             job_id = detail["item"].job_id
             previous = queue.neighbour(session, job_id, filters, item_id, forward=False)
             following = queue.neighbour(session, job_id, filters, item_id, forward=True)
@@ -448,7 +452,7 @@ def _int(raw: Any, default: int) -> int:
         value = int(str(raw))
     except ValueError:
         return default
-    return value if 0 <= value <= queue.MAX_ID else default
+    return value if 0 <= value <= MAX_ID else default
 
 
 def create_app(settings: Settings, sessions: Any, config: ServeConfig, cache_dir: Path | None = None) -> Starlette:
