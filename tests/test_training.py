@@ -6,6 +6,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,20 @@ def test_train_and_evaluate_commands(toy_data: Path, tmp_path: Path) -> None:
     assert metrics["n"] == 48
     assert set(metrics["confusion"]) == {"tp", "fp", "tn", "fn"}
     assert sum(metrics["confusion"].values()) == 48
+
+
+def test_training_needs_both_classes_on_both_sides_and_an_epoch(toy_data: Path, tmp_path: Path) -> None:
+    """A folder of reals alone once trained 30 epochs and wrote a model with an AUC of NaN and a threshold fitted on
+    reals only; a real-only set is welcome beside others (real_scenes_people), never alone."""
+    runner = CliRunner()
+    args = ["--arch", "paper-cnn", "--size", "32", "--workers", "0", "--device", "cpu", "--out", str(tmp_path / "m.pt")]
+    shutil.copytree(toy_data / "real", tmp_path / "reals" / "real")
+    reals_only = runner.invoke(app, ["train", str(tmp_path / "reals"), *args])
+    assert reals_only.exit_code == 1 and "need real and fake images" in reals_only.stderr, reals_only.output
+    assert "0 fake" in reals_only.stderr and not (tmp_path / "m.pt").exists()
+    for option in ("--epochs", "--batch-size"):
+        zero = runner.invoke(app, ["train", str(toy_data), *args, option, "0"])
+        assert zero.exit_code == 2 and option in zero.stderr and not (tmp_path / "m.pt").exists()
 
 
 def test_evaluate_reports_errors_cleanly(tmp_path: Path) -> None:

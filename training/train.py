@@ -105,6 +105,16 @@ def load_splits(config: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     return split_samples(samples, config.val_fraction, config.seed)
 
 
+def check_both_classes(train: list[Sample], val: list[Sample]) -> None:
+    """Refuse splits without real and fake images on both sides: such a model, or its threshold, would mean nothing."""
+    parts = (("training", train), ("validation", val))
+    if all({sample.label for sample in part} == {0, 1} for _, part in parts):
+        return
+    counts = "; ".join(f"{name}: {sum(s.label == 0 for s in part)} real, {sum(s.label == 1 for s in part)} fake"
+                       for name, part in parts)  # fmt: skip
+    raise ValueError(f"need real and fake images in both the training and the validation split ({counts})")
+
+
 def stream_seed(seed: int, first_epoch: int) -> int:
     """Seed of the draws and augmentations from `first_epoch` on: a resumed run must not replay epoch 1's."""
     return seed if first_epoch == 1 else seed * 1_000_003 + first_epoch
@@ -268,8 +278,7 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     seed_everything(config.seed)
     device = resolve_device(config.device)
     train, val = load_splits(config)
-    if not train or not val:
-        raise ValueError("need images of both classes for training and validation")
+    check_both_classes(train, val)
     preprocess = Preprocess(
         size=config.size, max_side=config.max_side, views=config.views, mirror=tuple(config.mirror),
         precision=config.precision, patch_min_side=config.patch_min_side,

@@ -31,8 +31,8 @@ def train(
             "effnet-lite0-srm (+ fixed SRM noise residuals; --init can take an effnet-lite0)."
         ),
     ] = "fauxnet",
-    epochs: Annotated[int | None, typer.Option(help="Epochs (paper-cnn default 30).")] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (paper-cnn default 30).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
     lr: Annotated[float | None, typer.Option()] = None,
     size: Annotated[int, typer.Option(help="Input size in pixels.")] = 128,
     max_side: Annotated[
