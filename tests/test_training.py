@@ -221,10 +221,17 @@ def test_training_needs_both_classes_on_both_sides_and_an_epoch(toy_data: Path, 
         assert zero.exit_code == 2 and option in zero.stderr and not (tmp_path / "m.pt").exists()
 
 
-def test_evaluate_reports_errors_cleanly(tmp_path: Path) -> None:
+def test_evaluate_reports_errors_cleanly(tiny_model: Path, toy_data: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", str(tmp_path), "--model", str(tmp_path / "none.pt")])
     assert result.exit_code == 1
     assert "not found" in result.stderr
+    base = ["evaluate", str(toy_data), "--model", str(tiny_model), "--workers", "0"]
+    for scale in ("0", "-1", "5", "nan"):  # once scored as 8 px or enlarged copies, or a traceback (nan)
+        bad = CliRunner().invoke(app, [*base, "--scale", scale])
+        assert bad.exit_code == 1 and bad.stderr.startswith("error: --scale must be over 0"), bad.output
+    for option, value in (("--jpeg-quality", "500"), ("--jpeg-quality", "0"), ("--batch-size", "0")):
+        bad = CliRunner().invoke(app, [*base, option, value])
+        assert bad.exit_code == 2 and option in bad.stderr, bad.output
 
 
 def test_tiny_model_learns_the_toy_task(tiny_model: Path, toy_data: Path) -> None:

@@ -171,10 +171,12 @@ def evaluate(
     data_dirs: DataDirs,
     model: Annotated[str | None, typer.Option(help="Model name or checkpoint (default: the shipped default).")] = None,
     split: Annotated[str, typer.Option(help="all, or val: the checkpoint's own validation split.")] = "all",
-    jpeg_quality: Annotated[int | None, typer.Option(help="Re-encode each image at this JPEG quality.")] = None,
-    scale: Annotated[float | None, typer.Option(help="Downscale each image by this factor first.")] = None,
-    batch_size: Annotated[int, typer.Option()] = 64,
-    workers: Annotated[int, typer.Option()] = 1,
+    jpeg_quality: Annotated[
+        int | None, typer.Option(min=1, max=100, help="Re-encode each image at this JPEG quality.")
+    ] = None,
+    scale: Annotated[float | None, typer.Option(help="Downscale each image by this factor (0-1) first.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    workers: Annotated[int, typer.Option(min=0)] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Evaluate a checkpoint on labelled image folders."""
@@ -185,6 +187,8 @@ def evaluate(
     model_path = resolve_model(model) if model else settings.model_path
     if split not in ("all", "val"):
         fail("--split must be 'all' or 'val'")
+    if scale is not None and not 0 < scale <= 1:  # also refuses nan
+        fail(f"--scale must be over 0 and at most 1 (a downscale), not {scale}")
     try:
         metrics = run_evaluation(
             [str(d) for d in data_dirs],
