@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
@@ -23,8 +23,9 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+RowT = TypeVar("RowT")
 MAX_ID = 2**31 - 1  # ids are INTEGER: int4 on PostgreSQL (64-bit on SQLite); a larger id is no row, not an overflow
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -42,6 +43,11 @@ SCHEMA_HEAD = "0005"
 def utcnow() -> datetime:
     """Timezone-aware now, stored as UTC."""
     return datetime.now(UTC)
+
+
+def row_by_id(session: Session, model: type[RowT], row_id: int) -> RowT | None:
+    """The row with this id, or None; an id past MAX_ID is no row, never sent to the database (it would overflow)."""
+    return session.get(model, row_id) if 1 <= row_id <= MAX_ID else None
 
 
 class Base(DeclarativeBase):

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 from sqlalchemy import and_, exists, func, insert, literal, or_, select
 from sqlalchemy.orm import Session
 
-from scanner.db import MAX_ID, Decision, Face, Item, Verdict, utcnow
+from scanner.db import Decision, Face, Item, Verdict, row_by_id, utcnow
 from scanner.moderation.reports import get_job
 from scanner.moderation.review import DECISIONS, ReviewError, check_decision
 
@@ -169,9 +169,7 @@ def next_unreviewed(
 
 def item_detail(session: Session, item_id: int) -> dict[str, Any] | None:
     """Everything the item page shows: the item, its verdict and faces, and every decision (oldest first)."""
-    if not 1 <= item_id <= MAX_ID:
-        return None
-    item = session.get(Item, item_id)
+    item = row_by_id(session, Item, item_id)
     if item is None:
         return None
     verdict = session.get(Verdict, item.verdict_id) if item.verdict_id else None

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from scanner.db import MAX_ID, Decision, Face, Item, Job, Skipped, Verdict
+from scanner.db import Decision, Face, Item, Job, Skipped, Verdict, row_by_id
 from scanner.safe_text import printable
 
 REPORT_FIELDS = [
@@ -43,7 +43,7 @@ class JobNotFound(LookupError):
 
 def get_job(session: Session, job_id: int) -> Job:
     """The job row, or JobNotFound."""
-    job = session.get(Job, job_id) if 1 <= job_id <= MAX_ID else None
+    job = row_by_id(session, Job, job_id)
     if job is None:
         raise JobNotFound(f"no job with id {job_id}")
     return job

@@ -12,7 +12,7 @@ from typing import TextIO
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from scanner.db import MAX_ID, Decision, Item
+from scanner.db import Decision, Item, row_by_id
 from scanner.moderation.reports import get_job, latest_decision_subquery
 from scanner.pipeline.loader import read_item
 from scanner.settings import Settings
@@ -40,7 +40,7 @@ def check_decision(session: Session, item_id: int, decision: str, reviewer: str,
     """Raise ReviewError unless the decision could be recorded as given."""
     if decision not in DECISIONS:
         raise ReviewError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
-    if not 1 <= item_id <= MAX_ID or session.get(Item, item_id) is None:
+    if row_by_id(session, Item, item_id) is None:
         raise ReviewError(f"no item with id {item_id}")
     if not reviewer.strip():
         raise ReviewError("a reviewer name is required")

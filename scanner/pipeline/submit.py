@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from scanner.connect import SetupError, describe_db_error, open_database, safe_url
-from scanner.db import MAX_ID, Job
+from scanner.db import Job, row_by_id
 from scanner.engines import Engine, ProgressFactory, open_engine
 from scanner.moderation.reports import job_counts, job_status
 from scanner.pipeline.jobs import (
@@ -60,7 +60,7 @@ def resume(settings: Settings, job_id: int, wait: bool, progress: ProgressFactor
     model_version, _ = _model(settings, engine)
     sessions = open_database(settings)
     with sessions() as session:
-        job = session.get(Job, job_id) if 1 <= job_id <= MAX_ID else None
+        job = row_by_id(session, Job, job_id)
     if job is None:
         raise SetupError(f"no job with id {job_id}")
     if job.model_version != model_version:
