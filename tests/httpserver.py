@@ -116,6 +116,10 @@ class HostileHandler(BaseHTTPRequestHandler):
     def route_to_good(self) -> None:
         self._redirect("/good.png")
 
+    def route_to_secret(self) -> None:
+        host, port = self.server.server_address[:2]
+        self._redirect(f"http://bob:hunter2@{host}:{port}/missing")
+
     def route_html(self) -> None:
         self._send(200, b"<html><body>not an image</body></html>", "image/jpeg")
 

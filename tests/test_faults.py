@@ -193,13 +193,21 @@ def test_url_passwords_never_reach_a_report(settings: Settings, tmp_path: Path) 
     env = settings_env(settings)
     runner = CliRunner()
     with HostileServer() as server:
-        url = server.url("good.png").replace("http://", "http://alice:s3cr3t@")
-        summary = submit(settings, [url], wait=True).summary
-    assert summary["done"] == 1
+        urls = [server.url(name).replace("http://", "http://alice:s3cr3t@") for name in ("good.png", "missing")]
+        summary = submit(settings, [*urls, server.url("to-secret")], wait=True).summary
+    assert (summary["done"], summary["errors"]) == (1, 2)
     job = str(summary["job_id"])
+    with open_database(settings)() as session:  # not stored either: the error messages quote the URLs
+        stored = [
+            (row.error_message, row.final_url)
+            for row in session.scalars(select(Item).where(Item.error_code.isnot(None)))
+        ]
+    assert len(stored) == 2 and not any("s3cr3t" in str(row) or "hunter2" in str(row) for row in stored), stored
+    assert any("HTTP 404 from http://bob:***@" in str(message) for message, _ in stored), stored
     for fmt in ("table", "csv", "json", "jsonl", "html"):
         out = runner.invoke(app, ["report", job, "--format", fmt], env=env)
-        assert out.exit_code == 0 and "s3cr3t" not in out.stdout and "alice:***@" in out.stdout, fmt
+        assert out.exit_code == 0 and "alice:***@" in out.stdout, fmt
+        assert "s3cr3t" not in out.stdout and "hunter2" not in out.stdout, fmt
 
 
 def test_items_of_other_jobs_are_not_scanned(settings: Settings, tmp_path: Path) -> None:

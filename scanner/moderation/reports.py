@@ -8,13 +8,12 @@ import json
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from scanner.db import Decision, Face, Item, Job, Skipped, Verdict, row_by_id
-from scanner.safe_text import printable
+from scanner.safe_text import mask_passwords, printable
 
 REPORT_FIELDS = [
     "item_id", "uri", "kind", "status", "score", "label", "threshold", "model_version", "error_code",
@@ -195,27 +194,11 @@ def report_rows(session: Session, job_id: int, flagged_only: bool = False, redac
     return rows
 
 
-def redact_url(uri: str | None) -> str | None:
-    """A URL with its password (if any) replaced by ***; anything else unchanged."""
-    if not uri or "://" not in uri or "@" not in uri:
-        return uri
-    try:
-        parts = urlsplit(uri)
-        password = parts.password
-    except ValueError:
-        return uri
-    if password is None:
-        return uri
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-
-
 def redact_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Mask URL passwords in a report row's uri and final_url, in place."""
-    for key in ("uri", "final_url"):
+    """Mask URL passwords in a report row's uri, final_url and error message (older rows may hold them), in place."""
+    for key in ("uri", "final_url", "error_message"):
         if key in row:
-            row[key] = redact_url(row[key])
+            row[key] = mask_passwords(row[key])
     return row
 
 

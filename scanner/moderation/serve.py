@@ -39,8 +39,8 @@ from scanner.connect import SetupError
 from scanner.db import MAX_ID, Decision, Item, Job
 from scanner.moderation import queue
 from scanner.moderation.images import HEATMAP, SIDES, ImageCache, ImageUnavailable
-from scanner.moderation.reports import JobNotFound, errors_by_code, job_overview, job_status, recent_jobs, redact_url
-from scanner.safe_text import printable
+from scanner.moderation.reports import JobNotFound, errors_by_code, job_overview, job_status, recent_jobs
+from scanner.safe_text import mask_passwords, printable
 from scanner.settings import Settings
 
 CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; "
@@ -175,7 +175,7 @@ class Visitors:
 
 def _shown(text: object) -> str:
     """User text for a page: URL passwords masked, control characters as \\xNN (HTML escaping is Jinja's)."""
-    return printable(redact_url(str(text)) if text is not None else "")
+    return printable(mask_passwords(str(text)) if text is not None else "")
 
 
 def _templates() -> Jinja2Templates:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from scanner.safe_text import mask_passwords
+
 ERROR_CODES: dict[str, str] = {
     "not_found": "the file or path does not exist",
     "permission_denied": "the file cannot be read (permission denied)",
@@ -34,7 +36,7 @@ class ItemError(Exception):
     def __init__(self, code: str, message: str | None = None, http_status: int | None = None) -> None:
         if code not in ERROR_CODES:
             raise ValueError(f"unknown error code {code!r}")
-        super().__init__(message or ERROR_CODES[code])
         self.code = code
-        self.message = message or ERROR_CODES[code]
+        self.message = mask_passwords(message) or ERROR_CODES[code]  # messages quote URLs: never their passwords
+        super().__init__(self.message)
         self.http_status = http_status

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from scanner.db import Item, Job, Skipped, utcnow
 from scanner.pipeline.sink import insert_ignoring_conflicts
 from scanner.pipeline.sources import RAW_PREFIX, Expansion, is_url, path_uri
+from scanner.safe_text import mask_passwords
 
 INSERT_CHUNK = 1000
 
@@ -53,7 +54,9 @@ def _item_row(job_id: int, spec: Any) -> dict[str, Any]:
     row = {"job_id": job_id, "uri": spec.uri, "kind": spec.kind, "status": "queued",
            "error_code": None, "error_message": None}  # fmt: skip
     if spec.error:
-        row.update(status="error", error_code=spec.error, error_message=spec.message, scanned_at=utcnow())
+        row.update(
+            status="error", error_code=spec.error, error_message=mask_passwords(spec.message), scanned_at=utcnow()
+        )
     return row
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 from scanner.pipeline.errors import ItemError
 from scanner.pipeline.fetch import FetchPolicy, fetch_url
 from scanner.pipeline.sources import local_path
-from scanner.safe_text import decodable
+from scanner.safe_text import decodable, mask_passwords
 from scanner.settings import Settings
 from training.faces import FaceFinder, scale_box, upright_size
 from training.preprocess import ImageRejected, Preprocess, decode_image
@@ -38,7 +38,7 @@ class LoadedItem:
 
     def fail(self, code: str, message: str) -> LoadedItem:
         """Mark as an error item and drop any model input."""
-        self.error_code, self.error_message, self.views = code, message, None
+        self.error_code, self.error_message, self.views = code, mask_passwords(message), None
         return self
 
 

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from scanner.db import Face, Item, Job, Verdict, utcnow
 from scanner.moderation.reports import job_counts
+from scanner.safe_text import mask_passwords
 
 if TYPE_CHECKING:
     from scanner.pipeline.loader import LoadedItem
@@ -91,12 +92,12 @@ def _item_values(loaded: LoadedItem, verdict: Verdict | None, worker: str, now: 
     values = {
         "status": "done" if done else "error",
         "error_code": None if done else loaded.error_code or "internal_error",
-        "error_message": None if done else loaded.error_message or "no verdict was produced",
+        "error_message": None if done else mask_passwords(loaded.error_message) or "no verdict was produced",
         "verdict_id": verdict.id if done and verdict is not None else None,
         "score": verdict.score if done and verdict is not None else None,
         "label": verdict.label if done and verdict is not None else None,
         "sha256": loaded.sha256, "size_bytes": loaded.size_bytes, "format": loaded.format,
-        "width": loaded.width, "height": loaded.height, "final_url": loaded.final_url,
+        "width": loaded.width, "height": loaded.height, "final_url": mask_passwords(loaded.final_url),
         "http_status": loaded.http_status, "worker": worker, "scanned_at": now,
     }  # fmt: skip
     return {"item_id": loaded.item_id, **{f"new_{k}": v for k, v in values.items()}}
@@ -129,5 +130,7 @@ def fail_queued_items(session: Session, item_ids: list[int], code: str, message:
     session.execute(
         update(Item)
         .where(Item.id.in_(item_ids), Item.status == "queued")
-        .values(status="error", error_code=code, error_message=message, worker=worker, scanned_at=utcnow())
+        .values(
+            status="error", error_code=code, error_message=mask_passwords(message), worker=worker, scanned_at=utcnow()
+        )
     )
