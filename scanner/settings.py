@@ -82,6 +82,7 @@ class Settings:
     cache_dir: Path = Path(user_cache_dir("fauxscan"))
     serve_token: str = field(default="", repr=False)
     serve_reviewers: str = ""
+    serve_origin: str = ""  # the review app's public origin behind a proxy, e.g. https://review.example.org
 
     def __post_init__(self) -> None:
         for item in fields(self):
@@ -149,4 +150,5 @@ ENV_NAMES = {
     "stall_timeout": "SCANNER_STALL_TIMEOUT", "task_retries": "SCANNER_TASK_RETRIES", "engine": "SCANNER_ENGINE",
     "cache_dir": "SCANNER_CACHE_DIR",
     "serve_token": "SCANNER_SERVE_TOKEN", "serve_reviewers": "SCANNER_SERVE_REVIEWERS",
+    "serve_origin": "SCANNER_SERVE_ORIGIN",
 }  # fmt: skip

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import os
 import re
 import socket
@@ -12,6 +14,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 from sqlalchemy import select
@@ -285,14 +288,12 @@ def sqlite_settings(tiny_model: Path, tmp_path: Path) -> Settings:
     return make_settings(f"sqlite:///{tmp_path / 'serve.db'}", tiny_model)
 
 
-@pytest.fixture
-def served(sqlite_settings: Settings, tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """`scanner serve` (the installed command) on a free loopback port over a finished job: (base URL, job id)."""
-    settings = sqlite_settings
-    job_id = review_job(settings, tmp_path / "in")
+@contextlib.contextmanager
+def serving(settings: Settings, tmp_path: Path, *args: str, **env: str) -> Iterator[str]:
+    """The installed `scanner serve` on a free loopback port until the block ends: its base URL."""
     port = free_port()
-    env = {**os.environ, **settings_env(settings), "SCANNER_CACHE_DIR": str(tmp_path / "cache")}
-    command = [str(Path(sys.executable).parent / "scanner"), "serve", "--port", str(port), "--reviewer", "dana"]
+    env = {**os.environ, **settings_env(settings), "SCANNER_CACHE_DIR": str(tmp_path / "cache"), **env}
+    command = [str(Path(sys.executable).parent / "scanner"), "serve", "--port", str(port), *args]
     server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -303,10 +304,33 @@ def served(sqlite_settings: Settings, tmp_path: Path) -> Iterator[tuple[str, int
             except OSError:
                 assert server.poll() is None, server.stdout.read() if server.stdout else ""
                 time.sleep(0.2)
-        yield f"http://127.0.0.1:{port}", job_id
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+@pytest.fixture
+def served(sqlite_settings: Settings, tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """`scanner serve` (the installed command) on a free loopback port over a finished job: (base URL, job id)."""
+    job_id = review_job(sqlite_settings, tmp_path / "in")
+    with serving(sqlite_settings, tmp_path, "--reviewer", "dana") as base:
+        yield base, job_id
+
+
+def raw_request(base: str, method: str, path: str, headers: dict[str, str], body: str = "") -> tuple[int, str, str]:
+    """One HTTP request with exactly these headers (Host included): status, Set-Cookie and body."""
+    parts = urlsplit(base)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=30)
+    try:
+        connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        for name, value in {**headers, "Content-Length": str(len(body.encode()))}.items():
+            connection.putheader(name, value)
+        connection.endheaders(body.encode())
+        response = connection.getresponse()
+        return response.status, response.getheader("set-cookie") or "", response.read().decode(errors="replace")
+    finally:
+        connection.close()
 
 
 def test_review_with_the_keyboard_in_a_real_browser(
@@ -314,6 +338,7 @@ def test_review_with_the_keyboard_in_a_real_browser(
 ) -> None:
     settings = sqlite_settings
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     base, job_id = served
@@ -327,9 +352,20 @@ def test_review_with_the_keyboard_in_a_real_browser(
         WebDriverWait(driver, 30).until(
             lambda d: d.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
         )
+        note = driver.find_element(By.NAME, "note")
+        note.click()
+        note.send_keys("looks like a real press photo, checked source" + Keys.ENTER)
+        time.sleep(1.5)  # a submission would have left the page by now
+        assert f"/items/{first}" in driver.current_url and decisions(settings, first) == []  # Enter records nothing
+        driver.find_element(By.CSS_SELECTOR, "#decide button.real").click()
+        WebDriverWait(driver, 20).until(lambda d: f"/items/{first}?" not in d.current_url)
+        assert decisions(settings, first) == [("real", "dana")], (driver.current_url, driver.page_source[:3000])
+        driver.get(f"{base}/items/{first}")
+        assert "real by dana" in driver.find_element(By.ID, "history").text
+        assert "checked source" in driver.find_element(By.ID, "history").text
         driver.find_element(By.TAG_NAME, "body").send_keys("f")
         WebDriverWait(driver, 20).until(lambda d: f"/items/{first}?" not in d.current_url)
-        assert decisions(settings, first) == [("fake", "dana")], (driver.current_url, driver.page_source[:3000])
+        assert decisions(settings, first) == [("real", "dana"), ("fake", "dana")], driver.page_source[:3000]
         moved_to = int(re.search(r"/items/(\d+)", driver.current_url).group(1))  # type: ignore[union-attr]
         assert moved_to != first
         with open_database(settings)() as session:
@@ -395,3 +431,70 @@ def test_ids_past_the_databases_integers_are_not_found_and_hold_nothing(settings
     for query in ("", f"?after={2**70}"):
         sent = alice.get(f"/jobs/{job_id}/next{query}", follow_redirects=False)
         assert sent.status_code == 303 and sent.headers["location"].startswith("/items/"), query
+
+
+def test_a_rebinding_page_can_neither_read_nor_decide(
+    sqlite_settings: Settings, served: tuple[str, int], tmp_path: Path
+) -> None:
+    """A page at attacker.example whose name was rebound to 127.0.0.1 sends its own Host and Origin."""
+    base, job_id = served
+    item_id = queue_ids(raw_request(base, "GET", f"/jobs/{job_id}", {"Host": "127.0.0.1"})[2])[0]
+    evil = {"Host": "attacker.example:8800", "Origin": "http://attacker.example:8800"}
+    status, cookie, body = raw_request(base, "GET", f"/items/{item_id}", evil)
+    assert status == 421 and cookie == "" and "csrf" not in body and "DNS-rebinding" in body
+    status, cookie, page = raw_request(base, "GET", f"/items/{item_id}", {"Host": "attacker.example:8800"})
+    assert status == 421
+    # Even with a CSRF token taken from a page it could not read, its post is refused.
+    status, cookie, page = raw_request(base, "GET", f"/items/{item_id}", {"Host": "localhost"})
+    assert status == 200
+    csrf, seen = csrf_and_seen(page)
+    form = urlencode({"csrf": csrf, "seen": seen, "decision": "fake"})
+    posted = {**evil, "Cookie": cookie.split(";")[0], "Content-Type": "application/x-www-form-urlencoded"}
+    assert raw_request(base, "POST", f"/items/{item_id}/decision", posted, form)[0] == 421
+    assert decisions(sqlite_settings, item_id) == []
+    for host in ("127.0.0.1", f"localhost:{urlsplit(base).port}", "[::1]", "127.0.0.2:1"):
+        assert raw_request(base, "GET", "/", {"Host": host})[0] == 200, host
+    for host in ("", "attacker.example", "localhost.attacker.example", "127.0.0.1.nip.io", "[::1"):
+        assert raw_request(base, "GET", "/", {"Host": host})[0] in (400, 421), host
+
+
+def test_behind_a_tls_proxy_the_public_origin_is_accepted(sqlite_settings: Settings, tmp_path: Path) -> None:
+    """A proxy passing Host review.example.org without X-Forwarded-Proto: the browser's Origin is https."""
+    token = "p" * 24
+    proxied = {"Host": "review.example.org", "Origin": "https://review.example.org"}
+
+    def log_in(base: str) -> tuple[int, str]:
+        status, cookie, page = raw_request(base, "GET", "/login", {"Host": "review.example.org"})
+        if status != 200:
+            return status, ""
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+        headers = {**proxied, "Cookie": cookie.split(";")[0], "Content-Type": "application/x-www-form-urlencoded"}
+        form = urlencode({"csrf": csrf, "token": token, "reviewer": "erin"})
+        status, cookie, _ = raw_request(base, "POST", "/login", headers, form)
+        return status, cookie
+
+    env = {"SCANNER_SERVE_TOKEN": token}
+    with serving(sqlite_settings, tmp_path, "--reviewer", "x", **env) as base:
+        assert log_in(base)[0] == 421  # an unknown name: refused until the origin is configured
+    with serving(sqlite_settings, tmp_path, **env, SCANNER_SERVE_ORIGIN="https://review.example.org") as base:
+        status, cookie = log_in(base)
+        assert status == 303 and "secure" in cookie.lower(), cookie
+        assert raw_request(base, "GET", "/", {"Host": "evil.example"})[0] == 421
+    bad = CliRunner().invoke(cli_app, ["serve"], env={**settings_env(sqlite_settings),
+                                                      "SCANNER_SERVE_ORIGIN": "review.example.org/path"})  # fmt: skip
+    assert bad.exit_code == 1 and "SCANNER_SERVE_ORIGIN must be like" in bad.stderr
+
+
+def test_anonymous_requests_cannot_push_a_reviewer_out(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every GET /login used to store a session; past MAX_SESSIONS the oldest, a reviewer's, was dropped."""
+    monkeypatch.setattr("scanner.moderation.serve.MAX_SESSIONS", 3)  # the limit's size is not what is tested
+    job_id = review_job(settings, tmp_path / "in")
+    config = ServeConfig(tokens={"t" * 24: "carol"})
+    reviewer = client_for(settings, tmp_path, config)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', reviewer.get("/login").text).group(1)  # type: ignore[union-attr]
+    assert reviewer.post("/login", data={"csrf": csrf, "token": "t" * 24}, follow_redirects=False).status_code == 303
+    for _ in range(10):
+        TestClient(reviewer.app, base_url="http://127.0.0.1:8800").get("/login")
+    assert reviewer.get(f"/jobs/{job_id}", follow_redirects=False).status_code == 200

@@ -487,7 +487,7 @@ def serve(
     heatmaps: Annotated[bool, typer.Option(help="Grad-CAM heatmaps on item pages (loads the model once).")] = True,
 ) -> None:
     """Review queues in the browser: flagged first, one key per decision, over the same database."""
-    from scanner.moderation.serve import ServeConfig, check_binding, reviewer_tokens
+    from scanner.moderation.serve import ServeConfig, check_binding, check_origin, reviewer_tokens
     from scanner.moderation.serve import serve as run_serve
 
     if not 0 < port < 65536:
@@ -495,7 +495,8 @@ def serve(
     settings = load_settings()
     try:
         name = reviewer or os.environ.get("USER") or "reviewer"
-        config = ServeConfig(host, port, reviewer_tokens(settings), name, heatmaps)
+        origin = check_origin(settings.serve_origin) if settings.serve_origin else ""
+        config = ServeConfig(host, port, reviewer_tokens(settings), name, heatmaps, origin)
         check_binding(config)
     except SetupError as exc:
         fail(str(exc))

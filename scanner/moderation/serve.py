@@ -1,10 +1,11 @@
 """`scanner serve`: the review queue in a browser (Starlette + Jinja2, served by uvicorn) over the same SQL database.
 
 Security model: loopback by default; any other address needs reviewer tokens (SCANNER_SERVE_TOKEN or
-SCANNER_SERVE_REVIEWERS) and refuses to start without them. Every state-changing request needs the session
-cookie a token gave (HttpOnly, SameSite=Strict) and the session's CSRF token. Templates autoescape all
-text; images are served only for items in the database, through the scanner's size and pixel limits; a
-strict Content-Security-Policy allows nothing but this server's own files.
+SCANNER_SERVE_REVIEWERS) and refuses to start without them. Requests naming another host than this server's
+(a DNS-rebinding page's) are refused before anything else. Every state-changing request needs the session
+cookie (HttpOnly, SameSite=Strict) and its CSRF token; sessions are stored only once a token logs in.
+Templates autoescape all text; images are served only for items in the database, through the scanner's size
+and pixel limits; a strict Content-Security-Policy allows nothing but this server's own files.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 from sqlalchemy import func, select
@@ -60,6 +62,12 @@ class ServeConfig:
     tokens: dict[str, str | None] | None = None  # token -> reviewer (None: the reviewer types a name)
     reviewer: str = "reviewer"  # on loopback without tokens
     heatmaps: bool = True
+    origin: str = ""  # the public origin behind a proxy (SCANNER_SERVE_ORIGIN), e.g. https://review.example.org
+
+    @property
+    def public_host(self) -> str:
+        """The host name of the public origin ('' without one)."""
+        return (urlsplit(self.origin).hostname or "") if self.origin else ""
 
     @property
     def requires_login(self) -> bool:
@@ -107,6 +115,38 @@ def reviewer_tokens(settings: Settings) -> dict[str, str | None]:
     return tokens
 
 
+def check_origin(origin: str) -> str:
+    """SCANNER_SERVE_ORIGIN as scheme://host[:port], or a SetupError saying what is wrong with it."""
+    try:
+        parts = urlsplit(origin)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username:  # fmt: skip
+        raise SetupError(f"SCANNER_SERVE_ORIGIN must be like https://review.example.org[:port], not {origin!r}")
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def host_allowed(config: ServeConfig, host_header: str) -> bool:
+    """Whether a request's Host names this server: loopback names, an address, the bound or the public name.
+
+    A DNS-rebinding page reaches 127.0.0.1 under its own name, so any other name is refused; an address
+    cannot be rebound, so addresses are accepted when the server listens beyond loopback.
+    """
+    try:
+        name = (urlsplit(f"//{host_header}").hostname or "").lower()
+    except ValueError:
+        return False
+    if name in ("localhost", config.host.lower().strip("[]"), config.public_host.lower()) and name:
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return address.is_loopback or not is_loopback(config.host)
+
+
 def check_binding(config: ServeConfig) -> None:
     """Refuse to listen beyond this machine without reviewer tokens."""
     if not is_loopback(config.host) and not config.requires_login:
@@ -147,25 +187,40 @@ class OpenItems:
 
 
 class Visitors:
-    """Browser sessions in memory (a restart logs everyone out), at most MAX_SESSIONS, oldest dropped first."""
+    """Browser sessions: logged-in ones in memory (a restart logs everyone out), at most MAX_SESSIONS, oldest
+    dropped first; anonymous ones stored nowhere, their CSRF token derived from the cookie, so that requests
+    without a token cannot push a reviewer's session out."""
 
-    def __init__(self) -> None:
+    def __init__(self, anonymous_reviewer: str | None) -> None:
         self._sessions: OrderedDict[str, Visitor] = OrderedDict()
         self._lock = threading.Lock()
+        self._secret = secrets.token_bytes(32)
+        self.anonymous_reviewer = anonymous_reviewer
 
     def get(self, session_id: str | None) -> Visitor | None:
-        """The visitor for a cookie value, if any."""
+        """The visitor for a cookie value: a logged-in one, else an anonymous one; None without a cookie."""
+        if not session_id:
+            return None
         with self._lock:
-            return self._sessions.get(session_id or "")
+            stored = self._sessions.get(session_id)
+        return stored or Visitor(self.anonymous_reviewer, self._anonymous_csrf(session_id))
 
-    def new(self, reviewer: str | None) -> tuple[str, Visitor]:
-        """A fresh session id and visitor."""
+    def anonymous(self) -> tuple[str, Visitor]:
+        """A fresh cookie value and its anonymous visitor (nothing is stored)."""
+        session_id = secrets.token_urlsafe(32)
+        return session_id, Visitor(self.anonymous_reviewer, self._anonymous_csrf(session_id))
+
+    def new(self, reviewer: str) -> tuple[str, Visitor]:
+        """A fresh logged-in session id and visitor."""
         session_id, visitor = secrets.token_urlsafe(32), Visitor(reviewer, secrets.token_urlsafe(32))
         with self._lock:
             self._sessions[session_id] = visitor
             while len(self._sessions) > MAX_SESSIONS:
                 self._sessions.popitem(last=False)
         return session_id, visitor
+
+    def _anonymous_csrf(self, session_id: str) -> str:
+        return hmac.new(self._secret, session_id.encode(), "sha256").hexdigest()
 
     def drop(self, session_id: str | None) -> None:
         """Forget a session (logout)."""
@@ -191,7 +246,7 @@ class ReviewApp:
 
     def __init__(self, settings: Settings, sessions: Any, config: ServeConfig, images: ImageCache) -> None:
         self.settings, self.sessions, self.config, self.images = settings, sessions, config, images
-        self.visitors = Visitors()
+        self.visitors = Visitors(None if config.requires_login else config.reviewer)
         self.open_items = OpenItems()
         self.templates = _templates()
 
@@ -351,7 +406,7 @@ class ReviewApp:
         self.visitors.drop(request.cookies.get(COOKIE))
         session_id, _ = self.visitors.new(reviewer)
         response = RedirectResponse("/", status_code=303)
-        _set_cookie(response, session_id)
+        self._set_cookie(response, session_id)
         return response
 
     async def logout(self, request: Request) -> Response:
@@ -378,7 +433,7 @@ class ReviewApp:
         if int(length) > MAX_FORM_BYTES:
             return PlainTextResponse("request too large", status_code=413)
         origin = request.headers.get("origin")
-        if origin and origin != f"{request.url.scheme}://{request.url.netloc}":
+        if origin and origin not in (f"{request.url.scheme}://{request.url.netloc}", self.config.origin):
             return PlainTextResponse("cross-site request refused", status_code=403)
         form = await request.form(max_files=0, max_fields=20)
         visitor: Visitor | None = getattr(request.state, "visitor", None)
@@ -398,18 +453,26 @@ class ReviewApp:
         context = {**context, "visitor": visitor, "login": self.config.requires_login}
         return self.templates.TemplateResponse(request, name, context, status_code=status_code)
 
+    def _set_cookie(self, response: Response, session_id: str) -> None:
+        secure = self.config.origin.startswith("https://")  # behind a TLS proxy: never sent over plain HTTP
+        response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", path="/", secure=secure)
+
     def _error(self, request: Request, status_code: int, message: str) -> Response:
         return self._page(request, "error.html", {"message": message}, status_code=status_code)
 
     async def guard(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        """Attach the visitor (creating one on loopback), send strangers to the login page, add security headers."""
-        session_id = request.cookies.get(COOKIE)
-        visitor = self.visitors.get(session_id)
+        """Refuse other hosts' names, attach the visitor, send strangers to the login page, add security headers."""
+        if not host_allowed(self.config, request.headers.get("host", "")):
+            return PlainTextResponse(
+                "this server is not reached under that name (a DNS-rebinding page?); set SCANNER_SERVE_ORIGIN "
+                "to the public origin if a proxy serves it under another name",
+                status_code=421,
+            )
+        visitor = self.visitors.get(request.cookies.get(COOKIE))
         new_cookie = None
         open_paths = request.url.path in ("/login",) or request.url.path.startswith("/static/")
-        if visitor is None and (not self.config.requires_login or request.url.path == "/login"):
-            reviewer = None if self.config.requires_login else self.config.reviewer
-            new_cookie, visitor = self.visitors.new(reviewer)
+        if visitor is None:
+            new_cookie, visitor = self.visitors.anonymous()
         request.state.visitor = visitor
         if self.config.requires_login and (visitor is None or visitor.reviewer is None) and not open_paths:
             if request.method == "GET" and not request.url.path.startswith("/api/"):
@@ -419,7 +482,7 @@ class ReviewApp:
         else:
             response = await call_next(request)
         if new_cookie:
-            _set_cookie(response, new_cookie)
+            self._set_cookie(response, new_cookie)
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "same-origin"  # "no-referrer" would send Origin: null
@@ -434,10 +497,6 @@ def _reviewer(request: Request) -> str:
     if visitor is None:
         return ""
     return f"{visitor.reviewer}/{visitor.csrf[:8]}"
-
-
-def _set_cookie(response: Response, session_id: str) -> None:
-    response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", path="/")
 
 
 def _aware(moment: datetime) -> datetime:

@@ -6,6 +6,10 @@ const LINK_KEYS = { j: "next", k: "prev", s: "skip" };
 
 function onKey(event) {
   if (event.ctrlKey || event.metaKey || event.altKey) return;
+  if (event.key === "Enter" && event.target.closest("#decide input")) {
+    event.preventDefault(); // a decision is only ever a chosen button or key, never Enter in the note
+    return;
+  }
   if (event.target.closest("input, textarea, select")) return;
   const decision = DECISION_KEYS[event.key];
   if (decision) {
