@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from scanner.detector.checkpoint import CheckpointError, read_checkpoint
+from scanner.detector.preprocess import FORMAT8_TURNS
 from scanner.registry import RegisteredModel, registered_models
-from training.checkpoint import CheckpointError, read_checkpoint
-from training.preprocess import FORMAT8_TURNS
 
 
 def _input_policy(preprocess: dict[str, Any]) -> str:

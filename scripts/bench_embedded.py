@@ -16,11 +16,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from scanner.detector.checkpoint import load_model
+from scanner.detector.faces import FaceFinder
 from scanner.pipeline.loader import decode_item, read_item
 from scanner.pipeline.submit import submit
 from scanner.settings import Settings
-from training.checkpoint import load_model
-from training.faces import FaceFinder
 
 FACE_SETS = ("ciplab_real_and_fake_face", "hardfakevsrealfaces", "lfw_faceswap", "ffhq_stylegan_256",
              "sdfd_sd21_ffhq", "diffusion_people_multi")  # fmt: skip

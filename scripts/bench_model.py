@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import torch
 
+from scanner.detector.checkpoint import load_model, resolve_device
+from scanner.detector.networks import DEFAULT_ARGS, build_model, inference_forward
 from scanner.registry import default_model_path
-from training.checkpoint import load_model, resolve_device
-from training.models import DEFAULT_ARGS, build_model, inference_forward
 
 
 def images_per_second(

@@ -24,9 +24,9 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detector_report import RUNS, SETS, goals  # noqa: E402
 
+from scanner.detector.checkpoint import load_model  # noqa: E402
 from scanner.registry import resolve_model  # noqa: E402
 from training.augment import add_noise, downscale, reencode  # noqa: E402
-from training.checkpoint import load_model  # noqa: E402
 from training.evaluate import score_samples, select_samples  # noqa: E402
 
 

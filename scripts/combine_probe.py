@@ -28,16 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detector_report import GAN_FAKES, HQ_REALS, SETS, auc_of, pick  # noqa: E402
 from view_rules import Halves, fitted_halves  # noqa: E402
 
+from scanner.detector.checkpoint import LoadedModel, load_model  # noqa: E402
+from scanner.detector.faces import FaceFinder  # noqa: E402
+from scanner.detector.networks import inference_forward  # noqa: E402
+from scanner.detector.preprocess import decode_image, resize_center_crop, to_tensor  # noqa: E402
+from scanner.detector.views import logit, scored_part, view_kinds  # noqa: E402
 from scanner.registry import resolve_model  # noqa: E402
-from training.checkpoint import LoadedModel, load_model  # noqa: E402
 from training.data import Sample  # noqa: E402
 from training.evaluate import make_eval_loader, select_samples  # noqa: E402
-from training.faces import FaceFinder  # noqa: E402
 from training.metrics import choose_threshold  # noqa: E402
-from training.models import inference_forward  # noqa: E402
-from training.preprocess import decode_image, resize_center_crop, to_tensor  # noqa: E402
 from training.train import score_views  # noqa: E402
-from training.views import logit, scored_part, view_kinds  # noqa: E402
 
 Rule = Callable[[list[float]], float]
 

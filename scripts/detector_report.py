@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from scanner.detector.checkpoint import load_model
 from scanner.registry import resolve_model
-from training.checkpoint import load_model
 from training.data import Sample
 from training.evaluate import degrader, score_samples, select_samples
 from training.metrics import roc_auc

@@ -12,10 +12,10 @@ import argparse
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+from scanner.detector.faces import Box, FaceFinder, save_boxes
+from scanner.detector.preprocess import Preprocess, decode_image
+from scanner.detector.views import find_faces
 from training.data import Sample, find_samples, limit_per_dataset
-from training.faces import Box, FaceFinder, save_boxes
-from training.preprocess import Preprocess, decode_image
-from training.views import find_faces
 
 
 def boxes_of(samples: list[Sample], preprocess: Preprocess) -> list[tuple[str, list[Box]]]:

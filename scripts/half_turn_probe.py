@@ -23,10 +23,10 @@ from PIL import Image, ImageOps
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detector_report import SETS  # noqa: E402
 
+from scanner.detector.checkpoint import load_model  # noqa: E402
+from scanner.detector.faces import FaceFinder  # noqa: E402
 from scanner.registry import resolve_model  # noqa: E402
-from training.checkpoint import load_model  # noqa: E402
 from training.evaluate import select_samples  # noqa: E402
-from training.faces import FaceFinder  # noqa: E402
 
 
 def confidences(finder: FaceFinder, image: Image.Image) -> tuple[bool, float, float]:

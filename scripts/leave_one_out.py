@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from training.checkpoint import load_model, read_checkpoint
+from scanner.detector.checkpoint import load_model, read_checkpoint
 from training.data import find_samples
 from training.evaluate import score_samples, select_samples
 from training.metrics import roc_auc

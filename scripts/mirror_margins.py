@@ -19,13 +19,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detector_report import SETS, goals  # noqa: E402
 
+from scanner.detector.checkpoint import load_model  # noqa: E402
+from scanner.detector.preprocess import VIEW_KINDS, Preprocess  # noqa: E402
+from scanner.detector.views import band_around, chunk_views, in_mirror_band, mirror_mask, view_kinds  # noqa: E402
 from scanner.registry import resolve_model  # noqa: E402
-from training.checkpoint import load_model  # noqa: E402
 from training.evaluate import select_samples  # noqa: E402
 from training.metrics import roc_auc  # noqa: E402
-from training.preprocess import VIEW_KINDS, Preprocess  # noqa: E402
 from training.train import image_scores, make_eval_loader, score_views  # noqa: E402
-from training.views import band_around, chunk_views, in_mirror_band, mirror_mask, view_kinds  # noqa: E402
 
 
 def banded(

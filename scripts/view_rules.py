@@ -22,12 +22,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from detector_report import GAN_FAKES, HQ_REALS, SETS, auc_of, pick  # noqa: E402
 
-from training.checkpoint import LoadedModel, load_model  # noqa: E402
+from scanner.detector.checkpoint import LoadedModel, load_model  # noqa: E402
+from scanner.detector.views import combine_views  # noqa: E402
 from training.data import Sample  # noqa: E402
 from training.evaluate import make_eval_loader, select_samples  # noqa: E402
-from training.metrics import choose_threshold, roc_auc  # noqa: E402
+from training.metrics import (  # noqa: E402
+    choose_threshold,
+    fit_view_offsets,  # noqa: E402
+    roc_auc,
+)
 from training.train import score_views  # noqa: E402
-from training.views import combine_views, fit_view_offsets  # noqa: E402
 
 Rule = Callable[[list[float]], float]
 RULES: dict[str, Rule] = {

@@ -7,8 +7,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("scanner", "worker", "training", "migrations")
-# The only arrows allowed between top-level packages (migrations read the scanner's settings and schema).
-ALLOWED = {("scanner", "training"), ("worker", "scanner"), ("migrations", "scanner")}
+# The only arrows allowed between top-level packages (migrations read the scanner's settings and schema; training
+# trains the scanner's detector; the scanner's train/evaluate/model commands call training).
+ALLOWED = {("scanner", "training"), ("training", "scanner"), ("worker", "scanner"), ("migrations", "scanner")}
+# The only modules of the scanner that may import training: the commands that train, evaluate and calibrate.
+TRAINING_CALLERS = {"scanner/cli/__init__.py", "scanner/cli/model.py"}
 
 
 def imported_packages(path: Path) -> set[str]:
@@ -40,6 +43,21 @@ def test_imports_between_top_level_packages_follow_the_allowed_arrows() -> None:
     }
     assert arrows <= ALLOWED, arrows - ALLOWED
     assert ("worker", "scanner") in arrows  # the walk sees imports at all
+
+
+def test_the_detector_stands_alone_and_only_model_commands_call_training() -> None:
+    """The product's detector never needs the training code; training reaches the scanner only through it."""
+    callers = {
+        p.relative_to(ROOT).as_posix() for p in (ROOT / "scanner").rglob("*.py") if "training" in imported_packages(p)
+    }
+    assert callers <= TRAINING_CALLERS, callers - TRAINING_CALLERS
+    assert callers, "the walk sees the model commands' imports"
+    detector = [p for p in (ROOT / "scanner" / "detector").rglob("*.py")]
+    assert detector and all(imported_packages(p) <= {"scanner"} for p in detector)
+    for path in (ROOT / "training").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "scanner":
+                assert node.module.startswith("scanner.detector"), (path.name, node.module)
 
 
 def test_architecture_table_names_every_scanner_module() -> None:

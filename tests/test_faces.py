@@ -23,6 +23,11 @@ from typer.testing import CliRunner
 
 from scanner.cli import app
 from scanner.db import Face, Verdict
+from scanner.detector.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from scanner.detector.faces import Box, FaceFinder, FaceSettings, face_region
+from scanner.detector.networks import precision_runs_natively, predict_scores
+from scanner.detector.preprocess import Preprocess, to_tensor
+from scanner.detector.views import calibrated, combine_views, make_views
 from scanner.model_catalog import _input_policy
 from scanner.moderation.html_report import attach_visuals
 from scanner.moderation.reports import report_rows
@@ -31,14 +36,9 @@ from scanner.registry import registered_models, resolve_model
 from scanner.settings import Settings
 from tests.conftest import make_settings, settings_env
 from tests.imaging import drawn_face, noisy_image, smooth_image
-from training.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from training.data import find_samples
 from training.evaluate import score_samples
-from training.faces import Box, FaceFinder, FaceSettings, face_region
-from training.metrics import choose_threshold
-from training.models import precision_runs_natively, predict_scores
-from training.preprocess import Preprocess, to_tensor
-from training.views import calibrated, combine_views, fit_view_offsets, make_views
+from training.metrics import choose_threshold, fit_view_offsets
 
 
 def test_face_finder_finds_drawn_faces_and_nothing_in_a_gradient() -> None:
@@ -245,7 +245,7 @@ def test_a_mirror_band_mirrors_only_views_near_the_threshold_on_every_path(
     view is scored plain; a view of a mirrored kind whose calibrated plain logit lies in the band is averaged with
     its mirror image (a second call holding only those), the others keep their plain score, the same in evaluation
     and in the scanner; margin 0 mirrors every view again."""
-    from training.views import score_flat_views
+    from scanner.detector.views import score_flat_views
 
     out = tmp_path / "band.pt"
     args = ["model", "calibrate", str(mirror_model), str(out), str(face_data), "--workers", "0"]
@@ -337,7 +337,9 @@ def test_bfloat16_model_scores_in_bfloat16_on_every_path(
     with open_database(settings)() as session:
         scanned = {row["uri"]: row["score"] for row in report_rows(session, summary["job_id"])}
     assert [scanned[str(s.path)] for s in samples] == pytest.approx(evaluated, abs=1e-4)
-    monkeypatch.setattr("training.models.precision_runs_natively", lambda precision, device: precision == "float32")
+    monkeypatch.setattr(
+        "scanner.detector.networks.precision_runs_natively", lambda precision, device: precision == "float32"
+    )
     with pytest.warns(RuntimeWarning, match="no bfloat16 kernels"):
         fallback = score_samples(half, samples, batch_size=4, workers=0)
     assert fallback == pytest.approx(in_float32, abs=1e-6)
@@ -497,7 +499,7 @@ def test_face_finding_is_safe_from_the_first_call_in_many_threads() -> None:
     probe = (
         "import threading\n"
         "from tests.imaging import drawn_face\n"
-        "from training.faces import FaceFinder, FaceSettings\n"
+        "from scanner.detector.faces import FaceFinder, FaceSettings\n"
         "finder, image, barrier, errors = FaceFinder(FaceSettings()), drawn_face(1), threading.Barrier(8), []\n"
         "def work():\n"
         "    barrier.wait()\n"
@@ -565,8 +567,9 @@ def test_small_images_are_scored_without_the_native_patch_on_every_path(
     side is 100 px or less keeps the layout whole, patch, faces, but its patch row is a placeholder that never
     reaches the network; its score is the highest of its other views, the same in evaluation and in the scanner,
     and training never draws its patch. Larger images are scored as before."""
-    from training.models import predict_in_chunks
-    from training.views import has_patch, patch_view, training_view
+    from scanner.detector.networks import predict_in_chunks
+    from scanner.detector.views import has_patch, patch_view
+    from training.draws import training_view
 
     out = tmp_path / "limited.pt"
     args = ["model", "calibrate", str(patch_model), str(out), str(face_data), "--patch-min-side", "100"]
@@ -653,8 +656,8 @@ def test_training_with_a_patch_limit_writes_it_into_the_checkpoint(patch_model: 
 def test_face_box_file_gives_the_views_that_finding_faces_gives(
     face_model: Path, face_data: Path, tmp_path: Path
 ) -> None:
+    from scanner.detector.faces import load_boxes
     from training.data import ImageFolderDataset, ViewsDataset
-    from training.faces import load_boxes
 
     preprocess = load_model(face_model, "cpu").preprocess
     out = tmp_path / "boxes.json"

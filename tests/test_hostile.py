@@ -156,7 +156,7 @@ def test_size_and_pixel_limits(settings: Settings, tmp_path: Path) -> None:
 
 
 def test_the_pixel_limit_is_the_scanners_not_pillows() -> None:
-    from training.preprocess import ImageRejected, decode_image
+    from scanner.detector.preprocess import ImageRejected, decode_image
 
     claims_95_mpx = png_bomb(10_000, 9_500)  # over Pillow's own 89 Mpx warning, under its 179 Mpx refusal
     with pytest.raises(ImageRejected) as refused:
@@ -175,7 +175,7 @@ def test_thin_strips_are_scanned_without_enlarging_the_whole_strip(
     """A 1x60000 PNG is a few hundred bytes; enlarging all of it to the 112 px input side would take gigabytes."""
     import numpy as np
 
-    from training.preprocess import RESAMPLE, resize_center_crop
+    from scanner.detector.preprocess import RESAMPLE, resize_center_crop
 
     sizes: list[tuple[int, int]] = []
     resize = Image.Image.resize
@@ -229,7 +229,7 @@ def test_a_large_jpeg2000_is_decoded_at_a_reduced_resolution(settings: Settings,
     only what the views need, never more levels than the file has, and the image is still scanned."""
     import io
 
-    from training.preprocess import decode_image
+    from scanner.detector.preprocess import decode_image
 
     picture = noisy_image(3, 256).resize((4096, 2048))
     for levels, expected in ((5, (512, 256)), (1, (2048, 1024))):  # the file's levels cap what can be skipped

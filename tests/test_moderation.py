@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 
 from scanner.cli import app
 from scanner.db import make_engine
+from scanner.detector.checkpoint import load_model
+from scanner.detector.preprocess import preprocess_bytes
 from scanner.moderation.explain import gradcam
 from scanner.moderation.html_report import render_html
 from scanner.moderation.queue import item_detail
@@ -25,9 +27,7 @@ from scanner.settings import Settings
 from tests.conftest import settings_env
 from tests.imaging import encode, noisy_image, smooth_image
 from tests.support import browser, scanned_job
-from training.checkpoint import load_model
 from training.data import find_samples
-from training.preprocess import preprocess_bytes
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -16,19 +16,19 @@ from typer.testing import CliRunner
 
 from scanner.cli import app
 from scanner.db import Face
+from scanner.detector.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
+from scanner.detector.faces import Box, FaceFinder
+from scanner.detector.networks import predict_scores
+from scanner.detector.pages import FORMAT8_PAGE, PageSettings, page_region
+from scanner.detector.views import Placement, combine_views, make_views
 from scanner.model_catalog import _input_policy
 from scanner.moderation.explain import explainer
 from scanner.moderation.reports import report_rows
 from scanner.pipeline.submit import open_database, submit
 from tests.conftest import make_settings
 from tests.imaging import drawn_face, noisy_image, on_page, smooth_image
-from training.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from training.data import ImageFolderDataset, Sample
 from training.evaluate import score_samples
-from training.faces import Box, FaceFinder
-from training.models import predict_scores
-from training.pages import FORMAT8_PAGE, PageSettings, page_region
-from training.views import Placement, combine_views, make_views
 
 PAGE = PageSettings()
 

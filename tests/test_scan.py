@@ -189,10 +189,10 @@ def test_dead_database_is_a_clear_setup_error(tiny_model: Path) -> None:
 
 
 def test_frozen_cpu_model_scores_like_the_eager_one(tiny_model: Path, tmp_path: Path) -> None:
+    from scanner.detector.preprocess import preprocess_bytes
+    from scanner.detector.views import ImageViews
     from scanner.pipeline.model import ModelRunner
     from tests.conftest import make_settings
-    from training.preprocess import preprocess_bytes
-    from training.views import ImageViews
 
     settings = make_settings(f"sqlite:///{tmp_path / 'x.db'}", tiny_model)
     frozen, eager = ModelRunner(settings), ModelRunner(settings.with_overrides(jit=False))

@@ -66,7 +66,7 @@ def test_network_calls_take_model_batch_inputs_apart_from_the_images_per_batch()
     """SCANNER_MODEL_BATCH sets the network inputs per call; 0 (the default) picks the device's size."""
     import torch
 
-    from training.models import model_batch_size
+    from scanner.detector.networks import model_batch_size
 
     settings = Settings.from_env({"SCANNER_BATCH_SIZE": "64", "SCANNER_MODEL_BATCH": "7"})
     assert (settings.batch_size, settings.model_batch) == (64, 7)
@@ -82,7 +82,7 @@ def test_network_calls_count_mirror_images_as_inputs_and_score_every_view_once()
     image, and a view needing more than `step` still gets a call of its own."""
     import torch
 
-    from training.models import chunk_bounds, predict_in_chunks
+    from scanner.detector.networks import chunk_bounds, predict_in_chunks
 
     mirror = torch.tensor([True, False, True, True, False, False, True])
     assert chunk_bounds(7, mirror, 4) == [(0, 2), (2, 4), (4, 7)]

@@ -48,7 +48,7 @@ def submitted_scores(model: str, images: dict[str, Path], database: Path) -> dic
 
 def training_scores(model: str, images: dict[str, Path]) -> dict[str, float]:
     """Each image's score through training's scoring (what `scanner evaluate` runs); all must decode."""
-    from training.checkpoint import load_model
+    from scanner.detector.checkpoint import load_model
     from training.data import Sample
     from training.evaluate import score_samples
 

@@ -16,15 +16,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from scanner.cli import app
+from scanner.detector.checkpoint import CheckpointError, load_model, read_checkpoint
+from scanner.detector.networks import build_model
+from scanner.detector.preprocess import Preprocess, preprocess_bytes
 from scanner.pipeline.loader import decode_item, read_item
 from scanner.settings import Settings
 from tests.conftest import tiny_config
 from tests.imaging import encode, noisy_image
-from training.checkpoint import CheckpointError, load_model, read_checkpoint
 from training.data import ImageFolderDataset, Sample, find_samples, split_samples
 from training.metrics import choose_threshold, roc_auc
-from training.models import build_model
-from training.preprocess import Preprocess, preprocess_bytes
 from training.train import TrainConfig, evaluate, make_eval_loader, make_loader, make_optimizer, train_one_epoch
 
 
@@ -72,7 +72,7 @@ def test_transparency_is_flattened_onto_white_by_coverage(mode: str) -> None:
     import numpy as np
     from PIL import Image
 
-    from training.preprocess import decode_image
+    from scanner.detector.preprocess import decode_image
 
     rng = np.random.default_rng(3)
     colour = rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)
@@ -335,8 +335,8 @@ def test_init_refuses_weights_trained_on_another_split_of_the_same_sets(
 def test_noise_stream_model_starts_as_the_plain_one_and_learns_from_residuals(toy_data: Path, tmp_path: Path) -> None:
     from dataclasses import replace
 
+    from scanner.detector.networks import predict_scores
     from training.evaluate import score_samples
-    from training.models import predict_scores
     from training.train import init_weights
     from training.train import main as train_main
 

@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from training.faces import Box, FaceFinder
-from training.preprocess import IMAGE_SUFFIXES, Augment, Preprocess, decode_image
+from scanner.detector.faces import Box, FaceFinder
+from scanner.detector.preprocess import IMAGE_SUFFIXES, Augment, Preprocess, decode_image
+from scanner.detector.views import Placement, make_views, scored_part
+from training.draws import blended_training_view, training_view
 from training.selfblend import self_blend
-from training.views import Placement, blended_training_view, make_views, scored_part, training_view
 
 KnownBoxes = Mapping[str, list[Box]]
 

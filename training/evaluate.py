@@ -7,8 +7,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from training.augment import downscale, reencode
-from training.checkpoint import (
+from scanner.detector.checkpoint import (
     LoadedModel,
     check_mirror,
     check_precision,
@@ -18,11 +17,13 @@ from training.checkpoint import (
     renew_version,
     save_checkpoint,
 )
+from scanner.detector.faces import HalfTurnCheck
+from scanner.detector.pages import PageSettings
+from scanner.detector.preprocess import FORMAT8_TURNS, Augment, Preprocess, check_half_turn, check_turns
+from scanner.detector.views import band_around
+from training.augment import downscale, reencode
 from training.data import Sample, find_samples
-from training.faces import HalfTurnCheck
 from training.metrics import choose_threshold, summarize
-from training.pages import PageSettings
-from training.preprocess import FORMAT8_TURNS, Augment, Preprocess, check_half_turn, check_turns
 from training.train import (
     TrainConfig,
     evaluate,
@@ -34,7 +35,6 @@ from training.train import (
     score_views,
     validation_metrics,
 )
-from training.views import band_around
 
 
 def select_samples(data_dirs: list[str], model_path: Path, split: str) -> list[Sample]:

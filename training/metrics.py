@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from scanner.detector.preprocess import VIEW_KINDS
+from scanner.detector.views import logit, view_kinds
 
 
 def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
@@ -128,3 +132,24 @@ def per_stratum_accuracy(
     for label, score, stratum in zip(labels, scores, strata):
         hits[stratum].append((score >= threshold) == (label == 1))
     return {k: {"n": len(v), "accuracy": sum(v) / len(v)} for k, v in sorted(hits.items())}
+
+
+def fit_view_offsets(
+    per_image: Sequence[Sequence[float]], labels: Sequence[int], sources: Sequence[str], image_views: int, rule: str
+) -> tuple[float, ...]:
+    """Per view kind, the logit of the threshold that `rule` would choose for that kind alone (its most
+    suspicious view of each image), so a view at its own operating point scores 0.5 after `calibrated`."""
+    offsets = []
+    for kind in range(len(VIEW_KINDS)):
+        kept: list[tuple[float, int, str]] = []
+        for views, label, source in zip(per_image, labels, sources):
+            kinds = view_kinds(len(views), image_views)
+            scores = [s for s, k in zip(views, kinds) if k == kind and not math.isnan(s)]
+            if scores:
+                kept.append((max(scores), label, source))
+        if not any(label == 0 for _, label, _ in kept):
+            offsets.append(0.0)
+            continue
+        threshold = choose_threshold([k[1] for k in kept], [k[0] for k in kept], rule, [k[2] for k in kept])
+        offsets.append(logit(threshold))
+    return tuple(offsets)

@@ -13,8 +13,8 @@ import random
 
 from PIL import Image, ImageDraw, ImageFilter
 
+from scanner.detector.faces import Box
 from training.augment import colour_jitter, downscale
-from training.faces import Box
 
 # Where a part sits in a frontal face box (Haar's: brows to chin): centre x, centre y, half-width, half-height.
 FACE_PARTS: dict[str, tuple[float, float, float, float]] = {

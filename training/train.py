@@ -16,8 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
-from training.augment import PRESETS, Augmenter
-from training.checkpoint import (
+from scanner.detector.checkpoint import (
     build_checkpoint,
     check_mirror,
     check_precision,
@@ -25,6 +24,17 @@ from training.checkpoint import (
     resolve_device,
     save_checkpoint,
 )
+from scanner.detector.faces import load_boxes
+from scanner.detector.networks import (
+    DEFAULT_ARGS,
+    EXTENDS,
+    build_model,
+    inference_forward,
+    model_batch_size,
+)
+from scanner.detector.preprocess import Augment, Preprocess
+from scanner.detector.views import chunk_views, combine_views, score_flat_views
+from training.augment import PRESETS, Augmenter
 from training.data import (
     ImageFolderDataset,
     KnownBoxes,
@@ -37,18 +47,8 @@ from training.data import (
     reseed_worker,
     split_samples,
 )
-from training.faces import load_boxes
-from training.metrics import choose_threshold, summarize
-from training.models import (
-    DEFAULT_ARGS,
-    EXTENDS,
-    build_model,
-    inference_forward,
-    model_batch_size,
-)
+from training.metrics import choose_threshold, fit_view_offsets, summarize
 from training.plots import plot_confusion, plot_curves, plot_roc
-from training.preprocess import Augment, Preprocess
-from training.views import chunk_views, combine_views, fit_view_offsets, score_flat_views
 
 Progress = Callable[[int], None]
 

@@ -235,8 +235,8 @@ def _html_report(settings: Settings, status: dict, rows: list, explain: bool, ma
 
     explain_fn = None
     if explain:
+        from scanner.detector.checkpoint import CheckpointError, load_model
         from scanner.moderation.explain import explainer
-        from training.checkpoint import CheckpointError, load_model
 
         try:
             explain_fn = explainer(load_model(settings.model_path, settings.device))
@@ -327,8 +327,8 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 @app.command()
 def info() -> None:
     """Show the settings in effect: database, broker, model, device."""
+    from scanner.detector.checkpoint import CheckpointError
     from scanner.pipeline.model import model_identity
-    from training.checkpoint import CheckpointError
 
     settings = load_settings()
     echo(f"database: {safe_url(settings.database_url)}")
@@ -353,7 +353,7 @@ def model_export(
     ] = None,
 ) -> None:
     """Write a release copy of a checkpoint: the same model, without the optimizer state."""
-    from training.checkpoint import CheckpointError, strip_for_release
+    from scanner.detector.checkpoint import CheckpointError, strip_for_release
 
     try:
         version = strip_for_release(source, target, face_detect_side)
@@ -442,7 +442,7 @@ def model_calibrate(
     ] = False,
 ) -> None:
     """Fit per-view offsets and the threshold on the checkpoint's own validation split."""
-    from training.checkpoint import CheckpointError
+    from scanner.detector.checkpoint import CheckpointError
     from training.evaluate import calibrate_checkpoint
 
     try:

@@ -98,9 +98,9 @@ def train(
     ] = None,
 ) -> None:
     """Train a detector on labelled image folders."""
+    from scanner.detector.checkpoint import CheckpointError
+    from scanner.detector.preprocess import VIEW_POLICIES
     from training.augment import PRESETS
-    from training.checkpoint import CheckpointError
-    from training.preprocess import VIEW_POLICIES
     from training.train import main as train_main
 
     config = _train_config(data_dirs, out, arch, resume)
@@ -149,8 +149,8 @@ def _set_weights(pairs: list[str]) -> dict[str, float]:
 
 
 def _train_config(data_dirs: list[Path], out: Path, arch: str, resume: Path | None) -> TrainConfig:
-    from training.checkpoint import CheckpointError, read_checkpoint
-    from training.models import ARCHITECTURES
+    from scanner.detector.checkpoint import CheckpointError, read_checkpoint
+    from scanner.detector.networks import ARCHITECTURES
     from training.train import TrainConfig, paper_config
 
     dirs = [str(d) for d in data_dirs]
@@ -180,7 +180,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Evaluate a checkpoint on labelled image folders."""
-    from training.checkpoint import CheckpointError
+    from scanner.detector.checkpoint import CheckpointError
     from training.evaluate import run_evaluation
 
     settings = Settings.from_env()

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from training.faces import Box, FaceFinder
-from training.preprocess import Preprocess, to_tensor
-from training.views import scored_part, view_images
+from scanner.detector.faces import Box, FaceFinder
+from scanner.detector.preprocess import Preprocess, to_tensor
+from scanner.detector.views import scored_part, view_images
 
 
 def gradcam(model: nn.Module, tensor: torch.Tensor) -> np.ndarray:

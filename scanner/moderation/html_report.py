@@ -13,10 +13,10 @@ from typing import Any
 
 from PIL import Image
 
+from scanner.detector.faces import Box
 from scanner.moderation.images import ImageUnavailable, boxes_on, draw_boxes, scanned_image
 from scanner.moderation.reports import redact_row
 from scanner.settings import Settings
-from training.faces import Box
 
 THUMB_SIDE = 112
 PAGE_SIZE = 100

@@ -14,10 +14,10 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from scanner.db import Face, Item, Verdict
+from scanner.detector.faces import Box, scale_box, upright_size
+from scanner.detector.preprocess import ImageRejected, decode_image
 from scanner.pipeline.loader import read_item
 from scanner.settings import Settings
-from training.faces import Box, scale_box, upright_size
-from training.preprocess import ImageRejected, decode_image
 
 SIDES = {"thumb": 160, "large": 1024}  # the only sizes served: one cache file per image and size
 HEATMAP = "heatmap"

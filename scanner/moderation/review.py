@@ -13,10 +13,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from scanner.db import Decision, Item, row_by_id
+from scanner.detector.preprocess import FORMAT_SUFFIX, IMAGE_SUFFIXES
 from scanner.moderation.reports import get_job, latest_decision_subquery
 from scanner.pipeline.loader import read_item
 from scanner.settings import Settings
-from training.preprocess import FORMAT_SUFFIX, IMAGE_SUFFIXES
 
 DECISIONS = ("fake", "real", "unsure")
 MAX_REVIEWER = 128  # the column's length

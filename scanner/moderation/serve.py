@@ -536,9 +536,9 @@ def create_app(settings: Settings, sessions: Any, config: ServeConfig, cache_dir
 
 def _explain_loader(settings: Settings) -> Any:
     def load() -> tuple[str, Any]:
+        from scanner.detector.checkpoint import load_model
         from scanner.moderation.explain import explainer
         from scanner.pipeline.model import model_identity
-        from training.checkpoint import load_model
 
         version, _ = model_identity(settings)
         return version, explainer(load_model(settings.model_path, settings.device))

@@ -10,14 +10,14 @@ from pathlib import Path
 
 from PIL import Image
 
+from scanner.detector.faces import FaceFinder, scale_box, upright_size
+from scanner.detector.preprocess import ImageRejected, Preprocess, decode_image
+from scanner.detector.views import ImageViews, make_views
 from scanner.pipeline.errors import ItemError
 from scanner.pipeline.fetch import FetchPolicy, fetch_url
 from scanner.pipeline.sources import local_path
 from scanner.safe_text import decodable, mask_passwords
 from scanner.settings import Settings
-from training.faces import FaceFinder, scale_box, upright_size
-from training.preprocess import ImageRejected, Preprocess, decode_image
-from training.views import ImageViews, make_views
 
 
 @dataclass

@@ -7,11 +7,11 @@ from collections.abc import Callable
 import torch
 
 from scanner.connect import SetupError
+from scanner.detector.checkpoint import LoadedModel, load_model, read_checkpoint
+from scanner.detector.faces import FaceFinder
+from scanner.detector.networks import inference_forward, model_batch_size
+from scanner.detector.views import ImageViews, ViewScores, score_flat_views, split_scores
 from scanner.settings import Settings
-from training.checkpoint import LoadedModel, load_model, read_checkpoint
-from training.faces import FaceFinder
-from training.models import inference_forward, model_batch_size
-from training.views import ImageViews, ViewScores, score_flat_views, split_scores
 
 
 def model_identity(settings: Settings) -> tuple[str, float]:

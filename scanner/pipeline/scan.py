@@ -19,12 +19,12 @@ import torch
 from sqlalchemy import select
 
 from scanner.db import Batch, Item, Job, make_engine, session_factory
+from scanner.detector.views import ImageViews
 from scanner.pipeline.leases import Claim, Send, claim_batch, finish_batch, lease_kept, split_batch
 from scanner.pipeline.loader import LoadedItem, decode_item, probe_header, read_item
 from scanner.pipeline.model import ModelRunner
 from scanner.pipeline.sink import existing_verdicts, fail_queued_items, finish_job_if_complete, record_batch
 from scanner.settings import Settings
-from training.views import ImageViews
 
 LOG = logging.getLogger(__name__)
 # Reads wait on disks and servers, not the CPU: 16 at once keep a batch of 64 slow URLs (each bounded by its

@@ -14,8 +14,8 @@ from scanner.moderation.reports import job_counts
 from scanner.safe_text import mask_passwords
 
 if TYPE_CHECKING:
+    from scanner.detector.views import ViewScores
     from scanner.pipeline.loader import LoadedItem
-    from training.views import ViewScores
 
 
 def insert_ignoring_conflicts(session: Session, model: Any, rows: list[dict[str, Any]], keys: list[str]) -> None:

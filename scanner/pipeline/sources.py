@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import quote_from_bytes, unquote_to_bytes, urlsplit
 
+from scanner.detector.preprocess import IMAGE_SUFFIXES, has_image_magic
 from scanner.safe_text import decodable
-from training.preprocess import IMAGE_SUFFIXES, has_image_magic
 
 
 @dataclass(frozen=True)

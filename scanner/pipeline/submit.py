@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from scanner.connect import SetupError, describe_db_error, open_database, safe_url
 from scanner.db import Job, row_by_id
+from scanner.detector.checkpoint import CheckpointError
 from scanner.engines import Engine, ProgressFactory, open_engine
 from scanner.moderation.reports import job_counts, job_status
 from scanner.pipeline.jobs import (
@@ -24,7 +25,6 @@ from scanner.pipeline.jobs import (
 from scanner.pipeline.model import model_identity
 from scanner.pipeline.sources import expand_sources
 from scanner.settings import Settings
-from training.checkpoint import CheckpointError
 
 __all__ = ["SetupError", "describe_db_error", "open_database", "resume", "safe_url", "submit"]
 

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 import itertools
 import math
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 from PIL import Image
 
-from training.faces import Box, FaceFinder, face_region
-from training.metrics import choose_threshold
-from training.models import Forward, predict_in_chunks
-from training.pages import page_region
-from training.preprocess import VIEW_KINDS, Augment, Preprocess, resize_center_crop, to_tensor
+from scanner.detector.faces import Box, FaceFinder, face_region
+from scanner.detector.networks import Forward, predict_in_chunks
+from scanner.detector.pages import page_region
+from scanner.detector.preprocess import VIEW_KINDS, Preprocess, resize_center_crop, to_tensor
 
 
 @dataclass
@@ -240,60 +238,3 @@ def split_scores(
 ) -> list[ViewScores]:
     """Regroup a flat list of view scores into one ViewScores per image (`whole`: the highest whole-image view)."""
     return [combine_views(chunk, image_views, offsets) for chunk in chunk_views(flat_scores, counts)]
-
-
-def fit_view_offsets(
-    per_image: Sequence[Sequence[float]], labels: Sequence[int], sources: Sequence[str], image_views: int, rule: str
-) -> tuple[float, ...]:
-    """Per view kind, the logit of the threshold that `rule` would choose for that kind alone (its most
-    suspicious view of each image), so a view at its own operating point scores 0.5 after `calibrated`."""
-    offsets = []
-    for kind in range(len(VIEW_KINDS)):
-        kept: list[tuple[float, int, str]] = []
-        for views, label, source in zip(per_image, labels, sources):
-            kinds = view_kinds(len(views), image_views)
-            scores = [s for s, k in zip(views, kinds) if k == kind and not math.isnan(s)]
-            if scores:
-                kept.append((max(scores), label, source))
-        if not any(label == 0 for _, label, _ in kept):
-            offsets.append(0.0)
-            continue
-        threshold = choose_threshold([k[1] for k in kept], [k[0] for k in kept], rule, [k[2] for k in kept])
-        offsets.append(logit(threshold))
-    return tuple(offsets)
-
-
-def training_view(
-    image: Image.Image, boxes: list[Box], config: Preprocess, augment: Augment | None, rng: random.Random
-) -> torch.Tensor:
-    """One randomly chosen view for training: a face (framing jittered a little) half the time, if any; else the
-    whole image, or (faces+patch) the native patch half of those times."""
-    if boxes and rng.random() < 0.5:
-        return _face_training_view(image, rng.choice(boxes), config, augment, rng)
-    if augment is not None:
-        image = augment(image)
-    if has_patch(image, config) and rng.random() < 0.5:
-        return to_tensor(patch_view(image, config), config)
-    return to_tensor(whole_view(image, config), config)
-
-
-def blended_training_view(
-    image: Image.Image, box: Box, config: Preprocess, augment: Augment | None, rng: random.Random
-) -> torch.Tensor:
-    """A self-blended image's training view: the blended face, or (faces+patch) the native patch 30% of the time;
-    never the scaled whole image, where a small face's blend would not show."""
-    if has_patch(image, config) and rng.random() < 0.3:
-        return to_tensor(patch_view(augment(image) if augment is not None else image, config), config)
-    return _face_training_view(image, box, config, augment, rng)
-
-
-def _face_training_view(
-    image: Image.Image, box: Box, config: Preprocess, augment: Augment | None, rng: random.Random
-) -> torch.Tensor:
-    shift = round(0.08 * max(box.w, box.h))
-    moved = Box(box.x + rng.randint(-shift, shift), box.y + rng.randint(-shift, shift), box.w, box.h)
-    region = face_region(moved, image.width, image.height, config.faces.widen * rng.uniform(0.85, 1.15))
-    crop = image.crop(region)
-    if augment is not None:
-        crop = augment(crop)
-    return to_tensor(crop.resize((config.size, config.size), Image.Resampling.BILINEAR), config)

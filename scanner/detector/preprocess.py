@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from training.faces import FaceSettings, HalfTurnCheck
-from training.pages import FORMAT8_PAGE, PageSettings
+from scanner.detector.faces import FaceSettings, HalfTurnCheck
+from scanner.detector.pages import FORMAT8_PAGE, PageSettings
 
 DEFAULT_MAX_PIXELS = 64_000_000
 # A progressive JPEG is decoded scan by scan, each scan a pass over every block of the image: a 0.6 MB file of

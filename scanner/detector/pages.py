@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.faces import opencv
+from scanner.detector.faces import opencv
 
 
 @dataclass(frozen=True)

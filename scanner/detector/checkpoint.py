@@ -15,10 +15,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from training.faces import HalfTurnCheck
-from training.models import build_model
-from training.pages import PageSettings
-from training.preprocess import PRECISIONS, VIEW_KINDS, Preprocess, check_half_turn, check_turns
+from scanner.detector.faces import HalfTurnCheck
+from scanner.detector.networks import build_model
+from scanner.detector.pages import PageSettings
+from scanner.detector.preprocess import PRECISIONS, VIEW_KINDS, Preprocess, check_half_turn, check_turns
 
 FORMAT = "fauxscan-checkpoint/2"  # 2: face-aware preprocessing ("views", "faces"); older code must refuse it
 # 3: calibrated views ("view_offsets"); older code would compare raw view scores with a calibrated threshold
