@@ -661,9 +661,9 @@ def test_face_box_file_gives_the_views_that_finding_faces_gives(
 
     preprocess = load_model(face_model, "cpu").preprocess
     out = tmp_path / "boxes.json"
-    script = Path(__file__).resolve().parents[1] / "scripts" / "face_boxes.py"
     args = ["--size", "32", "--max-side", "160", "--views", "faces", "--jobs", "1", "--out", str(out)]
-    done = subprocess.run([sys.executable, str(script), str(face_data), *args], capture_output=True, text=True)
+    module = [sys.executable, "-m", "training.face_boxes"]
+    done = subprocess.run([*module, str(face_data), *args], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     known = load_boxes(out, preprocess.faces)
     samples = find_samples(face_data)

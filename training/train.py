@@ -81,7 +81,7 @@ class TrainConfig:
     pretrained: bool = True
     init: str = ""  # start from this checkpoint's weights (same architecture): fine-tuning a released model
     dataset_weights: dict[str, float] = field(default_factory=dict)  # with balance: a set's share times this
-    face_boxes: str = ""  # face boxes found earlier (scripts/face_boxes.py); files not in it are searched
+    face_boxes: str = ""  # face boxes found earlier (python -m training.face_boxes); files not in it are searched
     calibrate_views: bool = True  # multi-view models: put each view kind at its own threshold before the max
     mirror: list[str] = field(default_factory=list)  # view kinds also scored mirrored (validation and after)
     precision: str = "float32"  # the number format validation (and so the threshold) and the scanner use

@@ -72,7 +72,7 @@ def train(
         list[str] | None, typer.Option(help="SET=FACTOR: with --balance, draw that set FACTOR times as often.")
     ] = None,
     face_boxes: Annotated[
-        Path | None, typer.Option(help="Face boxes found earlier (scripts/face_boxes.py); others are searched.")
+        Path | None, typer.Option(help="Face boxes found earlier (python -m training.face_boxes); others are searched.")
     ] = None,
     calibrate_views: Annotated[
         bool, typer.Option(help="Multi-view models: bring each view kind to its own threshold before the maximum.")

@@ -1,6 +1,6 @@
 """Two ways to score a checkpoint's views differently, held out as `view_rules.py` holds out the calibrated maximum.
 
-    .venv/bin/python scripts/combine_probe.py effnet-faces [--splits 10] [--zooms 1.1 1.2]
+    .venv/bin/python -m training.probes.combine effnet-faces [--splits 10] [--zooms 1.1 1.2]
 
 On the checkpoint's validation split of the eight shared sets, every view is scored as the scanner scores it. Then,
 for each of `--splits` group splits in halves, both ways round: view offsets and the `source-fpr` threshold are fitted
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -24,20 +23,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detector_report import GAN_FAKES, HQ_REALS, SETS, auc_of, pick  # noqa: E402
-from view_rules import Halves, fitted_halves  # noqa: E402
-
-from scanner.detector.checkpoint import LoadedModel, load_model  # noqa: E402
-from scanner.detector.faces import FaceFinder  # noqa: E402
-from scanner.detector.networks import inference_forward  # noqa: E402
-from scanner.detector.preprocess import decode_image, resize_center_crop, to_tensor  # noqa: E402
-from scanner.detector.views import logit, scored_part, view_kinds  # noqa: E402
-from scanner.registry import resolve_model  # noqa: E402
-from training.data import Sample  # noqa: E402
-from training.evaluate import make_eval_loader, select_samples  # noqa: E402
-from training.metrics import choose_threshold  # noqa: E402
-from training.train import score_views  # noqa: E402
+from scanner.detector.checkpoint import LoadedModel, load_model
+from scanner.detector.faces import FaceFinder
+from scanner.detector.networks import inference_forward
+from scanner.detector.preprocess import decode_image, resize_center_crop, to_tensor
+from scanner.detector.views import logit, scored_part, view_kinds
+from scanner.registry import resolve_model
+from training.data import Sample
+from training.evaluate import make_eval_loader, select_samples
+from training.metrics import choose_threshold
+from training.probes.report import GAN_FAKES, HQ_REALS, SETS, auc_of, pick
+from training.probes.view_rules import Halves, fitted_halves
+from training.train import score_views
 
 Rule = Callable[[list[float]], float]
 

@@ -3,7 +3,7 @@
 Face finding is deterministic, so a training run can take the boxes from this file instead of running the
 cascade in every DataLoader worker (and on a machine whose OpenCV lacks the Haar cascades, at all).
 
-    python scripts/face_boxes.py ../shared/data/* --out runs/face-boxes.json --max-per-dataset 5000
+    python -m training.face_boxes ../shared/data/* --out runs/face-boxes.json --max-per-dataset 5000
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The detector's goal table (issue 9) on a checkpoint's validation split of the shared sets, with the
 false-positive rate per real source and the AUC cost of JPEG q75 + half size, for one or more models.
 
-    .venv/bin/python scripts/detector_report.py runs/v2.pt --compare fauxnet-fast --data ../shared/data
+    .venv/bin/python -m training.probes.report runs/v2.pt --compare fauxnet-fast --data ../shared/data
 
 Every model is scored on the validation split of the FIRST model (so all columns use the same images).
 Writes the raw numbers to --out (default: runs/NAME_report.json, NAME the first model's file name).

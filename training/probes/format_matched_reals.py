@@ -1,6 +1,6 @@
 """Copies of sdfd_sd21_ffhq's FFHQ reals stored as ffhq_stylegan_256 stores its own (256 px, JPEG q75, 4:2:0).
 
-    .venv/bin/python scripts/format_matched_reals.py OUT [--data ../shared/data] [--seed 1] [--max-per-dataset 5000]
+    python -m training.probes.format_matched_reals OUT [--data ../shared/data] [--seed 1] [--max-per-dataset 5000]
 
 The two sets' reals are different FFHQ faces (00000-00599 and 00600-00999) in different formats (q95 after a q75 pass
 at 1024 px, against q75 once). Written: OUT/ffhq_q75_sdfd_train/real/ (the reals of sdfd_sd21_ffhq's training split,

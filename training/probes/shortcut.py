@@ -1,6 +1,6 @@
 """How much of each data set can be told apart by compression alone (no pixels looked at)?
 
-    .venv/bin/python scripts/shortcut_probe.py ../shared/data/*/
+    .venv/bin/python -m training.probes.shortcut ../shared/data/*/
 
 Prints the ROC AUC of "bytes per pixel" as a fake score, as stored and after re-encoding every image at
 JPEG quality 90. A high stored AUC that collapses after re-encoding is a compression shortcut a CNN can

@@ -1,7 +1,7 @@
 """How to combine a model's view scores: each rule's AUCs and recall at a per-source-calibrated threshold
 (`source-fpr:0.05`, chosen on the same validation images for every rule), on a checkpoint's validation split.
 
-    .venv/bin/python scripts/view_rules.py [CHECKPOINT] [--splits N]   # default runs/v3-release.pt (faces+patch)
+    python -m training.probes.view_rules [CHECKPOINT] [--splits N]   # default runs/v3-release.pt (faces+patch)
 
 A second table checks the calibrated maximum (view offsets, `scanner model calibrate`) out of sample: the
 images are split in two halves by near-duplicate group; offsets fitted on one half are applied to the other,
@@ -11,27 +11,23 @@ where the threshold of both rules is chosen and the figures are read; the two ha
 from __future__ import annotations
 
 import argparse
-import sys
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from detector_report import GAN_FAKES, HQ_REALS, SETS, auc_of, pick  # noqa: E402
-
-from scanner.detector.checkpoint import LoadedModel, load_model  # noqa: E402
-from scanner.detector.views import combine_views  # noqa: E402
-from training.data import Sample  # noqa: E402
-from training.evaluate import make_eval_loader, select_samples  # noqa: E402
-from training.metrics import (  # noqa: E402
+from scanner.detector.checkpoint import LoadedModel, load_model
+from scanner.detector.views import combine_views
+from training.data import Sample
+from training.evaluate import make_eval_loader, select_samples
+from training.metrics import (
     choose_threshold,
-    fit_view_offsets,  # noqa: E402
+    fit_view_offsets,
     roc_auc,
 )
-from training.train import score_views  # noqa: E402
+from training.probes.report import GAN_FAKES, HQ_REALS, SETS, auc_of, pick
+from training.train import score_views
 
 Rule = Callable[[list[float]], float]
 RULES: dict[str, Rule] = {

@@ -1,6 +1,6 @@
 """Leave-one-source-out: train the default recipe without one data set, then score that whole set.
 
-    .venv/bin/python scripts/leave_one_out.py --data ../shared/data --leave diffusion_people_multi ffhq_stylegan_256 \
+    python -m training.probes.leave_one_out --data ../shared/data --leave diffusion_people_multi ffhq_stylegan_256 \
         --epochs 4 --samples-per-epoch 3000 [--arch effnet-lite0-srm]
 
 Each run writes runs/loso-SET.pt (resumable with the same command) and prints one Markdown row: the set's

@@ -1,6 +1,6 @@
 """How far from the threshold must a view be before its mirror image can be skipped? A margin sweep.
 
-    .venv/bin/python scripts/mirror_margins.py effnet-faces --margins 1 2 3 4 6
+    .venv/bin/python -m training.probes.mirror_margins effnet-faces --margins 1 2 3 4 6
 
 Scores the model's validation split twice, with its mirrored view kinds scored plain and mirror-averaged, then
 for each margin applies what `scanner model calibrate --mirror-margin M` stores: a view is mirror-averaged only
@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detector_report import SETS, goals  # noqa: E402
-
-from scanner.detector.checkpoint import load_model  # noqa: E402
-from scanner.detector.preprocess import VIEW_KINDS, Preprocess  # noqa: E402
-from scanner.detector.views import band_around, chunk_views, in_mirror_band, mirror_mask, view_kinds  # noqa: E402
-from scanner.registry import resolve_model  # noqa: E402
-from training.evaluate import select_samples  # noqa: E402
-from training.metrics import roc_auc  # noqa: E402
-from training.train import image_scores, make_eval_loader, score_views  # noqa: E402
+from scanner.detector.checkpoint import load_model
+from scanner.detector.preprocess import VIEW_KINDS, Preprocess
+from scanner.detector.views import band_around, chunk_views, in_mirror_band, mirror_mask, view_kinds
+from scanner.registry import resolve_model
+from training.evaluate import select_samples
+from training.metrics import roc_auc
+from training.probes.report import SETS, goals
+from training.train import image_scores, make_eval_loader, score_views
 
 
 def banded(

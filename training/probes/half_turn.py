@@ -1,6 +1,6 @@
 """How often a half-turn check would search twice and turn an image over, as stored and upside down.
 
-    .venv/bin/python scripts/half_turn_probe.py effnet-faces [--data ../shared/data] [--checks 3,1 6,1 6,0]
+    .venv/bin/python -m training.probes.half_turn effnet-faces [--data ../shared/data] [--checks 3,1 6,1 6,0]
 
 For every validation image of the eight shared sets (the checkpoint's split), as stored and turned upside down, the
 Haar cascade's surest upright face and its confidence are found, and the confidence of the surest face in the image
@@ -14,19 +14,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from collections import Counter
 from pathlib import Path
 
 from PIL import Image, ImageOps
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detector_report import SETS  # noqa: E402
-
-from scanner.detector.checkpoint import load_model  # noqa: E402
-from scanner.detector.faces import FaceFinder  # noqa: E402
-from scanner.registry import resolve_model  # noqa: E402
-from training.evaluate import select_samples  # noqa: E402
+from scanner.detector.checkpoint import load_model
+from scanner.detector.faces import FaceFinder
+from scanner.registry import resolve_model
+from training.evaluate import select_samples
+from training.probes.report import SETS
 
 
 def confidences(finder: FaceFinder, image: Image.Image) -> tuple[bool, float, float]:

@@ -1,6 +1,6 @@
 """Do everyday edits of a photo move the verdicts? Per source, at the model's own threshold, on its validation split.
 
-    .venv/bin/python scripts/benign_edits.py effnet-faces --edits stored,sharpen,half --data ../shared/data
+    .venv/bin/python -m training.probes.benign_edits effnet-faces --edits stored,sharpen,half --data ../shared/data
 
 Real photos reach a moderator re-saved, resized (thumbnails, avatars), sharpened or cropped, and none of that makes
 them fake: each edit is applied to every validation image of the eight shared sets, real and fake alike, and the share
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,13 +20,11 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from detector_report import RUNS, SETS, goals  # noqa: E402
-
-from scanner.detector.checkpoint import load_model  # noqa: E402
-from scanner.registry import resolve_model  # noqa: E402
-from training.augment import add_noise, downscale, reencode  # noqa: E402
-from training.evaluate import score_samples, select_samples  # noqa: E402
+from scanner.detector.checkpoint import load_model
+from scanner.registry import resolve_model
+from training.augment import add_noise, downscale, reencode
+from training.evaluate import score_samples, select_samples
+from training.probes.report import RUNS, SETS, goals
 
 
 def cropped(image: Image.Image, keep: float) -> Image.Image:
@@ -120,8 +117,9 @@ def main() -> None:
     for name in edits:
         start = time.perf_counter()
         scores = score_samples(loaded, samples, EDITS[name], 64, 1)
-        results[name] = {"scores": scores, "goals": goals(samples, scores, loaded.threshold)}
-        print(row(name, results[name]["goals"], time.perf_counter() - start), flush=True)
+        measured = goals(samples, scores, loaded.threshold)
+        results[name] = {"scores": scores, "goals": measured}
+        print(row(name, measured, time.perf_counter() - start), flush=True)
     out = args.out or RUNS / f"{model.stem}_benign_edits.json"  # runs/ is ignored by git, unlike the weights
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model_version": loaded.version, "edits": results}) + "\n")

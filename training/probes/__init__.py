@@ -1,0 +1,1 @@
+"""Research probes of the detector, each run as `python -m training.probes.NAME --help` from the repository root."""
