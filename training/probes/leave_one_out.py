@@ -25,7 +25,7 @@ SETS = ("ciplab_real_and_fake_face", "hardfakevsrealfaces", "lfw_faceswap", "cif
 
 
 def recipe(data_dirs: list[str], out: Path, epochs: int, samples: int, arch: str = "effnet-lite0") -> TrainConfig:
-    """The shipped model's recipe (docs/MODEL.md) with a smaller budget."""
+    """The shipped model's recipe (docs/history/models-v1-to-v9.md) with a smaller budget."""
     return TrainConfig(
         data_dirs=data_dirs, out=str(out), arch=arch, views="faces", balance=True,
         samples_per_epoch=samples, size=112, max_side=256, epochs=epochs, lr=6e-4, batch_size=32,
