@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -184,11 +186,26 @@ class Decision(Base):
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    _switch_to_wal(cursor)
     cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: review queries read large jobs in score order
     cursor.close()
+
+
+def _switch_to_wal(cursor: Any, seconds: float = 30.0) -> None:
+    """Set WAL mode, waiting while another process holds the new file: the switch needs the file alone, and
+    SQLite answers "database is locked" at once instead of waiting out the busy timeout (seen when four
+    processes opened a new database together)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def make_engine(url: str) -> Engine:
