@@ -5,40 +5,33 @@ from __future__ import annotations
 from typing import Any
 
 from scanner.detector.checkpoint import CheckpointError, read_checkpoint
-from scanner.detector.preprocess import FORMAT8_TURNS
+from scanner.detector.preprocess import Preprocess
 from scanner.registry import RegisteredModel, registered_models
 
 
-def _input_policy(preprocess: dict[str, Any]) -> str:
-    size = preprocess.get("size")
-    views = preprocess.get("views")
-    if views in ("faces", "faces+patch"):
-        faces = preprocess.get("faces", {})
-        patch = (
-            f", a native-pixel centre patch (up to {preprocess.get('max_side', 0)} px)"
-            if views == "faces+patch"
-            else ""
-        )
-        if patch and preprocess.get("patch_min_side"):
-            patch = f"{patch[:-1]}; images over {preprocess['patch_min_side']} px only)"
-        combine = "the highest view, each at its own threshold" if preprocess.get("view_offsets") else "the highest"
-        if preprocess.get("mirror"):
-            band = preprocess.get("mirror_band")
-            near = f" when within {(band[1] - band[0]) / 2:g} logits of the threshold" if band else ""
-            combine = f"{' and '.join(preprocess['mirror'])} also scored mirrored{near}, the logits averaged; {combine}"
-        if preprocess.get("precision"):
-            combine = f"{combine}; network in {preprocess['precision']}"
-        turns = preprocess.get("turns", list(FORMAT8_TURNS) if preprocess.get("turn_faces") else [])
-        listed = ", ".join(map(str, turns[:-1])) + " or " if len(turns) > 1 else ""
-        notes = [f"also turned {listed}{turns[-1]} degrees"] if turns else []
-        if check := preprocess.get("half_turn"):
-            notes.append(f"upside down too where the upright face is weaker than {check['below']:g}")
-        found = f" ({'; '.join(notes)})" if notes else ""
-        paged = preprocess.get("trim_page") or "page" in preprocess
-        whole = "photo inside a page, else the whole image" if paged else "whole image"
-        crops = f"up to {faces.get('max_faces', 3)} face crops{found}"
-        return f"{whole}{patch} + {crops} at {size} px (score: {combine})"
-    return f"centre crop of {size} px (shorter side kept up to {preprocess.get('max_side', 0)} px)"
+def _input_policy(preprocess: Preprocess) -> str:
+    size = preprocess.size
+    if not preprocess.uses_faces:
+        return f"centre crop of {size} px (shorter side kept up to {preprocess.max_side} px)"
+    patch = f", a native-pixel centre patch (up to {preprocess.max_side} px)" if preprocess.image_views == 2 else ""
+    if patch and preprocess.patch_min_side:
+        patch = f"{patch[:-1]}; images over {preprocess.patch_min_side} px only)"
+    combine = "the highest view, each at its own threshold" if preprocess.view_offsets else "the highest"
+    if preprocess.mirror:
+        band = preprocess.mirror_band
+        near = f" when within {(band[1] - band[0]) / 2:g} logits of the threshold" if band else ""
+        combine = f"{' and '.join(preprocess.mirror)} also scored mirrored{near}, the logits averaged; {combine}"
+    if preprocess.precision != "float32":
+        combine = f"{combine}; network in {preprocess.precision}"
+    turns = preprocess.turns
+    listed = ", ".join(map(str, turns[:-1])) + " or " if len(turns) > 1 else ""
+    notes = [f"also turned {listed}{turns[-1]} degrees"] if turns else []
+    if preprocess.half_turn is not None:
+        notes.append(f"upside down too where the upright face is weaker than {preprocess.half_turn.below:g}")
+    found = f" ({'; '.join(notes)})" if notes else ""
+    whole = "photo inside a page, else the whole image" if preprocess.trim_page else "whole image"
+    crops = f"up to {preprocess.faces.max_faces} face crops{found}"
+    return f"{whole}{patch} + {crops} at {size} px (score: {combine})"
 
 
 def _metrics_text(metrics: dict[str, Any]) -> str:
@@ -69,7 +62,7 @@ def describe(model: RegisteredModel) -> dict[str, Any]:
         "version": str(checkpoint["model_version"]),
         "summary": model.summary,
         "path": str(model.path),
-        "input": _input_policy(checkpoint["preprocess"]),
+        "input": _input_policy(Preprocess.from_dict(checkpoint["preprocess"])),
         "threshold": float(checkpoint["threshold"]),
         "speed": model.speed,
         "speed_text": _speed_text(model.speed),

@@ -27,6 +27,7 @@ from scanner.detector.checkpoint import CheckpointError, load_model, read_checkp
 from scanner.detector.faces import Box, FaceFinder, FaceSettings, face_region
 from scanner.detector.networks import precision_runs_natively, predict_scores
 from scanner.detector.preprocess import Preprocess, to_tensor
+from scanner.detector.schema import CURRENT_FORMAT
 from scanner.detector.views import calibrated, combine_views, make_views
 from scanner.model_catalog import _input_policy
 from scanner.moderation.html_report import attach_visuals
@@ -127,7 +128,7 @@ def test_uncalibrated_and_calibrated_checkpoints(face_model: Path, face_data: Pa
     """Training calibrates by default (format 3); --no-calibrate-views keeps format 2, and `scanner model
     calibrate` turns such a file into a calibrated one with a new version; a centre-crop model is refused."""
     calibrated_file = read_checkpoint(face_model)
-    assert calibrated_file["format"] == "fauxscan-checkpoint/3"
+    assert calibrated_file["format"] == CURRENT_FORMAT
     assert len(calibrated_file["preprocess"]["view_offsets"]) == 3
     runner = CliRunner()
 
@@ -140,7 +141,7 @@ def test_uncalibrated_and_calibrated_checkpoints(face_model: Path, face_data: Pa
     result = runner.invoke(app, train_args(plain, "faces"))
     assert result.exit_code == 0, result.output
     before = read_checkpoint(plain)
-    assert before["format"] == "fauxscan-checkpoint/2" and "view_offsets" not in before["preprocess"]
+    assert before["format"] == CURRENT_FORMAT and "view_offsets" not in before["preprocess"]
     result = runner.invoke(app, ["model", "calibrate", str(plain), str(tmp_path / "cal.pt"), str(face_data)])
     assert result.exit_code == 0, result.output
     after = load_model(tmp_path / "cal.pt", "cpu")
@@ -201,7 +202,7 @@ def test_mirrored_views_average_each_with_its_mirror_image_on_every_path(
     """A format-4 file with a new version; evaluation and the traced scanner score the whole-image view as the
     mean logit of the view and its mirror image, and the faces as before; `--mirror none` takes it off again."""
     before, after = read_checkpoint(face_model), read_checkpoint(mirror_model)
-    assert after["format"] == "fauxscan-checkpoint/4" and after["preprocess"]["mirror"] == ["whole"]
+    assert after["format"] == CURRENT_FORMAT and after["preprocess"]["mirror"] == ["whole"]
     assert after["model_version"] != before["model_version"] and after["calibrated_from"] == before["model_version"]
     loaded = load_model(mirror_model, "cpu")
     samples = find_samples(face_data)[:6]
@@ -228,7 +229,7 @@ def test_mirrored_views_average_each_with_its_mirror_image_on_every_path(
     result = CliRunner().invoke(app, [*undo, "--workers", "0"])
     assert result.exit_code == 0, result.output
     plain = read_checkpoint(tmp_path / "plain.pt")
-    assert plain["format"] == "fauxscan-checkpoint/3" and "mirror" not in plain["preprocess"]
+    assert plain["format"] == CURRENT_FORMAT and "mirror" not in plain["preprocess"]
     bad = CliRunner().invoke(app, [*undo[:5], "--mirror", "left-ear", "--workers", "0"])
     assert bad.exit_code == 1 and "left-ear" in bad.output and "whole, patch, face" in bad.output
     for kinds in (["whole", "whole"], "whole", [3]):
@@ -253,9 +254,11 @@ def test_a_mirror_band_mirrors_only_views_near_the_threshold_on_every_path(
     assert result.exit_code == 0, result.output
     banded = read_checkpoint(out)
     middle = math.log(banded["threshold"] / (1 - banded["threshold"]))
-    assert banded["format"] == "fauxscan-checkpoint/7"
+    assert banded["format"] == CURRENT_FORMAT
     assert banded["preprocess"]["mirror_band"] == pytest.approx([middle - 0.5, middle + 0.5])
-    assert "scored mirrored when within 0.5 logits of the threshold" in _input_policy(banded["preprocess"])
+    assert "scored mirrored when within 0.5 logits of the threshold" in _input_policy(
+        Preprocess.from_dict(banded["preprocess"])
+    )
     loaded = load_model(out, "cpu")
     samples = find_samples(face_data)[:8]
     finder = FaceFinder(loaded.preprocess.faces)
@@ -297,7 +300,7 @@ def test_a_mirror_band_mirrors_only_views_near_the_threshold_on_every_path(
                                     "--mirror-margin", "0"])  # fmt: skip
     assert back.exit_code == 0, back.output
     every = read_checkpoint(tmp_path / "all.pt")
-    assert every["format"] == "fauxscan-checkpoint/4" and "mirror_band" not in every["preprocess"]
+    assert every["format"] == CURRENT_FORMAT and "mirror_band" not in every["preprocess"]
     assert every["model_version"] == read_checkpoint(mirror_model)["model_version"]  # the same model as before
     for bad in ("-1", "nan"):
         refused = CliRunner().invoke(app, [*args[:3], str(tmp_path / "no.pt"), *args[4:], "--mirror-margin", bad])
@@ -322,7 +325,7 @@ def test_bfloat16_model_scores_in_bfloat16_on_every_path(
     result = CliRunner().invoke(app, [*args, "--precision", "bfloat16"])
     assert result.exit_code == 0, result.output
     before, after = read_checkpoint(mirror_model), read_checkpoint(out)
-    assert after["format"] == "fauxscan-checkpoint/5" and after["preprocess"]["precision"] == "bfloat16"
+    assert after["format"] == CURRENT_FORMAT and after["preprocess"]["precision"] == "bfloat16"
     assert after["preprocess"]["mirror"] == ["whole"] and after["calibrated_from"] == before["model_version"]
     assert after["model_version"] != before["model_version"]
     samples = find_samples(face_data)[:8]
@@ -368,7 +371,7 @@ def test_training_validates_as_the_scanner_scores(
     result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "m.pt"), option, value])
     assert result.exit_code == 0, result.output
     trained = read_checkpoint(tmp_path / "m.pt")
-    assert trained["format"] == f"fauxscan-checkpoint/{version}" and trained["preprocess"][key] == stored
+    assert trained["format"] == CURRENT_FORMAT and trained["preprocess"][key] == stored
     result = CliRunner().invoke(app, ["model", "calibrate", str(tmp_path / "m.pt"), str(tmp_path / "c.pt"),
                                       str(face_data), "--workers", "0"])  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -576,9 +579,11 @@ def test_small_images_are_scored_without_the_native_patch_on_every_path(
     result = CliRunner().invoke(app, [*args, "--workers", "0"])
     assert result.exit_code == 0, result.output
     before, after = read_checkpoint(patch_model), read_checkpoint(out)
-    assert after["format"] == "fauxscan-checkpoint/6" and after["preprocess"]["patch_min_side"] == 100
+    assert after["format"] == CURRENT_FORMAT and after["preprocess"]["patch_min_side"] == 100
     assert after["model_version"] != before["model_version"] and "patch_min_side" not in before["preprocess"]
-    assert "patch (up to 160 px; images over 100 px only)" in _input_policy(after["preprocess"])  # scanner models
+    assert "patch (up to 160 px; images over 100 px only)" in _input_policy(
+        Preprocess.from_dict(after["preprocess"])
+    )  # scanner models
     loaded = load_model(out, "cpu")
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -649,7 +654,7 @@ def test_training_with_a_patch_limit_writes_it_into_the_checkpoint(patch_model: 
                             "patch_min_side": 100, "init": str(patch_model)})  # fmt: skip
     train_main(config)
     trained = read_checkpoint(tmp_path / "t.pt")
-    assert trained["format"] == "fauxscan-checkpoint/6" and trained["preprocess"]["patch_min_side"] == 100
+    assert trained["format"] == CURRENT_FORMAT and trained["preprocess"]["patch_min_side"] == 100
     assert load_model(tmp_path / "t.pt", "cpu").preprocess.patch_min_side == 100
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,9 @@ from scanner.db import Face
 from scanner.detector.checkpoint import CheckpointError, load_model, read_checkpoint, save_checkpoint
 from scanner.detector.faces import Box, FaceFinder
 from scanner.detector.networks import predict_scores
-from scanner.detector.pages import FORMAT8_PAGE, PageSettings, page_region
+from scanner.detector.pages import PageSettings, page_region
+from scanner.detector.preprocess import Preprocess
+from scanner.detector.schema import CURRENT_FORMAT, FORMAT8_PAGE
 from scanner.detector.views import Placement, combine_views, make_views
 from scanner.model_catalog import _input_policy
 from scanner.moderation.explain import explainer
@@ -120,14 +123,19 @@ def direct_score(model: Path, image: Image.Image) -> tuple[float, list[list[int]
     return scores.score, [box.to_list() for box in views.boxes]
 
 
+def policy_of(checkpoint: dict[str, Any]) -> str:
+    """What `scanner models` says a checkpoint scores."""
+    return _input_policy(Preprocess.from_dict(checkpoint["preprocess"]))
+
+
 def test_a_screenshot_scores_as_its_photo_on_every_path(page_model: Path, face_model: Path, tmp_path: Path) -> None:
     before, after = read_checkpoint(face_model), read_checkpoint(page_model)
-    assert after["format"] == "fauxscan-checkpoint/8" and after["preprocess"]["trim_page"] is True
-    assert after["preprocess"]["turn_faces"] is True and after["model_version"] != before["model_version"]
-    assert "trim_page" not in before["preprocess"] and "turn_faces" not in before["preprocess"]
-    policy = _input_policy(after["preprocess"])  # as `scanner models` shows it
+    assert after["format"] == CURRENT_FORMAT and after["preprocess"]["page"] == asdict(PageSettings())
+    assert after["preprocess"]["turns"] == [90, 270] and after["model_version"] != before["model_version"]
+    assert "page" not in before["preprocess"] and "turns" not in before["preprocess"]
+    policy = policy_of(after)  # as `scanner models` shows it
     assert policy.startswith("photo inside a page, else the whole image") and "(also turned" in policy
-    assert _input_policy(before["preprocess"]).startswith("whole image + up to 3 face crops at 32 px")
+    assert policy_of(before).startswith("whole image + up to 3 face crops at 32 px")
     photo = drawn_face(11, size=160, noisy=True)
     page, (dx, dy) = on_page(photo)
     photo_score, photo_boxes = direct_score(page_model, photo)
@@ -239,10 +247,16 @@ def test_the_training_draws_come_from_the_photo_inside_a_page(page_model: Path, 
 def test_a_checkpoint_with_an_unusable_page_or_turn_setting_is_refused(
     flag: str, page_model: Path, tmp_path: Path
 ) -> None:
+    """Versions 8-10 wrote flags; one that is not true or false is refused, and no current file holds a flag."""
     checkpoint = read_checkpoint(page_model)
-    save_checkpoint(dict(checkpoint, preprocess={**checkpoint["preprocess"], flag: "yes"}), tmp_path / "bad.pt")
-    with pytest.raises(CheckpointError, match=flag):
+    settings = {k: v for k, v in checkpoint["preprocess"].items() if k not in ("page", "turns")}
+    version10 = dict(checkpoint, format="fauxscan-checkpoint/10", preprocess={**settings, flag: "yes"})
+    save_checkpoint(version10, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match=f"unusable {flag}"):
         load_model(tmp_path / "bad.pt", "cpu")
+    save_checkpoint(dict(version10, format=CURRENT_FORMAT), tmp_path / "current.pt")
+    with pytest.raises(CheckpointError, match=f"unknown setting.*{flag}"):
+        load_model(tmp_path / "current.pt", "cpu")
 
 
 def noisy_page(photo: Image.Image, spread: int) -> tuple[Image.Image, tuple[int, int]]:
@@ -266,10 +280,10 @@ def test_page_settings_and_turns_travel_in_the_checkpoint(page_model: Path, face
     result = CliRunner().invoke(app, [*args, "--workers", "0"])
     assert result.exit_code == 0, result.output
     stored = read_checkpoint(out)
-    assert stored["format"] == "fauxscan-checkpoint/9" and stored["preprocess"]["turns"] == [90, 180, 270]
+    assert stored["format"] == CURRENT_FORMAT and stored["preprocess"]["turns"] == [90, 180, 270]
     assert stored["preprocess"]["page"] == {**asdict(FORMAT8_PAGE), "tolerance": 12}
     assert not {"trim_page", "turn_faces"} & stored["preprocess"].keys()
-    assert "(also turned 90, 180 or 270 degrees)" in _input_policy(stored["preprocess"])
+    assert "(also turned 90, 180 or 270 degrees)" in policy_of(stored)
     photo = drawn_face(17, size=160, noisy=True)  # found neither upright nor sideways when upside down
     page, (left, top) = noisy_page(photo, 8)
     loose = load_model(out, "cpu").preprocess.page
@@ -321,9 +335,9 @@ def test_a_weak_upright_face_is_checked_against_the_image_upside_down(
     turns = ["--turn", "90", "--turn", "180", "--turn", "270"]
     checked = calibrated_copy(page_model, tmp_path / "checked.pt", face_data, *turns, "--half-turn-check", "100,1")
     stored = read_checkpoint(checked)
-    assert stored["format"] == "fauxscan-checkpoint/10"
+    assert stored["format"] == CURRENT_FORMAT
     assert stored["preprocess"]["half_turn"] == {"below": 100.0, "margin": 1.0}
-    assert "upside down too where the upright face is weaker than 100" in _input_policy(stored["preprocess"])
+    assert "upside down too where the upright face is weaker than 100" in policy_of(stored)
     upright, over = two_faces_one_upside_down()
     upright_score, upright_boxes = direct_score(checked, upright)
     over_score, over_boxes = direct_score(checked, over)
@@ -349,7 +363,7 @@ def test_a_weak_upright_face_is_checked_against_the_image_upside_down(
         (row,) = report_rows(session, job_id)
     assert row["score"] == pytest.approx(upright_score, abs=1e-4) and row["faces"][0]["box"] == over_boxes[0]
     plain = read_checkpoint(calibrated_copy(checked, tmp_path / "plain.pt", face_data, "--half-turn-check", "none"))
-    assert plain["format"] == "fauxscan-checkpoint/9" and "half_turn" not in plain["preprocess"]
+    assert plain["format"] == CURRENT_FORMAT and "half_turn" not in plain["preprocess"]
 
 
 def test_keep_threshold_keeps_the_operating_point_unless_the_rule_breaks(
@@ -417,10 +431,10 @@ def test_unusable_page_settings_or_turns_are_refused(
     change: dict[str, object], message: str, page_model: Path, tmp_path: Path
 ) -> None:
     checkpoint = read_checkpoint(page_model)
-    preprocess = {
-        key: value for key, value in checkpoint["preprocess"].items() if key not in ("trim_page", "turn_faces")
-    }
-    save_checkpoint(dict(checkpoint, preprocess={**preprocess, **change}), tmp_path / "bad.pt")
+    preprocess = {key: value for key, value in checkpoint["preprocess"].items() if key not in ("page", "turns")}
+    flags = {"trim_page", "turn_faces"} & change.keys()  # written by versions 8 to 10 only
+    version = "fauxscan-checkpoint/10" if flags else CURRENT_FORMAT
+    save_checkpoint(dict(checkpoint, format=version, preprocess={**preprocess, **change}), tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=message):
         load_model(tmp_path / "bad.pt", "cpu")
 

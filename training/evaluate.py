@@ -9,9 +9,6 @@ from typing import Any
 
 from scanner.detector.checkpoint import (
     LoadedModel,
-    check_mirror,
-    check_precision,
-    format_for,
     load_model,
     read_checkpoint,
     renew_version,
@@ -19,7 +16,8 @@ from scanner.detector.checkpoint import (
 )
 from scanner.detector.faces import HalfTurnCheck
 from scanner.detector.pages import PageSettings
-from scanner.detector.preprocess import FORMAT8_TURNS, Augment, Preprocess, check_half_turn, check_turns
+from scanner.detector.preprocess import QUARTER_TURNS, Augment, Preprocess, check_half_turn, check_turns
+from scanner.detector.schema import check_mirror, check_precision
 from scanner.detector.views import band_around
 from training.augment import downscale, reencode
 from training.data import Sample, find_samples
@@ -154,7 +152,7 @@ def calibrate_checkpoint(
             scores = image_scores(per_image, preprocess)
             metrics = {**metrics, **metrics_at(samples, scores, labels, metrics["threshold"], preprocess)}
     previous = str(checkpoint["model_version"])
-    checkpoint.update(format=format_for(preprocess), preprocess=preprocess.to_dict(), threshold=metrics["threshold"],
+    checkpoint.update(preprocess=preprocess.to_dict(), threshold=metrics["threshold"],
                       metrics=metrics, calibrated_from=previous)  # fmt: skip
     checkpoint.pop("train_state", None)
     metrics["model_version"] = renew_version(checkpoint)
@@ -199,7 +197,7 @@ def page_and_turns(
     if turns is not None:
         return page, check_turns(turns)
     turned = source.turn_faces if turn_faces is None else turn_faces
-    return page, (source.turns or FORMAT8_TURNS) if turned else ()
+    return page, (source.turns or QUARTER_TURNS) if turned else ()
 
 
 def half_turn_check(text: str) -> HalfTurnCheck | None:

@@ -18,8 +18,6 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from scanner.detector.checkpoint import (
     build_checkpoint,
-    check_mirror,
-    check_precision,
     read_checkpoint,
     resolve_device,
     save_checkpoint,
@@ -33,6 +31,7 @@ from scanner.detector.networks import (
     model_batch_size,
 )
 from scanner.detector.preprocess import Augment, Preprocess
+from scanner.detector.schema import check_mirror, check_precision
 from scanner.detector.views import chunk_views, combine_views, score_flat_views
 from training.augment import PRESETS, Augmenter
 from training.data import (

@@ -15,7 +15,7 @@ from scanner.detector.faces import opencv
 
 @dataclass(frozen=True)
 class PageSettings:
-    """How the photo inside a page is found; stored in the checkpoint (format 9), so a model keeps the cut it was
+    """How the photo inside a page is found; stored in the checkpoint, so a model keeps the cut it was
     calibrated with whatever later code prefers."""
 
     tolerance: int = 4  # grey levels (any channel) a page pixel may differ from the page colour: JPEG noise
@@ -52,13 +52,6 @@ class PageSettings:
         if not 0 <= self.tolerance <= 255 or self.min_photo_side < 1 or self.search_side < 64:
             raise ValueError(f"page settings: tolerance 0-255, min_photo_side >= 1, search_side >= 64: {self}")
 
-
-# What a format 8 checkpoint's "trim_page": true means: the cut v7 was calibrated with, written out here rather than
-# taken from the defaults, so that a later change of a default cannot move an older model's scores.
-FORMAT8_PAGE = PageSettings(
-    tolerance=4, flat_side_share=0.95, straight_share=0.9, min_photo_share=0.1, min_photo_side=32,
-    min_trim_share=0.03, second_photo_share=0.2, search_side=1024,
-)  # fmt: skip
 
 Region = tuple[int, int, int, int]  # left, top, right, bottom (exclusive), as PIL's crop takes it
 

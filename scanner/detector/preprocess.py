@@ -6,7 +6,7 @@ import io
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from scanner.detector.faces import FaceSettings, HalfTurnCheck
-from scanner.detector.pages import FORMAT8_PAGE, PageSettings
+from scanner.detector.pages import PageSettings
 
 DEFAULT_MAX_PIXELS = 64_000_000
 # A progressive JPEG is decoded scan by scan, each scan a pass over every block of the image: a 0.6 MB file of
@@ -61,10 +61,10 @@ VIEW_POLICIES = ("center", "faces", "faces+patch")
 VIEW_KINDS = ("whole", "patch", "face")  # the order of Preprocess.view_offsets
 # The number format the network runs in at inference (bfloat16: faster where the device has bf16 kernels).
 PRECISIONS = ("float32", "bfloat16")
-# Turns (degrees counter-clockwise) an image with no upright face may be searched at for faces; a format 8 checkpoint's
-# "turn_faces": true means the two quarter turns.
+# Turns (degrees counter-clockwise) an image with no upright face may be searched at for faces; `--turn-faces` alone
+# means the two quarter turns.
 TURN_CHOICES = (90, 180, 270)
-FORMAT8_TURNS = (90, 270)
+QUARTER_TURNS = (90, 270)
 
 
 def check_turns(turns: Any) -> tuple[int, ...]:
@@ -120,32 +120,13 @@ class Preprocess:
         return max(self.size, self.max_side)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return plain types for the checkpoint."""
-        data = asdict(self)
-        data["mean"], data["std"] = list(self.mean), list(self.std)
-        if self.view_offsets:
-            data["view_offsets"] = list(self.view_offsets)
-        else:
-            del data["view_offsets"]  # an uncalibrated model keeps the dictionary, and so the version, it had
-        if self.mirror:
-            data["mirror"] = list(self.mirror)
-        else:
-            del data["mirror"]  # likewise: a model without mirror averaging keeps its version
-        if self.precision == "float32":
-            del data["precision"]  # and a float32 model keeps its version too
-        if not self.patch_min_side:
-            del data["patch_min_side"]  # and so does a model that scores the patch on every image
-        if self.mirror_band:
-            data["mirror_band"] = list(self.mirror_band)
-        else:
-            del data["mirror_band"]  # and one that mirrors every view of its mirrored kinds
-        del data["page"], data["turns"]  # a model that scores pages whole, and faces upright only, keeps its version
-        if self.page is not None:  # format 8's flag where it says the same (its file and version unchanged)
-            data.update({"trim_page": True} if self.page == FORMAT8_PAGE else {"page": asdict(self.page)})
-        if self.turns:
-            data.update({"turn_faces": True} if self.turns == FORMAT8_TURNS else {"turns": list(self.turns)})
-        if self.half_turn is None:
-            del data["half_turn"]  # and one that trusts every upright find
+        """Plain types for the checkpoint: the settings that differ from their defaults (the schema holds those)."""
+        data = {}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            default = item.default if item.default is not MISSING else item.default_factory()  # type: ignore[misc,operator]
+            if value != default:
+                data[item.name] = _plain(value)
         return data
 
     @property
@@ -160,31 +141,24 @@ class Preprocess:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
-        """Rebuild from a checkpoint's dictionary."""
-        return cls(
-            size=int(data["size"]),
-            max_side=int(data.get("max_side", 0)),
-            mean=tuple(data["mean"]),  # type: ignore[arg-type]
-            std=tuple(data["std"]),  # type: ignore[arg-type]
-            resample=data.get("resample", "bilinear"),
-            views=str(data.get("views", "center")),
-            faces=FaceSettings(**data.get("faces", {})),
-            view_offsets=tuple(float(v) for v in data.get("view_offsets", ())),
-            mirror=tuple(str(kind) for kind in data.get("mirror", ())),
-            precision=str(data.get("precision", "float32")),
-            patch_min_side=int(data.get("patch_min_side", 0)),
-            mirror_band=tuple(float(v) for v in data.get("mirror_band", ())),
-            page=page_settings(data),
-            turns=check_turns(data["turns"]) if "turns" in data else FORMAT8_TURNS if data.get("turn_faces") else (),
-            half_turn=HalfTurnCheck.from_dict(data["half_turn"]) if "half_turn" in data else None,
-        )
+        """Rebuild from a current-schema checkpoint's dictionary (missing settings take their defaults)."""
+        readers: dict[str, Callable[[Any], Any]] = {
+            "size": int, "max_side": int, "mean": tuple, "std": tuple, "resample": str, "views": str,
+            "faces": lambda faces: FaceSettings(**faces),
+            "view_offsets": lambda offsets: tuple(float(v) for v in offsets),
+            "mirror": lambda kinds: tuple(str(kind) for kind in kinds),
+            "precision": str, "patch_min_side": int,
+            "mirror_band": lambda band: tuple(float(v) for v in band),
+            "page": PageSettings.from_dict, "turns": check_turns, "half_turn": HalfTurnCheck.from_dict,
+        }  # fmt: skip
+        return cls(**{name: readers[name](value) for name, value in data.items() if name in readers})
 
 
-def page_settings(data: dict[str, Any]) -> PageSettings | None:
-    """A checkpoint's page settings: its "page" mapping (format 9), or format 8's "trim_page" flag."""
-    if "page" in data:
-        return PageSettings.from_dict(data["page"])
-    return FORMAT8_PAGE if data.get("trim_page") else None
+def _plain(value: Any) -> Any:
+    """A setting as JSON-like plain types: dataclasses as mappings, tuples as lists."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return list(value) if isinstance(value, tuple) else value
 
 
 @dataclass(frozen=True)
