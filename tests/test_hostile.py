@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
 from pathlib import Path
 
 import pytest
@@ -288,3 +290,68 @@ def test_directory_with_thousands_of_files(settings: Settings, tmp_path: Path) -
     assert (summary["items"], summary["done"], summary["skipped"]) == (120, 120, 2500)
     with open_database(settings)() as session:
         assert session.scalar(select(func.count()).select_from(Skipped)) == 2500
+
+
+def ico_around(png: bytes) -> bytes:
+    """An ICO file whose one 256 px entry holds `png` (the header cannot say how large the PNG really is)."""
+    header = struct.pack("<HHH", 0, 1, 1)
+    entry = struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(png), 6 + 16)
+    return header + entry + png
+
+
+def test_an_icon_holding_a_huge_png_is_refused_before_decoding() -> None:
+    """An ICO's header says 256 px; the PNG inside can be 13000 px square, which Pillow decoded whole (2.4 GB for
+    six such files of 684 KB) before any pixel check."""
+    from scanner.detector.preprocess import ImageRejected, decode_image
+
+    with pytest.raises(ImageRejected) as refused:
+        decode_image(ico_around(png_bomb(13_000, 13_000)), 256, max_pixels=64_000_000)
+    assert refused.value.code == "too_many_pixels" and "13000x13000" in refused.value.message
+    small = io.BytesIO()
+    noisy_image(5, 48).save(small, format="ICO", sizes=[(48, 48)])
+    assert decode_image(small.getvalue(), 256).format == "ICO"  # an ordinary icon still decodes
+
+
+@pytest.mark.parametrize("fmt", ["TGA", "PCX", "SGI", "XBM", "DDS"])
+def test_formats_the_readme_does_not_list_are_not_decoded(fmt: str, settings: Settings, tmp_path: Path) -> None:
+    from scanner.detector.preprocess import ImageRejected, decode_image
+
+    image = noisy_image(6, 40).convert("1" if fmt == "XBM" else "RGB")
+    data = encode(image, fmt)
+    with pytest.raises(ImageRejected) as refused:
+        decode_image(data, 256)
+    assert refused.value.code == "unsupported_format" and fmt in refused.value.message
+    (tmp_path / f"x.{fmt.lower()}").write_bytes(data)
+    summary = submit(settings, [str(tmp_path / f"x.{fmt.lower()}")], wait=True).summary
+    assert summary["errors_by_code"] == {"unsupported_format": 1}
+
+
+def test_a_fifo_swapped_in_after_the_walk_is_an_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO put where a file was, between the check and the open, blocked `read_file` for ever (no writer)."""
+    import threading
+
+    from scanner.pipeline.loader import read_file
+
+    fifo = tmp_path / "swapped.png"
+    os.mkfifo(fifo)
+    regular = (tmp_path / "real.png").stat() if (tmp_path / "real.png").write_bytes(b"x") else None
+    real_stat = Path.stat
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: regular if self == fifo else real_stat(self, **kw))
+    outcome: list[object] = []
+    reader = threading.Thread(target=lambda: outcome.append(_error_code(read_file, fifo)), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():  # unblock the reader so the test process can end
+        with open(fifo, "wb"):
+            pass
+    assert outcome == ["not_a_file"]
+
+
+def _error_code(read: object, path: Path) -> str:
+    try:
+        read(path, 1000)  # type: ignore[operator]
+    except ItemError as exc:
+        return exc.code
+    return "read"

@@ -28,6 +28,8 @@ IMAGE_SUFFIXES = frozenset({
 })  # fmt: skip
 FORMAT_SUFFIX = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif",
                  "PPM": ".ppm", "ICO": ".ico", "JPEG2000": ".jp2", "AVIF": ".avif"}  # fmt: skip
+# The formats decoded (Pillow's names; JPEG opens MPO too); anything else Pillow opens is an unsupported_format row.
+DECODED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "AVIF", "TIFF", "BMP", "PPM", "ICO", "JPEG2000")
 HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 MAGIC_PREFIXES = (
     b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
@@ -264,14 +266,18 @@ def decode_image(data: bytes, target_size: int, max_pixels: int = DEFAULT_MAX_PI
         with warnings.catch_warnings():
             # Pillow warns over its own limit (89 Mpx); `max_pixels` is the limit here, checked once the header is read
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            warnings.simplefilter("ignore", UserWarning)  # Pillow's remarks on odd files; the row says what failed
+            Image.init()  # every plugin registered (once), or open() with formats refuses those not yet loaded
+            image = Image.open(io.BytesIO(data), formats=DECODED_FORMATS)
             width, height = image.size
-            if width * height > max_pixels:
-                raise ImageRejected(
-                    "too_many_pixels",
-                    f"{width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}",
-                )
             fmt = image.format or "unknown"
+            for inner_width, inner_height in [(width, height), *(_icon_sizes(data) if fmt == "ICO" else [])]:
+                if inner_width * inner_height > max_pixels:
+                    raise ImageRejected(
+                        "too_many_pixels",
+                        f"{inner_width}x{inner_height} = {inner_width * inner_height} pixels exceeds the limit of "
+                        f"{max_pixels}",
+                    )
             image.seek(0)
             # MPO: a JPEG with more pictures after it, decoded by the same library
             if fmt in ("JPEG", "MPO") and (scans := jpeg_scans(data)) > MAX_JPEG_SCANS:
@@ -284,6 +290,9 @@ def decode_image(data: bytes, target_size: int, max_pixels: int = DEFAULT_MAX_PI
     except ImageRejected:
         raise
     except UnidentifiedImageError as exc:
+        if other := _format_of(data):
+            message = f"{other} images are not scanned (only {', '.join(DECODED_FORMATS)})"
+            raise ImageRejected("unsupported_format", message) from exc
         if has_image_magic(data[:16]):
             raise ImageRejected("decode_error", "the image header is corrupt") from exc
         raise ImageRejected("not_an_image", "the content is not a recognised image format") from exc
@@ -295,6 +304,34 @@ def decode_image(data: bytes, target_size: int, max_pixels: int = DEFAULT_MAX_PI
         raise ImageRejected(code, f"the image could not be decoded: {exc}") from exc
     except MemoryError as exc:
         raise ImageRejected("too_many_pixels", f"the image is too large to decode: {exc}") from exc
+
+
+def _icon_sizes(data: bytes) -> list[tuple[int, int]]:
+    """The real sizes of an ICO's images, read from each one's own header: the ICO header says at most 256 px,
+    and Pillow decodes the PNG or bitmap inside whole, whatever its size."""
+    sizes = []
+    count = int.from_bytes(data[4:6], "little")
+    for index in range(count):
+        entry = data[6 + 16 * index : 22 + 16 * index]
+        offset = int.from_bytes(entry[12:16], "little") if len(entry) == 16 else len(data)
+        head = data[offset : offset + 24]
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 24:
+            sizes.append((int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")))
+        elif len(head) >= 12:  # a bitmap: its height counts the image and its mask
+            width, height = (abs(int.from_bytes(head[i : i + 4], "little", signed=True)) for i in (4, 8))
+            sizes.append((width, height // 2))
+    return sizes
+
+
+def _format_of(data: bytes) -> str | None:
+    """The name of a format Pillow knows but the scanner does not decode (header only), or None."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as other:
+                return other.format or None
+    except Exception:  # noqa: BLE001 - any plugin's refusal means the same: not a known format
+        return None
 
 
 RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}

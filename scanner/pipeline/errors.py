@@ -10,6 +10,7 @@ ERROR_CODES: dict[str, str] = {
     "not_a_file": "the path is not a regular file",
     "empty_file": "the file is empty (0 bytes)",
     "not_an_image": "the content is not a recognised image format",
+    "unsupported_format": "an image format the scanner does not decode (the README lists those it does)",
     "truncated": "the image data is truncated",
     "decode_error": "the image could not be decoded",
     "too_large": "the input is larger than the size limit",

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
+import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,12 +60,15 @@ def read_file(path: Path, max_bytes: int) -> bytes:
     """Read a local file within the size limit; failures become ItemError codes."""
     shown = decodable(str(path))
     try:
-        info = path.stat()
-        if not stat.S_ISREG(info.st_mode):
-            raise ItemError("not_a_file", f"{shown} is not a regular file")
-        if info.st_size > max_bytes:
-            raise ItemError("too_large", f"{info.st_size} bytes exceeds the limit of {max_bytes}")
-        with path.open("rb") as handle:
+        # Opened without waiting (a FIFO put there after the walk has no writer and would block for ever), then the
+        # open file itself is checked, so nothing can be swapped in between the check and the read.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        with os.fdopen(descriptor, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise ItemError("not_a_file", f"{shown} is not a regular file")
+            if info.st_size > max_bytes:
+                raise ItemError("too_large", f"{info.st_size} bytes exceeds the limit of {max_bytes}")
             data = handle.read(max_bytes + 1)
     except FileNotFoundError:
         raise ItemError("not_found", f"{shown} does not exist (or vanished after submit)") from None
@@ -72,6 +77,8 @@ def read_file(path: Path, max_bytes: int) -> bytes:
     except IsADirectoryError:
         raise ItemError("not_a_file", f"{shown} is a directory") from None
     except OSError as exc:
+        if exc.errno == errno.ENXIO:  # a socket, or a device with nothing behind it
+            raise ItemError("not_a_file", f"{shown} is not a regular file") from None
         raise ItemError("permission_denied", f"cannot read {shown}: {exc.strerror}") from None
     if len(data) > max_bytes:
         raise ItemError("too_large", f"{shown} grew past the limit of {max_bytes} bytes")
