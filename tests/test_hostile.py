@@ -355,3 +355,20 @@ def _error_code(read: object, path: Path) -> str:
     except ItemError as exc:
         return exc.code
     return "read"
+
+
+def test_urls_with_spaces_or_other_scripts_in_their_path_are_fetched_once() -> None:
+    """`/café.png` was an internal_error (UnicodeEncodeError) and `/a b.png` three connection_error tries: the path
+    is now percent-encoded as browsers do, and an escape already there is kept."""
+    from tests.httpserver import NAMED_FILES, HostileHandler
+
+    with HostileServer() as server:
+        for name in NAMED_FILES:
+            result = fetch_url(server.url(name), FetchPolicy(allow_private=True, retries=2))
+            assert result.status == 200 and result.data[:4] == b"\x89PNG", name
+        assert fetch_url(server.url("caf%C3%A9.png"), FetchPolicy(allow_private=True)).status == 200
+        escaped = {"/caf%C3%A9.png": 2, "/a%20b.png": 1, "/%E7%85%A7%E7%89%87/%E8%84%B8.png": 1}
+        assert dict(HostileHandler.hits) == escaped  # one request each (no retry); an escape is never re-escaped
+    with pytest.raises(ItemError) as bad_host:
+        fetch_url("http://" + "\u00e9" * 70 + ".example/x.png", FetchPolicy(allow_private=True))
+    assert bad_host.value.code == "invalid_url" and "host" in bad_host.value.message

@@ -9,7 +9,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from scanner.pipeline.errors import ItemError
 
@@ -124,6 +124,9 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(raw, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
+URL_SAFE = "/%:@!$&'()*+,;=~[]"  # kept as they are in a path: reserved characters and escapes
+
+
 def _split(url: str) -> tuple[str, str, int, str]:
     try:
         parts = urlsplit(url)
@@ -135,10 +138,15 @@ def _split(url: str) -> tuple[str, str, int, str]:
         raise ItemError("unsupported_scheme", f"scheme {scheme!r} is not http or https")
     if not parts.hostname:
         raise ItemError("invalid_url", "the URL has no host")
-    path = parts.path or "/"
+    try:
+        host = parts.hostname.encode("idna").decode("ascii") if not parts.hostname.isascii() else parts.hostname
+    except UnicodeError:
+        raise ItemError("invalid_url", f"the host {parts.hostname!r} is not a valid domain name") from None
+    # As browsers do: spaces, other scripts and control characters percent-encoded (UTF-8), escapes kept.
+    path = quote(parts.path or "/", safe=URL_SAFE)
     if parts.query:
-        path += "?" + parts.query
-    return scheme, parts.hostname, port or (443 if scheme == "https" else 80), path
+        path += "?" + quote(parts.query, safe=URL_SAFE + "?")
+    return scheme, host, port or (443 if scheme == "https" else 80), path
 
 
 def _read_limited(response: http.client.HTTPResponse, policy: FetchPolicy, deadline: float) -> bytes:
