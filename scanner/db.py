@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -39,7 +40,12 @@ NAMING_CONVENTION = {
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # The newest migration's revision, so that opening a database needs no Alembic import (a test checks it
 # against Alembic's own head).
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
+
+
+def uri_key(uri: str) -> str:
+    """The sha256 of an item's URI: what makes it unique within its job (migration 0006 fills older rows)."""
+    return hashlib.sha256(uri.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def utcnow() -> datetime:
@@ -83,12 +89,13 @@ class Item(Base):
 
     __tablename__ = "items"
     __table_args__ = (
-        UniqueConstraint("job_id", "uri", name="uq_items_job_id_uri"),
+        Index("uq_items_job_id_uri_key", "job_id", "uri_key", unique=True),  # a hash: URIs have no length limit
         Index("ix_items_job_id_status_label", "job_id", "status", "label"),  # counts without reading rows
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     uri: Mapped[str] = mapped_column(Text)
+    uri_key: Mapped[str | None] = mapped_column(String(64))  # sha256 of uri (uri_key()), unique per job
     kind: Mapped[str] = mapped_column(String(8), default="file")
     status: Mapped[str] = mapped_column(String(16), default="queued")
     error_code: Mapped[str | None] = mapped_column(String(32))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import random
+import string
 import subprocess
 import sys
 from collections.abc import Callable
@@ -345,3 +347,61 @@ def test_processes_migrating_a_new_database_at_once_all_succeed(backend: str, tm
                 assert current_revision(engine) == SCHEMA_HEAD
             finally:
                 engine.dispose()
+
+
+def test_a_uri_of_any_length_is_scanned_with_the_rest(settings: Settings, tmp_path: Path) -> None:
+    """A URI over about 2.7 KB broke PostgreSQL's (job_id, uri) unique index: the job stayed `creating` for ever,
+    the short URLs beside it were never scanned, and `resume` failed the same way. A long path likewise."""
+    noise = random.Random(7)  # incompressible: PostgreSQL compresses an index entry before checking its size
+    deep = tmp_path
+    for _ in range(12):  # a 2,900-character path, each name within the file system's 255
+        deep = deep / "".join(noise.choice(string.ascii_letters) for _ in range(240))
+    deep.mkdir(parents=True)
+    (deep / "face.png").write_bytes(encode(noisy_image(31, 32)))
+    with HostileServer() as server:
+        long_url = server.url("good.png") + "?pad=" + "".join(noise.choice(string.ascii_letters) for _ in range(3_000))
+        urls = [server.url("good.png"), long_url, server.url("good.jpg")]
+        summary = submit(settings, [*urls, str(deep / "face.png")], wait=True).summary
+        assert (summary["items"], summary["done"], summary["errors"]) == (4, 4, 0), summary
+        again = submit(settings, [*urls, str(deep / "face.png")], wait=True).summary  # a second job, the same rows
+    assert again["items"] == 4
+    with open_database(settings)() as session:
+        assert session.scalar(select(func.count()).select_from(Item).where(Item.job_id == summary["job_id"])) == 4
+        assert session.scalar(select(Job.status).where(Job.id == summary["job_id"])) == "finished"
+
+
+OLD_JOB = (
+    "INSERT INTO jobs (id, created_at, sources, status, mode, model_version, threshold, items_total, items_done, "
+    "items_error, items_flagged, items_skipped, sources_key) "
+    "VALUES (1, CURRENT_TIMESTAMP, '[]', 'creating', 'embedded', 'm', 0.5, 0, 0, 0, 0, 0, 'k')"
+)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_items_recorded_before_the_uri_key_get_theirs(backend: str, tmp_path: Path) -> None:
+    """Migration 0006 fills items.uri_key for rows written before it, so resuming such a job adds no duplicates."""
+    from sqlalchemy import text
+
+    from scanner.db import upgrade, uri_key
+
+    urls = iter([f"sqlite:///{tmp_path / 'old.db'}"]) if backend == "sqlite" else fresh_pg_database()
+    for url in urls:
+        upgrade(url, "0005")
+        engine = make_engine(url)
+        names = ["/a.png", "/caf\u00e9.png", "/" + "z" * 500 + ".png"]
+        with engine.begin() as connection:
+            connection.execute(text(OLD_JOB))
+            for name in names:
+                connection.execute(text("INSERT INTO items (job_id, uri, kind, status) VALUES (1, :uri, 'file', "
+                                        "'queued')"), {"uri": name})  # fmt: skip
+        upgrade(url)
+        with engine.begin() as connection:
+            keys = dict(connection.execute(text("SELECT uri, uri_key FROM items")).all())
+            assert keys == {name: uri_key(name) for name in names}
+            duplicate = (
+                "INSERT INTO items (job_id, uri, uri_key, kind, status) VALUES (1, :uri, :key, 'file', 'queued')"
+            )
+            with pytest.raises(Exception, match="(?i)unique"):
+                with connection.begin_nested():
+                    connection.execute(text(duplicate), {"uri": names[1], "key": uri_key(names[1])})
+        engine.dispose()

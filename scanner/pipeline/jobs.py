@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 
-from scanner.db import Item, Job, Skipped, utcnow
+from scanner.db import Item, Job, Skipped, uri_key, utcnow
 from scanner.pipeline.sink import insert_ignoring_conflicts
 from scanner.pipeline.sources import RAW_PREFIX, Expansion, is_url, path_uri
 from scanner.safe_text import mask_passwords
@@ -51,7 +51,7 @@ def find_resumable_job(sessions: Any, key: str) -> int | None:
 
 
 def _item_row(job_id: int, spec: Any) -> dict[str, Any]:
-    row = {"job_id": job_id, "uri": spec.uri, "kind": spec.kind, "status": "queued",
+    row = {"job_id": job_id, "uri": spec.uri, "uri_key": uri_key(spec.uri), "kind": spec.kind, "status": "queued",
            "error_code": None, "error_message": None}  # fmt: skip
     if spec.error:
         row.update(
@@ -89,7 +89,7 @@ def complete_creation(sessions: Any, job_id: int, expansion: Expansion) -> None:
     """Insert the items not yet recorded (idempotent on job + uri), the skipped files, then mark the job ready."""
     for part in chunks(expansion.items, INSERT_CHUNK):
         with sessions.begin() as session:
-            insert_ignoring_conflicts(session, Item, [_item_row(job_id, spec) for spec in part], ["job_id", "uri"])
+            insert_ignoring_conflicts(session, Item, [_item_row(job_id, spec) for spec in part], ["job_id", "uri_key"])
     with sessions.begin() as session:
         session.execute(delete(Skipped).where(Skipped.job_id == job_id))
     for skipped in chunks(expansion.skipped, INSERT_CHUNK):
