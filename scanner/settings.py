@@ -128,6 +128,12 @@ class Settings:
             env[variable] = ("1" if value else "0") if isinstance(value, bool) else str(value)
         return env
 
+    @property
+    def decodes_at_once(self) -> int:
+        """How many images may be decoded at the same time in one process (SCANNER_DECODE_THREADS; 0: cores + 1, at
+        most 8): the scan's decode threads and the review app's thumbnails alike, so memory is bounded by it."""
+        return self.decode_threads or min(8, (os.cpu_count() or 1) + 1)
+
     def with_overrides(self, **overrides: Any) -> Settings:
         """A copy with the given non-None fields replaced (how CLI flags apply); a model may be given by name."""
         changes = {k: v for k, v in overrides.items() if v is not None}

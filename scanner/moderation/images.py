@@ -39,6 +39,8 @@ class ImageCache:
         self._explain_loader = explain_loader
         self._explain: Any = None
         self._explain_lock = threading.Lock()
+        # Requests run in a thread pool: without a bound, a dozen uncached 64 Mpx images decode at once (6.7 GB).
+        self._decodes = threading.BoundedSemaphore(settings.decodes_at_once)
 
     def path_for(self, item: Item, verdict: Verdict, kind: str) -> Path:
         """Where this image (a size from SIDES, or the heatmap) is cached."""
@@ -52,8 +54,9 @@ class ImageCache:
             raise ImageUnavailable("this item was not scanned")
         path = self.path_for(item, verdict, kind)
         if not path.exists():
-            image = self._render(item, verdict, faces, kind)
-            _write_atomically(path, image)
+            with self._decodes:
+                if not path.exists():  # made meanwhile by a request that held the slot first
+                    _write_atomically(path, self._render(item, verdict, faces, kind))
         return path
 
     def _render(self, item: Item, verdict: Verdict, faces: list[Face], kind: str) -> Image.Image:

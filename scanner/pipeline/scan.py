@@ -57,7 +57,7 @@ class ScanContext:
     @classmethod
     def create(cls, settings: Settings, sessions: Any = None) -> ScanContext:
         """Build a context; the model is not loaded until the first batch."""
-        threads = settings.decode_threads or min(8, (os.cpu_count() or 1) + 1)
+        threads = settings.decodes_at_once
         return cls(
             settings=settings,
             sessions=sessions or session_factory(make_engine(settings.database_url)),
