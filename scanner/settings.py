@@ -142,6 +142,28 @@ class Settings:
         return replace(self, **changes)
 
 
+def cgroup_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The CPUs a container's quota allows (cgroup v2 cpu.max, else v1's CFS quota); None without a quota."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1") or float(period) <= 0:
+        return None
+    return float(quota) / float(period)
+
+
+def available_cores(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU quota (whole cores, >= 1)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = cgroup_cpus(cgroup)
+    return max(1, min(cores, int(quota)) if quota is not None else cores)
+
+
 # The environment variable of each field (the README's configuration table lists the same names).
 ENV_NAMES = {
     "database_url": "SCANNER_DATABASE_URL", "broker_url": "SCANNER_BROKER_URL", "model_path": "SCANNER_MODEL",

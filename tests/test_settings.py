@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,22 @@ def test_migration_0005_copies_scores_and_labels_and_goes_back(backend: str, tmp
     command.downgrade(alembic_config(url), "0004")
     assert current_revision(engine) == "0004"
     engine.dispose()
+
+
+def test_threads_follow_a_containers_cpu_quota(tmp_path: Path) -> None:
+    """In a container limited to 2 CPUs on a large host, torch counted the host's cores and spun that many threads."""
+    from scanner.settings import available_cores, cgroup_cpus
+
+    host = len(os.sched_getaffinity(0))
+    assert cgroup_cpus(tmp_path) is None and available_cores(tmp_path) == host  # no quota: the affinity
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpus(tmp_path) is None and available_cores(tmp_path) == host
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpus(tmp_path) == 1.5 and available_cores(tmp_path) == 1  # whole cores, never more than allowed
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("50000\n")  # cgroup v1: half a core
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert available_cores(tmp_path) == 1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(f"{400000 * host}\n")
+    assert available_cores(tmp_path) == host  # a quota above the affinity: the affinity

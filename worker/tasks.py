@@ -19,7 +19,7 @@ from scanner.db import make_engine, session_factory
 from scanner.engines.celery import TASK_NAME, batch_sender, queue_empty_check
 from scanner.pipeline.leases import reap_expired
 from scanner.pipeline.scan import ScanContext, fail_leased_batch, scan_leased_batch, worker_name
-from scanner.settings import Settings
+from scanner.settings import Settings, available_cores
 from worker import app
 
 logger = get_task_logger(__name__)
@@ -37,7 +37,7 @@ def limit_torch_threads(**_: Any) -> None:
     """Give each prefork child a share of the cores so children x threads ~ cores (fast, no model load)."""
     settings = Settings.from_env()
     concurrency = int(os.environ.get("SCANNER_WORKER_CONCURRENCY", "1"))
-    threads = settings.torch_threads or max(1, (os.cpu_count() or 1) // max(1, concurrency))
+    threads = settings.torch_threads or max(1, available_cores() // max(1, concurrency))
     torch.set_num_threads(threads)
 
 

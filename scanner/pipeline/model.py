@@ -11,7 +11,7 @@ from scanner.detector.checkpoint import LoadedModel, load_model, read_checkpoint
 from scanner.detector.faces import FaceFinder
 from scanner.detector.networks import inference_forward, model_batch_size
 from scanner.detector.views import ImageViews, ViewScores, score_flat_views, split_scores
-from scanner.settings import Settings
+from scanner.settings import Settings, available_cores
 
 
 def model_identity(settings: Settings) -> tuple[str, float]:
@@ -35,6 +35,8 @@ class ModelRunner:
         if self._loaded is None:
             if self.settings.torch_threads > 0:
                 torch.set_num_threads(self.settings.torch_threads)
+            elif torch.get_num_threads() > available_cores():  # torch counts the host's cores, not the quota's
+                torch.set_num_threads(available_cores())
             self._loaded = load_model(self.settings.model_path, self.settings.device)
             loaded = self._loaded
             size, precision = loaded.preprocess.size, loaded.preprocess.precision
