@@ -40,7 +40,7 @@ NAMING_CONVENTION = {
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # The newest migration's revision, so that opening a database needs no Alembic import (a test checks it
 # against Alembic's own head).
-SCHEMA_HEAD = "0006"
+SCHEMA_HEAD = "0007"
 
 
 def uri_key(uri: str) -> str:
@@ -176,6 +176,15 @@ class Skipped(Base):
     job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     path: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(String(32))
+
+
+class Hold(Base):
+    """An item open in a reviewer's browser: not handed to another reviewer until `held_until`."""
+
+    __tablename__ = "holds"
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))  # the reviewer and their browser session
+    held_until: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
 
 
 class Decision(Base):

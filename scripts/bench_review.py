@@ -89,7 +89,8 @@ def main() -> None:
     job_id = build_job(url, args.items)
     print(f"built job {job_id}: {args.items} items in {time.perf_counter() - started:.1f} s ({url.split(':')[0]})")
     settings = Settings.from_env().with_overrides(database_url=url)
-    client = TestClient(create_app(settings, open_database(settings), ServeConfig(heatmaps=False), folder / "cache"))
+    app = create_app(settings, open_database(settings), ServeConfig(heatmaps=False), folder / "cache")
+    client = TestClient(app, base_url="http://127.0.0.1:8800")  # the host names scanner serve answers to
     middle = args.items // 2 // 50
     pages = {
         "queue, page 1": f"/jobs/{job_id}",

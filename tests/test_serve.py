@@ -18,13 +18,13 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from scanner.cli import app as cli_app
 from scanner.connect import SetupError
-from scanner.db import Decision, Item, Verdict
+from scanner.db import Decision, Hold, Item, Verdict
 from scanner.moderation.queue import decide
 from scanner.moderation.serve import ServeConfig, check_binding, create_app
 from scanner.pipeline.submit import open_database, submit
@@ -536,3 +536,31 @@ def test_thumbnails_decode_as_many_images_at_once_as_the_scan_does(sqlite_settin
             peaks[threads] = peak_rss_mib(pid) - start
     # Each 16 Mpx image is 46 MiB decoded: eight at once hold several hundred MiB more than one at a time.
     assert peaks["8"] - peaks["1"] > 150, peaks
+
+
+def test_two_serve_processes_never_hand_out_an_item_held_open(sqlite_settings: Settings, tmp_path: Path) -> None:
+    """Holds lived in one process's memory: behind a load balancer, a reviewer on the second process was sent to
+    the item open on the first. They are rows now, with an expiry, read by every process."""
+    job_id = review_job(sqlite_settings, tmp_path / "in")
+    host = {"Host": "127.0.0.1"}
+
+    with serving(sqlite_settings, tmp_path, "--reviewer", "ann") as (first, _), serving(
+        sqlite_settings, tmp_path, "--reviewer", "bob"
+    ) as (second, _):  # fmt: skip
+        opened = []
+        for base in (first, second, first):
+            connection = http.client.HTTPConnection("127.0.0.1", urlsplit(base).port, timeout=30)
+            cookie = {first: "fauxscan_session=ann-browser", second: "fauxscan_session=bob-browser"}[base]
+            connection.request("GET", f"/jobs/{job_id}/next", headers={**host, "Cookie": cookie})
+            response = connection.getresponse()
+            response.read()
+            location = response.getheader("location") or ""
+            assert response.status == 303 and location.startswith("/items/"), (response.status, location)
+            item_path = location.split("?")[0]
+            assert raw_request(base, "GET", item_path, {**host, "Cookie": cookie})[0] == 200  # opens it: a hold
+            opened.append(item_path)
+            connection.close()
+    assert opened[0] != opened[1], opened  # bob, on the other process, is sent elsewhere
+    assert opened[2] == opened[0]  # ann's own hold does not keep her from her item
+    with open_database(sqlite_settings)() as session:
+        assert session.scalar(select(func.count()).select_from(Hold)) == 2

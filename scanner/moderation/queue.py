@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from sqlalchemy import and_, exists, func, insert, literal, or_, select
+from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from scanner.db import Decision, Face, Item, Verdict, row_by_id, utcnow
+from scanner.db import Decision, Face, Hold, Item, Verdict, row_by_id, utcnow
 from scanner.moderation.reports import get_job
 from scanner.moderation.review import DECISIONS, ReviewError, check_decision
 
@@ -152,6 +154,26 @@ def neighbour(session: Session, job_id: int, filters: QueueFilter, item_id: int,
     order = ORDER if forward else (Item.score.asc().nulls_first(), Item.id.desc())
     page = _base(job_id, filters).where(where).order_by(*order).limit(1).subquery()
     return session.scalar(select(page.c.item_id))
+
+
+HOLD_SECONDS = 120  # an opened item is not handed to another reviewer for this long
+
+
+def hold(session: Session, item_id: int, holder: str, seconds: float = HOLD_SECONDS) -> None:
+    """Note that `holder` has the item open now (any serve process sees it); forget holds long expired."""
+    now = utcnow()
+    session.execute(delete(Hold).where(Hold.held_until < now - timedelta(seconds=seconds)))
+    values = {"item_id": item_id, "holder": holder, "held_until": now + timedelta(seconds=seconds)}
+    dialect = session.get_bind().dialect.name
+    upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Hold).values(**values)
+    update_to = {"holder": upsert.excluded.holder, "held_until": upsert.excluded.held_until}
+    session.execute(upsert.on_conflict_do_update(index_elements=["item_id"], set_=update_to))
+
+
+def held_by_others(session: Session, holder: str) -> frozenset[int]:
+    """Items another holder has open and whose hold has not expired."""
+    query = select(Hold.item_id).where(Hold.holder != holder, Hold.held_until > utcnow())
+    return frozenset(session.scalars(query))
 
 
 def next_unreviewed(

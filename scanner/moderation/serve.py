@@ -11,11 +11,11 @@ and pixel limits; a strict Content-Security-Policy allows nothing but this serve
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import ipaddress
 import secrets
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,7 +50,6 @@ CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self';
 COOKIE = "fauxscan_session"
 MAX_SESSIONS = 10_000
 MAX_FORM_BYTES = 64_000
-HOLD_SECONDS = 120  # an opened item is not handed to another reviewer for this long
 
 
 @dataclass
@@ -164,28 +163,6 @@ class Visitor:
     csrf: str
 
 
-class OpenItems:
-    """Which reviewer has which item open (for HOLD_SECONDS), so that the next reviewer is sent to another one."""
-
-    def __init__(self) -> None:
-        self._open: OrderedDict[int, tuple[str, float]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def opened(self, item_id: int, reviewer: str) -> None:
-        """Note that `reviewer` is looking at the item now."""
-        with self._lock:
-            self._open[item_id] = (reviewer, time.monotonic())
-            self._open.move_to_end(item_id)
-            while len(self._open) > MAX_SESSIONS:
-                self._open.popitem(last=False)
-
-    def held_by_others(self, reviewer: str) -> frozenset[int]:
-        """Items another reviewer opened within HOLD_SECONDS."""
-        now = time.monotonic()
-        with self._lock:
-            return frozenset(i for i, (who, at) in self._open.items() if who != reviewer and now - at < HOLD_SECONDS)
-
-
 class Visitors:
     """Browser sessions: logged-in ones in memory (a restart logs everyone out), at most MAX_SESSIONS, oldest
     dropped first; anonymous ones stored nowhere, their CSRF token derived from the cookie, so that requests
@@ -247,7 +224,6 @@ class ReviewApp:
     def __init__(self, settings: Settings, sessions: Any, config: ServeConfig, images: ImageCache) -> None:
         self.settings, self.sessions, self.config, self.images = settings, sessions, config, images
         self.visitors = Visitors(None if config.requires_login else config.reviewer)
-        self.open_items = OpenItems()
         self.templates = _templates()
 
     # ---- pages ------------------------------------------------------------------------------------------------
@@ -314,8 +290,8 @@ class ReviewApp:
         if isinstance(filters, Response):
             return filters
         after = _int(request.query_params.get("after"), 0) or None
-        busy = self.open_items.held_by_others(_reviewer(request))
         with self.sessions() as session:
+            busy = queue.held_by_others(session, _holder(request))
             item_id = queue.next_unreviewed(session, job_id, filters, after, busy)
         if item_id is None:
             return RedirectResponse(f"/jobs/{job_id}?{filters.query_string(done=1)}", status_code=303)
@@ -327,16 +303,18 @@ class ReviewApp:
         filters = self._filters(request)
         if isinstance(filters, Response):
             return filters
-        reviewer = _reviewer(request)
+        holder = _holder(request)
         with self.sessions() as session:
             detail = queue.item_detail(session, item_id)
-            if detail is None:
-                return self._error(request, 404, f"no item with id {item_id}")
-            self.open_items.opened(item_id, reviewer)  # only items that exist: every queue query carries these ids
+        if detail is None:
+            return self._error(request, 404, f"no item with id {item_id}")
+        with self.sessions.begin() as session:  # only items that exist: every queue query carries these ids
+            queue.hold(session, item_id, holder)
+        with self.sessions() as session:
             job_id = detail["item"].job_id
             previous = queue.neighbour(session, job_id, filters, item_id, forward=False)
             following = queue.neighbour(session, job_id, filters, item_id, forward=True)
-            skip_to = queue.next_unreviewed(session, job_id, filters, item_id, self.open_items.held_by_others(reviewer))
+            skip_to = queue.next_unreviewed(session, job_id, filters, item_id, queue.held_by_others(session, holder))
         seen = detail["history"][-1].id if detail["history"] else 0
         context = {**detail, "filters": filters, "previous": previous, "following": following, "skip_to": skip_to,
                    "seen": seen, "conflict": conflict, "heatmaps": self.config.heatmaps}  # fmt: skip
@@ -468,11 +446,13 @@ class ReviewApp:
                 "to the public origin if a proxy serves it under another name",
                 status_code=421,
             )
-        visitor = self.visitors.get(request.cookies.get(COOKIE))
+        request.state.session_id = request.cookies.get(COOKIE)
+        visitor = self.visitors.get(request.state.session_id)
         new_cookie = None
         open_paths = request.url.path in ("/login",) or request.url.path.startswith("/static/")
         if visitor is None:
             new_cookie, visitor = self.visitors.anonymous()
+            request.state.session_id = new_cookie
         request.state.visitor = visitor
         if self.config.requires_login and (visitor is None or visitor.reviewer is None) and not open_paths:
             if request.method == "GET" and not request.url.path.startswith("/api/"):
@@ -491,12 +471,12 @@ class ReviewApp:
         return response
 
 
-def _reviewer(request: Request) -> str:
-    """The reviewer behind a request ('' when not known); each browser session counts as its own on loopback."""
+def _holder(request: Request) -> str:
+    """Who holds what a request opens: the reviewer and their browser session (the same in every serve process)."""
     visitor: Visitor | None = getattr(request.state, "visitor", None)
-    if visitor is None:
-        return ""
-    return f"{visitor.reviewer}/{visitor.csrf[:8]}"
+    reviewer = (visitor.reviewer or "") if visitor else ""
+    session = hashlib.sha256(str(getattr(request.state, "session_id", "")).encode()).hexdigest()[:16]
+    return f"{reviewer[:128]}/{session}"
 
 
 def _aware(moment: datetime) -> datetime:
