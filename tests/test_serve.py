@@ -564,3 +564,23 @@ def test_two_serve_processes_never_hand_out_an_item_held_open(sqlite_settings: S
     assert opened[2] == opened[0]  # ann's own hold does not keep her from her item
     with open_database(sqlite_settings)() as session:
         assert session.scalar(select(func.count()).select_from(Hold)) == 2
+
+
+def test_an_unreachable_database_is_one_line_and_a_page_that_says_so(
+    sqlite_settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the database away the app answered a bare 500 and logged 180 lines of traceback a request."""
+    from scanner.db import make_engine, session_factory
+
+    dead = sqlite_settings.with_overrides(database_url="postgresql+psycopg://u:pw9@127.0.0.1:1/x")
+    sessions = session_factory(make_engine(dead.database_url))
+    app = create_app(dead, sessions, ServeConfig(reviewer="eve"), tmp_path / "cache")
+    client = TestClient(app, base_url="http://127.0.0.1:8800", raise_server_exceptions=False)
+    with caplog.at_level("ERROR"):
+        for path in ("/", "/jobs/1", "/items/1", "/api/jobs"):
+            page = client.get(path)
+            assert page.status_code == 503 and "the database does not answer" in page.text, (path, page.text[:300])
+            assert "pw9" not in page.text
+    logged = [record for record in caplog.records if record.name == "fauxscan.serve"]
+    assert len(logged) == 4 and all(record.exc_info is None and "pw9" not in record.getMessage() for record in logged)
+    assert all(record.name == "fauxscan.serve" for record in caplog.records if record.levelname == "ERROR")

@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import hmac
 import ipaddress
+import logging
 import secrets
 import threading
 from collections import OrderedDict
@@ -37,7 +38,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from scanner.connect import SetupError
+from scanner.connect import SetupError, describe_db_error
 from scanner.db import MAX_ID, Decision, Item, Job
 from scanner.moderation import queue
 from scanner.moderation.images import HEATMAP, SIDES, ImageCache, ImageUnavailable
@@ -45,6 +46,7 @@ from scanner.moderation.reports import JobNotFound, errors_by_code, job_overview
 from scanner.safe_text import mask_passwords, printable
 from scanner.settings import Settings
 
+LOG = logging.getLogger("fauxscan.serve")
 CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self'; connect-src 'self'; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")  # fmt: skip
 COOKIE = "fauxscan_session"
@@ -431,6 +433,13 @@ class ReviewApp:
         context = {**context, "visitor": visitor, "login": self.config.requires_login}
         return self.templates.TemplateResponse(request, name, context, status_code=status_code)
 
+    def _database_away(self, request: Request, exc: SQLAlchemyError) -> Response:
+        """A page saying the database does not answer (one log line, no traceback); the next request tries again."""
+        reason = describe_db_error(exc, self.settings.database_url)
+        LOG.error("database unreachable (%s %s): %s", request.method, request.url.path, reason)
+        return self._error(request, 503, f"the database does not answer, so nothing can be shown or recorded now; "
+                                         f"reload in a moment ({reason})")  # fmt: skip
+
     def _set_cookie(self, response: Response, session_id: str) -> None:
         secure = self.config.origin.startswith("https://")  # behind a TLS proxy: never sent over plain HTTP
         response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", path="/", secure=secure)
@@ -460,7 +469,10 @@ class ReviewApp:
             else:
                 response = PlainTextResponse("log in first", status_code=403)
         else:
-            response = await call_next(request)
+            try:
+                response = await call_next(request)
+            except SQLAlchemyError as exc:
+                response = self._database_away(request, exc)
         if new_cookie:
             self._set_cookie(response, new_cookie)
         response.headers["Content-Security-Policy"] = CSP
