@@ -584,3 +584,38 @@ def test_an_unreachable_database_is_one_line_and_a_page_that_says_so(
     logged = [record for record in caplog.records if record.name == "fauxscan.serve"]
     assert len(logged) == 4 and all(record.exc_info is None and "pw9" not in record.getMessage() for record in logged)
     assert all(record.name == "fauxscan.serve" for record in caplog.records if record.levelname == "ERROR")
+
+
+@pytest.mark.parametrize(
+    ("label", "score", "whole", "faces", "says"),
+    [
+        ("fake", 0.9997, 0.9997, [0.18], ["Flagged by the whole image (1.00)", "no face alone does (face 1 (0.18))"]),
+        ("fake", 0.93, 0.41, [0.2, 0.93], ["Flagged by face 2 (0.93)", "the whole image (0.41) does not"]),
+        ("fake", 0.95, 0.9, [0.95], ["Flagged by the whole image (0.90) and by face 1 (0.95)"]),
+        ("fake", 0.71, 0.71, [], ["no face was found to judge alone", "Borderline: 0.030 over the threshold"]),
+        ("real", 0.66, 0.66, [0.1], ["Not flagged: the whole image (0.66) is under", "Borderline: 0.020 under"]),
+        ("real", 0.12, 0.12, [], ["and no face was found"]),
+    ],
+)
+def test_the_verdict_is_explained_by_the_view_that_drove_it(
+    label: str, score: float, whole: float, faces: list[float], says: list[str]
+) -> None:
+    """A flagged image whose face scored low says the whole image drove it; 0.66 against 0.68 is borderline."""
+    from scanner.db import Face
+    from scanner.moderation.queue import verdict_sentences
+
+    verdict = Verdict(label=label, score=score, whole_score=whole, threshold=0.68)
+    rows = [Face(rank=rank, score=face_score) for rank, face_score in enumerate(faces)]
+    text = " ".join(verdict_sentences(verdict, rows))
+    assert all(part in text for part in says), text
+    assert ("Borderline" in text) == (abs(score - 0.68) < 0.05)
+
+
+def test_the_item_page_explains_its_verdict_in_words(settings: Settings, tmp_path: Path) -> None:
+    job_id = review_job(settings, tmp_path / "in")
+    client = client_for(settings, tmp_path)
+    flagged = queue_ids(client.get(f"/jobs/{job_id}?label=fake").text)
+    unflagged = queue_ids(client.get(f"/jobs/{job_id}?label=real").text)
+    assert flagged and unflagged
+    assert 'class="explained">Flagged by the whole image' in client.get(f"/items/{flagged[0]}").text
+    assert 'class="explained">Not flagged: the whole image' in client.get(f"/items/{unflagged[0]}").text

@@ -217,6 +217,7 @@ def _templates() -> Jinja2Templates:
     env = jinja2.Environment(loader=loader, autoescape=True, undefined=jinja2.StrictUndefined)
     env.filters["shown"] = _shown
     env.filters["score"] = lambda value: "" if value is None else f"{value:.4f}"
+    env.filters["utc"] = lambda moment: _aware(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return Jinja2Templates(env=env)
 
 
