@@ -20,7 +20,7 @@ from pathlib import Path
 from sqlalchemy import insert
 from starlette.testclient import TestClient
 
-from scanner.db import Decision, Item, Job, Verdict, make_engine, upgrade
+from scanner.db import Decision, Item, Job, Verdict, make_engine, upgrade, uri_key
 from scanner.moderation.serve import ServeConfig, create_app
 from scanner.pipeline.submit import open_database
 from scanner.settings import Settings
@@ -49,7 +49,8 @@ def build_job(url: str, items: int, seed: int = 1) -> int:
             rows = []
             for i, verdict_id in enumerate(ids.scalars()):
                 error = rng.random() < 0.01
-                rows.append({"job_id": job_id, "uri": f"/bench/{start + i:06d}.jpg", "kind": "file",
+                uri = f"/bench/{start + i:06d}.jpg"
+                rows.append({"job_id": job_id, "uri": uri, "uri_key": uri_key(uri), "kind": "file",
                              "status": "error" if error else "done", "error_code": "decode_error" if error else None,
                              "sha256": None if error else verdicts[i]["sha256"], "size_bytes": 50_000,
                              "verdict_id": None if error else verdict_id,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import string
@@ -405,3 +406,51 @@ def test_items_recorded_before_the_uri_key_get_theirs(backend: str, tmp_path: Pa
                 with connection.begin_nested():
                     connection.execute(text(duplicate), {"uri": names[1], "key": uri_key(names[1])})
         engine.dispose()
+
+
+def _big_job(url: str, items: int) -> int:
+    """A finished job of `items` scored rows, written in bulk (no scan): what a large report reads."""
+    from sqlalchemy import insert
+
+    from scanner.db import upgrade, uri_key, utcnow
+
+    upgrade(url)
+    engine = make_engine(url)
+    now = utcnow()
+    with engine.begin() as connection:
+        job_id = connection.execute(
+            insert(Job).returning(Job.id),
+            [{"sources": ["/big"], "sources_key": "big", "model_version": "m", "threshold": 0.5, "mode": "embedded",
+              "status": "finished", "created_at": now, "finished_at": now, "items_total": items}],
+        ).scalar_one()  # fmt: skip
+        for start in range(0, items, 20_000):
+            rows = [{"job_id": job_id, "uri": f"/big/{n:07d}-{'x' * 60}.jpg", "uri_key": uri_key(str(n)),
+                     "kind": "file", "status": "done", "score": n / items, "label": "real", "scanned_at": now}
+                    for n in range(start, min(items, start + 20_000))]  # fmt: skip
+            connection.execute(insert(Item), rows)
+    engine.dispose()
+    return int(job_id)
+
+
+def test_reports_of_a_large_job_are_streamed(tmp_path: Path) -> None:
+    """A 1M-item job's JSON report took 4.8 GB (JSONL 3.1, CSV 1.9): every row was held, then the whole text."""
+    url = f"sqlite:///{tmp_path / 'big.db'}"
+    job_id = _big_job(url, 150_000)
+    measure = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
+    env = {**os.environ, "SCANNER_DATABASE_URL": url}
+    for fmt in ("json", "jsonl", "csv"):
+        out_file = tmp_path / f"report.{fmt}"
+        command = [sys.executable, "-c", measure, SCANNER, "report", str(job_id), "--format", fmt, "--output"]
+        done = subprocess.run([*command, str(out_file)], capture_output=True, text=True, env=env, timeout=300)
+        code, peak_kib = (int(value) for value in done.stdout.split())
+        assert code == 0, done.stderr
+        assert peak_kib < 220 * 1024, f"{fmt}: peak RSS {peak_kib / 1024:.0f} MiB"  # 126 MiB streamed; 748 held
+        if fmt == "json":
+            document = json.loads(out_file.read_text())
+            assert len(document["items"]) == 150_000 and document["job"]["job_id"] == job_id
+        else:
+            assert out_file.read_text().count("\n") == 150_000 + (fmt == "csv")

@@ -177,5 +177,5 @@ def test_reporting_views_and_jsonl(settings: Settings, tmp_path: Path) -> None:
     assert (flagged[0]["item_id"], "real", "bob") in [tuple(r) for r in view_rows]
     assert tuple(summary) == (11, 10, 1, status["flagged"], 0)
     assert [tuple(r) for r in daily] == [(11, status["flagged"], 1)]
-    lines = render_jsonl(rows).splitlines()
+    lines = "".join(render_jsonl(rows)).splitlines()
     assert len(lines) == 11 and all(line.startswith("{") for line in lines)

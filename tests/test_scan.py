@@ -154,8 +154,8 @@ def test_report_csv_and_json_match_the_database(settings: Settings, tmp_path: Pa
         rows = report_rows(session, summary["job_id"])
         db = {i.uri: i for i in session.scalars(select(Item).where(Item.job_id == summary["job_id"]))}
         verdicts = {v.id: v for v in session.scalars(select(Verdict))}
-    parsed = list(csv.DictReader(io.StringIO(render_csv(rows))))
-    document = json.loads(render_json(rows, summary))
+    parsed = list(csv.DictReader(io.StringIO("".join(render_csv(rows)))))
+    document = json.loads("".join(render_json(rows, summary)))
     assert len(parsed) == len(document["items"]) == len(db) == 4
     for csv_row, json_row in zip(parsed, document["items"]):
         item = db[csv_row["uri"]]

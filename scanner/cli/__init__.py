@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -209,25 +209,39 @@ def report(
     settings = load_settings()
     with _sessions(settings)() as session:
         try:
-            rows = reports.report_rows(session, job_id, flagged_only, redact=fmt != "html")
             status = reports.job_status(session, job_id)
         except reports.JobNotFound as exc:
             fail(str(exc))
-    text = {
-        "table": lambda: reports.render_table(rows),
-        "csv": lambda: reports.render_csv(rows),
-        "json": lambda: reports.render_json(rows, status),
-        "jsonl": lambda: reports.render_jsonl(rows),
-        "html": lambda: _html_report(settings, status, rows, explain, max_thumbnails),
-    }[fmt]()
+        if fmt == "html":  # thumbnails and heatmaps need every row at once; bounded by --max-thumbnails
+            rows = reports.report_rows(session, job_id, flagged_only, redact=False)
+            _write_report([_html_report(settings, status, rows, explain, max_thumbnails)], output)
+            return
+        streamed = reports.iter_report_rows(session, job_id, flagged_only)  # a chunk of rows in memory at a time
+        chunks = {
+            "table": lambda: reports.render_table(streamed),
+            "csv": lambda: reports.render_csv(streamed),
+            "json": lambda: reports.render_json(streamed, status),
+            "jsonl": lambda: reports.render_jsonl(streamed),
+        }[fmt]()
+        _write_report(chunks, output)
+
+
+def _write_report(chunks: Iterable[str], output: Path | None) -> None:
+    """Stream the report's text to stdout or into `output` (written beside it, then renamed into place)."""
     if output is None:
-        echo(text, nl=False)
-    else:
-        try:
-            output.write_text(text, encoding="utf-8")
-        except OSError as exc:
-            fail(f"cannot write {output}: {exc.strerror or exc}")
-        say_error(f"wrote {output}")
+        for chunk in chunks:
+            echo(chunk, nl=False)
+        return
+    partial = output.with_name(output.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        partial.replace(output)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        fail(f"cannot write {output}: {exc.strerror or exc}")
+    say_error(f"wrote {output}")
 
 
 def _html_report(settings: Settings, status: dict, rows: list, explain: bool, max_thumbnails: int) -> str:

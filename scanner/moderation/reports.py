@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -184,14 +184,22 @@ def report_rows(session: Session, job_id: int, flagged_only: bool = False, redac
 
     URL passwords are masked unless `redact` is False (only for code that must fetch the source again).
     """
+    return list(iter_report_rows(session, job_id, flagged_only, redact))
+
+
+def iter_report_rows(
+    session: Session, job_id: int, flagged_only: bool = False, redact: bool = True, chunk: int = 1000
+) -> Iterator[dict[str, Any]]:
+    """The report's rows one at a time, read from the database `chunk` at a time (a server-side cursor on
+    PostgreSQL), so a report of a million items holds a chunk in memory, not the job; JobNotFound at once."""
     get_job(session, job_id)
-    rows = [dict(row._mapping) for row in session.execute(report_query(job_id, flagged_only))]
-    faces = faces_by_verdict(session, {row["verdict_id"] for row in rows if row["verdict_id"] is not None})
-    for row in rows:
-        row["faces"] = faces.get(row.pop("verdict_id"), [])
-        if redact:
-            redact_row(row)
-    return rows
+    result = session.execute(report_query(job_id, flagged_only).execution_options(yield_per=chunk))
+    for part in result.partitions():
+        rows = [dict(row._mapping) for row in part]
+        faces = faces_by_verdict(session, {row["verdict_id"] for row in rows if row["verdict_id"] is not None})
+        for row in rows:
+            row["faces"] = faces.get(row.pop("verdict_id"), [])
+            yield redact_row(row) if redact else row
 
 
 def redact_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -223,14 +231,26 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def render_csv(rows: Iterable[dict[str, Any]]) -> str:
+def render_csv(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
     """CSV with a header row and \\n line ends (stdout escapes \\r); formula-like cells are quoted with '."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: _defuse(_csv_value(row.get(k))) for k in REPORT_FIELDS})
-    return buffer.getvalue()
+        if buffer.tell() > CHUNK_CHARS:
+            yield _drained(buffer)
+    yield _drained(buffer)
+
+
+CHUNK_CHARS = 1 << 16  # text handed to the writer at a time
+
+
+def _drained(buffer: io.StringIO) -> str:
+    text = buffer.getvalue()
+    buffer.seek(0)
+    buffer.truncate()
+    return text
 
 
 def _csv_value(value: Any) -> Any:
@@ -243,22 +263,26 @@ def _defuse(value: Any) -> Any:
     return value
 
 
-def render_json(rows: list[dict[str, Any]], status: dict[str, Any]) -> str:
-    """One JSON object: the job status and its items."""
-    return json.dumps({"job": status, "items": rows}, indent=2, default=str) + "\n"
-
-
-def render_jsonl(rows: Iterable[dict[str, Any]]) -> str:
-    """One JSON object per line, for streaming into other tools."""
-    return "".join(json.dumps(row, default=str) + "\n" for row in rows)
-
-
-def render_table(rows: list[dict[str, Any]]) -> str:
-    """A plain fixed-width table for the terminal."""
-    lines = [f"{'id':>7}  {'status':6}  {'score':>6}  {'label':5}  {'error':18}  uri"]
+def render_json(rows: Iterable[dict[str, Any]], status: dict[str, Any]) -> Iterator[str]:
+    """One JSON object, the job status and its items, written item by item (a streamed array)."""
+    yield '{\n  "job": ' + json.dumps(status, indent=2, default=str).replace("\n", "\n  ") + ',\n  "items": ['
+    separator = "\n    "
     for row in rows:
-        lines.append(
+        yield separator + json.dumps(row, default=str)
+        separator = ",\n    "
+    yield "\n  ]\n}\n"
+
+
+def render_jsonl(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """One JSON object per line, for streaming into other tools."""
+    return (json.dumps(row, default=str) + "\n" for row in rows)
+
+
+def render_table(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """A plain fixed-width table for the terminal, a line at a time."""
+    yield f"{'id':>7}  {'status':6}  {'score':>6}  {'label':5}  {'error':18}  uri\n"
+    for row in rows:
+        yield (
             f"{row['item_id']:>7}  {row['status']:6}  {_cell(row['score']):>6}  {_cell(row['label']):5}  "
-            f"{_cell(row['error_code']):18}  {printable(row['uri'], keep_newlines=False)}"
+            f"{_cell(row['error_code']):18}  {printable(row['uri'], keep_newlines=False)}\n"
         )
-    return "\n".join(lines) + "\n"
