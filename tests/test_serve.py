@@ -619,3 +619,33 @@ def test_the_item_page_explains_its_verdict_in_words(settings: Settings, tmp_pat
     assert flagged and unflagged
     assert 'class="explained">Flagged by the whole image' in client.get(f"/items/{flagged[0]}").text
     assert 'class="explained">Not flagged: the whole image' in client.get(f"/items/{unflagged[0]}").text
+
+
+def test_a_decision_after_a_restart_keeps_the_typed_note(settings: Settings, tmp_path: Path) -> None:
+    """After a restart the decision got a bare 'log in first' and the typed note was lost. Nothing is recorded
+    still, but the login form carries the note back to the item's page."""
+    job_id = review_job(settings, tmp_path / "in")
+    config = ServeConfig(tokens={"t" * 24: "carol"})
+    before = client_for(settings, tmp_path, config)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', before.get("/login").text).group(1)  # type: ignore[union-attr]
+    before.post("/login", data={"csrf": csrf, "token": "t" * 24})
+    item_id = queue_ids(before.get(f"/jobs/{job_id}").text)[0]
+    csrf, seen = csrf_and_seen(before.get(f"/items/{item_id}").text)
+    restarted = client_for(settings, tmp_path, config)  # a new process: it knows no session
+    restarted.cookies = before.cookies
+    note = "press photo <b>checked</b> with the agency"
+    sent = restarted.post(f"/items/{item_id}/decision", data={"csrf": csrf, "seen": seen, "decision": "real",
+                                                               "note": note})  # fmt: skip
+    assert sent.status_code == 403 and "your decision was not recorded" in sent.text
+    assert "press photo &lt;b&gt;checked&lt;/b&gt;" in sent.text and decisions(settings, item_id) == []
+    login_csrf = re.search(r'name="csrf" value="([^"]+)"', sent.text).group(1)  # type: ignore[union-attr]
+    form = {"csrf": login_csrf, "token": "t" * 24, "return_to": f"/items/{item_id}", "draft_note": note}
+    back = restarted.post("/login", data=form, follow_redirects=False)
+    assert back.status_code == 303 and back.headers["location"] == f"/items/{item_id}"
+    page = restarted.get(back.headers["location"]).text
+    assert 'id="kept"' in page and 'value="press photo &lt;b&gt;checked&lt;/b&gt; with the agency"' in page
+    assert 'id="kept"' not in restarted.get(f"/items/{item_id}").text  # shown once
+    fresh = re.search(r'name="csrf" value="([^"]+)"', restarted.get("/login").text).group(1)  # type: ignore[union-attr]
+    elsewhere = {**form, "csrf": fresh, "return_to": "https://evil.example/"}
+    assert restarted.post("/login", data=elsewhere, follow_redirects=False).headers["location"] == "/"
+    assert decisions(settings, item_id) == []

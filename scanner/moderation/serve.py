@@ -15,6 +15,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import re
 import secrets
 import threading
 from collections import OrderedDict
@@ -163,6 +164,10 @@ class Visitor:
 
     reviewer: str | None
     csrf: str
+    draft: tuple[int, str] | None = None  # a note typed on an item whose decision found the session gone
+
+
+DECISION_PATH = re.compile(r"/items/(\d{1,10})(/decision)?")
 
 
 class Visitors:
@@ -319,8 +324,13 @@ class ReviewApp:
             following = queue.neighbour(session, job_id, filters, item_id, forward=True)
             skip_to = queue.next_unreviewed(session, job_id, filters, item_id, queue.held_by_others(session, holder))
         seen = detail["history"][-1].id if detail["history"] else 0
+        visitor: Visitor | None = getattr(request.state, "visitor", None)
+        draft_note = ""
+        if visitor is not None and visitor.draft is not None and visitor.draft[0] == item_id:
+            draft_note, visitor.draft = visitor.draft[1], None
         context = {**detail, "filters": filters, "previous": previous, "following": following, "skip_to": skip_to,
-                   "seen": seen, "conflict": conflict, "heatmaps": self.config.heatmaps}  # fmt: skip
+                   "seen": seen, "conflict": conflict, "heatmaps": self.config.heatmaps,
+                   "draft_note": draft_note}  # fmt: skip
         return self._page(request, "item.html", context, status_code=409 if conflict else 200)
 
     async def decide(self, request: Request) -> Response:
@@ -372,7 +382,24 @@ class ReviewApp:
     # ---- login ------------------------------------------------------------------------------------------------
     def login_page(self, request: Request) -> Response:
         """The token form (only when tokens are configured)."""
-        return self._page(request, "login.html", {"ask_name": self.config.asks_name, "message": ""})
+        return self._page(request, "login.html", self._login_context(""))
+
+    def _login_context(self, message: str, return_to: str = "", draft_note: str = "") -> dict[str, Any]:
+        return {"ask_name": self.config.asks_name, "message": message, "return_to": return_to,
+                "draft_note": draft_note}  # fmt: skip
+
+    async def _session_ended(self, request: Request, item_id: int) -> Response:
+        """A decision from a session the server no longer knows (it restarted): nothing is recorded, and the login
+        form keeps the typed note, which comes back on the item's page once the reviewer has logged in again."""
+        length = request.headers.get("content-length", "")
+        form = (
+            await request.form(max_files=0, max_fields=20) if length.isdigit() and int(length) <= MAX_FORM_BYTES else {}
+        )
+        note = str(form.get("note") or "")[:10_000]
+        message = ("Your session ended (the server restarted), so your decision was not recorded. Log in again: "
+                   "the item opens again with your note kept, and you choose again.")  # fmt: skip
+        context = self._login_context(message, f"/items/{item_id}", note)
+        return self._page(request, "login.html", context, status_code=403)
 
     async def login(self, request: Request) -> Response:
         """Exchange a token for a session cookie."""
@@ -382,11 +409,15 @@ class ReviewApp:
         reviewer = self._reviewer_for(str(form.get("token", "")), str(form.get("reviewer", "")))
         if reviewer is None:
             await asyncio.sleep(0.5)  # slows guessing without holding up other requests
-            context = {"ask_name": self.config.asks_name, "message": "unknown token, or no reviewer name given"}
+            message = "unknown token, or no reviewer name given"
+            context = self._login_context(message, str(form.get("return_to", "")), str(form.get("draft_note", "")))
             return self._page(request, "login.html", context, status_code=403)
         self.visitors.drop(request.cookies.get(COOKIE))
-        session_id, _ = self.visitors.new(reviewer)
-        response = RedirectResponse("/", status_code=303)
+        session_id, visitor = self.visitors.new(reviewer)
+        back = DECISION_PATH.fullmatch(str(form.get("return_to", "")))
+        if back and not back[2] and form.get("draft_note"):
+            visitor.draft = (int(back[1]), str(form.get("draft_note"))[:10_000])
+        response = RedirectResponse(back[0] if back and not back[2] else "/", status_code=303)
         self._set_cookie(response, session_id)
         return response
 
@@ -467,6 +498,8 @@ class ReviewApp:
         if self.config.requires_login and (visitor is None or visitor.reviewer is None) and not open_paths:
             if request.method == "GET" and not request.url.path.startswith("/api/"):
                 response: Response = RedirectResponse("/login", status_code=303)
+            elif request.method == "POST" and (found := DECISION_PATH.fullmatch(request.url.path)) and found[2]:
+                response = await self._session_ended(request, int(found[1]))
             else:
                 response = PlainTextResponse("log in first", status_code=403)
         else:
