@@ -454,3 +454,35 @@ def test_reports_of_a_large_job_are_streamed(tmp_path: Path) -> None:
             assert len(document["items"]) == 150_000 and document["job"]["job_id"] == job_id
         else:
             assert out_file.read_text().count("\n") == 150_000 + (fmt == "csv")
+
+
+def test_a_retried_delivery_takes_its_own_lease_back(settings: Settings, tmp_path: Path) -> None:
+    """After a killed database connection the task's retry found its own lease, called it 'held by a live worker'
+    and left the batch to the reaper with lost_count + 1: three such blips split a healthy batch as poison."""
+    from scanner.db import Batch
+    from scanner.pipeline.leases import claim_batch, create_batches, lease_holder
+    from scanner.pipeline.scan import ScanContext, scan_leased_batch
+
+    for name in ("a.png", "b.png"):
+        (tmp_path / name).write_bytes(encode(noisy_image(len(name) + ord(name[0]), 32)))
+    sessions = open_database(settings)
+    version, threshold = model_identity(settings)
+    specs = [ItemSpec(str(tmp_path / name), "file") for name in ("a.png", "b.png")]
+    job_id = create_job(sessions, ["x"], Expansion(specs, []), version, threshold, "distributed")
+    with sessions.begin() as session:
+        item_ids = list(session.scalars(select(Item.id).where(Item.job_id == job_id)))
+        (batch_id,) = create_batches(session, job_id, [item_ids])
+    ctx = ScanContext.create(settings, sessions)
+    try:
+        mine = lease_holder(ctx.worker, "task-1")
+        first = claim_batch(sessions, job_id, batch_id, mine, 600)  # the first try, then its connection dies
+        assert first is not None and first.lost_count == 0
+        assert claim_batch(sessions, job_id, batch_id, lease_holder(ctx.worker, "task-2"), 600) is None  # another
+        scan_leased_batch(ctx, job_id, batch_id, lambda *_: None, delivery="task-1")  # the retry: the same task id
+    finally:
+        ctx.close()
+    with sessions() as session:
+        batch = session.get(Batch, batch_id)
+        assert batch is not None and (batch.status, batch.lost_count, batch.deliveries) == ("done", 0, 2)
+        statuses = set(session.scalars(select(Item.status).where(Item.job_id == job_id)))
+    assert statuses == {"done"}

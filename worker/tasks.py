@@ -110,7 +110,7 @@ def scan_batch_task(self: ScanTask, job_id: int, batch_id: int) -> None:
     """Scan one leased batch of a job's items."""
     logger.info("job %s: batch %s", job_id, batch_id)
     try:
-        scan_leased_batch(self.ctx, job_id, batch_id, send_batch)
+        scan_leased_batch(self.ctx, job_id, batch_id, send_batch, delivery=self.request.id or "")
     except SoftTimeLimitExceeded:
         limit = self.ctx.settings.task_time_limit
         logger.error("job %s: batch %s exceeded %s s; its unscanned items become errors", job_id, batch_id, limit)

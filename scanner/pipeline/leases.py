@@ -49,9 +49,11 @@ def _claimable(now: Any) -> Any:
 
 
 def claim_batch(sessions: Any, job_id: int, batch_id: int, worker: str, lease_seconds: float) -> Claim | None:
-    """Take the batch if it is queued or its holder's lease ran out (or its holder is a dead local process)."""
+    """Take the batch if it is queued, its holder's lease ran out, its holder is a dead local process, or the
+    holder is `worker` itself: a delivery retried after a transient error (the same `lease_holder`) takes its
+    own lease back instead of waiting for the reaper, and is not counted as a lost worker."""
     now = utcnow()
-    condition = _claimable(now)
+    condition = or_(_claimable(now), and_(Batch.status == "running", Batch.claimed_by == worker))
     holder = _holder(sessions, batch_id)
     if holder is not None and holder != worker and local_process_dead(holder):
         condition = or_(condition, and_(Batch.status == "running", Batch.claimed_by == holder))
@@ -65,7 +67,8 @@ def claim_batch(sessions: Any, job_id: int, batch_id: int, worker: str, lease_se
                 lease_until=now + timedelta(seconds=lease_seconds),
                 deliveries=Batch.deliveries + 1,
                 updated_at=now,
-                lost_count=Batch.lost_count + case((Batch.status == "running", 1), else_=0),
+                lost_count=Batch.lost_count
+                + case((and_(Batch.status == "running", Batch.claimed_by != worker), 1), else_=0),
             )  # fmt: skip
             .execution_options(synchronize_session=False)
         )
@@ -80,9 +83,15 @@ def _holder(sessions: Any, batch_id: int) -> str | None:
         return session.scalar(select(Batch.claimed_by).where(Batch.id == batch_id, Batch.status == "running"))
 
 
+def lease_holder(worker: str, delivery: str = "") -> str:
+    """Who holds a lease: the worker process (host:pid) and the delivery (a Celery task id, the same on every retry
+    of one message), so a retry recognises its own lease whichever process of the worker runs it."""
+    return f"{worker}#{delivery}"[:128] if delivery else worker
+
+
 def local_process_dead(holder: str) -> bool:
-    """True when `holder` (host:pid) names a process of this host that no longer exists."""
-    host, _, pid = holder.rpartition(":")
+    """True when `holder` (host:pid, maybe #delivery) names a process of this host that no longer exists."""
+    host, _, pid = holder.partition("#")[0].rpartition(":")
     if host != socket.gethostname() or not pid.isdigit():
         return False
     try:

@@ -20,7 +20,7 @@ from sqlalchemy import select
 
 from scanner.db import Batch, Item, Job, make_engine, session_factory
 from scanner.detector.views import ImageViews
-from scanner.pipeline.leases import Claim, Send, claim_batch, finish_batch, lease_kept, split_batch
+from scanner.pipeline.leases import Claim, Send, claim_batch, finish_batch, lease_holder, lease_kept, split_batch
 from scanner.pipeline.loader import LoadedItem, decode_item, probe_header, read_item
 from scanner.pipeline.model import ModelRunner
 from scanner.pipeline.sink import existing_verdicts, fail_queued_items, finish_job_if_complete, record_batch
@@ -200,13 +200,15 @@ def fail_leased_batch(sessions: Any, job_id: int, batch_id: int, message: str, c
     finish_batch(sessions, batch_id, "failed")
 
 
-def scan_leased_batch(ctx: ScanContext, job_id: int, batch_id: int, send: Send) -> None:
+def scan_leased_batch(ctx: ScanContext, job_id: int, batch_id: int, send: Send, delivery: str = "") -> None:
     """The distributed unit of work: claim the batch's lease, scan it while renewing the lease, mark it done.
 
-    A batch already done, or held by a live worker, is left alone; one that has lost its worker
-    `max_deliveries` times is split (or, down to one item, recorded as `worker_lost`).
+    A batch already done, or held by another live worker, is left alone; a retry of the same `delivery` takes
+    its own lease back; one that has lost its worker `max_deliveries` times is split (or, down to one item,
+    recorded as `worker_lost`).
     """
-    claim = claim_batch(ctx.sessions, job_id, batch_id, ctx.worker, ctx.settings.lease_seconds)
+    holder = lease_holder(ctx.worker, delivery)
+    claim = claim_batch(ctx.sessions, job_id, batch_id, holder, ctx.settings.lease_seconds)
     if claim is None:
         LOG.info("job %s: batch %s is done or held by a live worker; nothing to do", job_id, batch_id)
         return
@@ -217,7 +219,7 @@ def scan_leased_batch(ctx: ScanContext, job_id: int, batch_id: int, send: Send) 
     if mismatch:
         give_up_on_batch(ctx, job_id, claim.item_ids, mismatch, "model_mismatch")
     else:
-        with lease_kept(ctx.sessions, batch_id, ctx.worker, ctx.settings.lease_seconds):
+        with lease_kept(ctx.sessions, batch_id, holder, ctx.settings.lease_seconds):
             scan_batch(ctx, job_id, claim.item_ids)
     finish_batch(ctx.sessions, batch_id)
 
