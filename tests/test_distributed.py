@@ -133,7 +133,7 @@ def test_a_batch_that_keeps_killing_workers_is_isolated(pg_settings: Settings, w
                 for holder, item_ids in holders:
                     if poison_id in item_ids and holder:
                         with contextlib.suppress(ProcessLookupError):
-                            os.kill(int(holder.rsplit(":", 1)[1]), signal.SIGKILL)
+                            os.kill(int(holder.partition("#")[0].rsplit(":", 1)[1]), signal.SIGKILL)
                         kills += 1
             time.sleep(0.05)
         with engine.connect() as connection:

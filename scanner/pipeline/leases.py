@@ -197,4 +197,7 @@ def last_seen_workers(sessions: Any, job_id: int) -> list[dict[str, Any]]:
             .order_by(Batch.updated_at.desc())
             .limit(10)
         ).all()
-    return [{"worker": who, "seen": seen.isoformat() if seen else None, "batch": status} for who, seen, status in rows]
+    return [
+        {"worker": who.partition("#")[0], "seen": seen.isoformat() if seen else None, "batch": status}
+        for who, seen, status in rows
+    ]  # the process, without the delivery it was working on
