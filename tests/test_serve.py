@@ -589,7 +589,7 @@ def test_an_unreachable_database_is_one_line_and_a_page_that_says_so(
 @pytest.mark.parametrize(
     ("label", "score", "whole", "faces", "says"),
     [
-        ("fake", 0.9997, 0.9997, [0.18], ["Flagged by the whole image (1.00)", "no face alone does (face 1 (0.18))"]),
+        ("fake", 0.9997, 0.9997, [0.18], ["Flagged by the whole image (1.00)", "no face alone does (face 1: 0.18)"]),
         ("fake", 0.93, 0.41, [0.2, 0.93], ["Flagged by face 2 (0.93)", "the whole image (0.41) does not"]),
         ("fake", 0.95, 0.9, [0.95], ["Flagged by the whole image (0.90) and by face 1 (0.95)"]),
         ("fake", 0.71, 0.71, [], ["no face was found to judge alone", "Borderline: 0.030 over the threshold"]),

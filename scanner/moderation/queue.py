@@ -211,7 +211,7 @@ def verdict_sentences(verdict: Verdict, faces: list[Face]) -> list[str]:
     image takes the most suspicious), and whether it is borderline."""
     threshold, whole = verdict.threshold, verdict.whole_score
     over = [face for face in faces if face.score >= threshold]
-    face_words = ", ".join(f"face {face.rank + 1} ({face.score:.2f})" for face in faces)
+    face_words = ", ".join(f"face {face.rank + 1}: {face.score:.2f}" for face in faces)
     whole_over = whole is not None and whole >= threshold
     named = ", ".join(f"face {face.rank + 1} ({face.score:.2f})" for face in over)
     if verdict.label == "fake" and whole_over and over:
