@@ -353,6 +353,14 @@ def test_review_with_the_keyboard_in_a_real_browser(
         WebDriverWait(driver, 30).until(
             lambda d: d.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
         )
+        keys = driver.find_element(By.ID, "keys")
+        assert not keys.is_displayed()
+        driver.find_element(By.TAG_NAME, "body").send_keys("?")  # every key, listed
+        WebDriverWait(driver, 5).until(lambda d: keys.is_displayed())
+        assert "record unsure" in keys.text and "Enter there records nothing" in keys.text
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        WebDriverWait(driver, 5).until(lambda d: not keys.is_displayed())
+        assert decisions(settings, first) == []
         note = driver.find_element(By.NAME, "note")
         note.click()
         note.send_keys("looks like a real press photo, checked source" + Keys.ENTER)

@@ -11,6 +11,12 @@ function onKey(event) {
     return;
   }
   if (event.target.closest("input, textarea, select")) return;
+  const keys = document.getElementById("keys");
+  if (keys && (event.key === "?" || (event.key === "Escape" && !keys.hidden))) {
+    event.preventDefault();
+    keys.hidden = event.key === "Escape" ? true : !keys.hidden;
+    return;
+  }
   const decision = DECISION_KEYS[event.key];
   if (decision) {
     const button = document.querySelector(`#decide button[value="${decision}"]`);
