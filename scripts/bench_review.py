@@ -58,7 +58,7 @@ def build_job(url: str, items: int, seed: int = 1) -> int:
                              "label": None if error else verdicts[i]["label"],
                              "worker": "bench", "scanned_at": now})  # fmt: skip
             item_ids = connection.execute(insert(Item).returning(Item.id, sort_by_parameter_order=True), rows)
-            decided = [{"item_id": item_id, "decision": rng.choice(("fake", "real")), "reviewer": "bench",
+            decided = [{"item_id": item_id, "decision": rng.choice(("fake", "real", "unsure")), "reviewer": "bench",
                         "created_at": now} for item_id in item_ids.scalars() if rng.random() < 0.2]  # fmt: skip
             connection.execute(insert(Decision), decided)
     engine.dispose()
@@ -100,6 +100,8 @@ def main() -> None:
         f"queue, page {middle}": f"/jobs/{job_id}?page={middle}",
         "queue, score 0.2-0.5": f"/jobs/{job_id}?min=0.2&max=0.5",
         "queue, errors": f"/jobs/{job_id}?error=decode_error",
+        "queue, decided unsure": f"/jobs/{job_id}?decided=unsure",
+        "queue, reviewer disagrees": f"/jobs/{job_id}?decided=disagree",
         "next unreviewed (redirect)": f"/jobs/{job_id}/next?label=fake",
         "item page": f"/items/{args.items // 2}",
         "jobs page": "/",

@@ -657,3 +657,23 @@ def test_a_decision_after_a_restart_keeps_the_typed_note(settings: Settings, tmp
     elsewhere = {**form, "csrf": fresh, "return_to": "https://evil.example/"}
     assert restarted.post("/login", data=elsewhere, follow_redirects=False).headers["location"] == "/"
     assert decisions(settings, item_id) == []
+
+
+def test_the_queue_filters_by_latest_decision_and_reviewer(settings: Settings, tmp_path: Path) -> None:
+    """Escalation needs the 'unsure' items, quality checks the items where a reviewer overruled the model."""
+    job_id = review_job(settings, tmp_path / "in")
+    client = client_for(settings, tmp_path)
+    flagged = queue_ids(client.get(f"/jobs/{job_id}?label=fake").text)
+    unsure, overruled, agreed = flagged[:3]
+    with open_database(settings).begin() as session:
+        first = decide(session, unsure, "fake", "ann", 0)
+        decide(session, unsure, "unsure", "zed", first.latest.id if first.latest else 0)  # the latest counts
+        decide(session, overruled, "real", "zed", 0)
+        decide(session, agreed, "fake", "ann", 0)
+    assert queue_ids(client.get(f"/jobs/{job_id}?decided=unsure").text) == [unsure]
+    assert queue_ids(client.get(f"/jobs/{job_id}?decided=disagree").text) == [overruled]
+    assert queue_ids(client.get(f"/jobs/{job_id}?decided=fake").text) == [agreed]
+    assert sorted(queue_ids(client.get(f"/jobs/{job_id}?reviewer=zed").text)) == sorted([unsure, overruled])
+    assert queue_ids(client.get(f"/jobs/{job_id}?reviewer=ann&decided=unsure").text) == [unsure]
+    bad = client.get(f"/jobs/{job_id}?decided=maybe")
+    assert bad.status_code == 400 and "decided must be one of" in bad.text

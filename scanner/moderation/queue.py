@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from scanner.db import Decision, Face, Hold, Item, Verdict, row_by_id, utcnow
 from scanner.moderation.reports import get_job
@@ -19,6 +19,8 @@ from scanner.moderation.review import DECISIONS, ReviewError, check_decision
 PER_PAGE = 50
 LABELS = ("fake", "real")
 REVIEWED = ("yes", "no")
+# The latest decision: one of the decisions, or "disagree": a reviewer said fake or real and the model the other.
+DECIDED = ("fake", "real", "unsure", "disagree")
 
 
 class FilterError(ValueError):
@@ -34,6 +36,8 @@ class QueueFilter:
     error_code: str = ""
     score_min: float | None = None
     score_max: float | None = None
+    decided: str = ""
+    reviewer: str = ""
 
     @classmethod
     def parse(cls, params: Any) -> QueueFilter:
@@ -46,12 +50,18 @@ class QueueFilter:
         error_code = params.get("error", "")
         if len(error_code) > 32 or not all(c.isalnum() or c == "_" for c in error_code):
             raise FilterError("error must be an error code such as decode_error, or 'any'")
-        return cls(label, reviewed, error_code, _score(params, "min"), _score(params, "max"))
+        decided, reviewer = params.get("decided", ""), params.get("reviewer", "").strip()
+        if decided not in ("", *DECIDED):
+            raise FilterError(f"decided must be one of {', '.join(DECIDED)}, not {decided!r}")
+        if len(reviewer) > 128:
+            raise FilterError("reviewer must be a name of at most 128 characters")
+        return cls(label, reviewed, error_code, _score(params, "min"), _score(params, "max"), decided, reviewer)
 
     def query_string(self, **extra: Any) -> str:
         """These filters (and any extra parameters) as a URL query string, without the '?'."""
         values = {"label": self.label, "reviewed": self.reviewed, "error": self.error_code,
-                  "min": self.score_min, "max": self.score_max, **extra}  # fmt: skip
+                  "min": self.score_min, "max": self.score_max, "decided": self.decided, "reviewer": self.reviewer,
+                  **extra}  # fmt: skip
         return urlencode({k: v for k, v in values.items() if v not in ("", None)})
 
     def conditions(self) -> list[Any]:
@@ -70,7 +80,24 @@ class QueueFilter:
             where.append(Item.score >= self.score_min)
         if self.score_max is not None:
             where.append(Item.score <= self.score_max)
+        if self.decided:
+            where.append(exists().where(_latest_decision(), _decided_as(self.decided)))
+        if self.reviewer:
+            where.append(exists().where(Decision.item_id == Item.id, Decision.reviewer == self.reviewer))
         return where
+
+
+def _latest_decision() -> Any:
+    """The item's latest decision (walks ix_decisions_item_id_id)."""
+    later = aliased(Decision)
+    newest = select(func.max(later.id)).where(later.item_id == Item.id).correlate(Item).scalar_subquery()
+    return and_(Decision.item_id == Item.id, Decision.id == newest)
+
+
+def _decided_as(decided: str) -> Any:
+    if decided == "disagree":
+        return and_(Decision.decision.in_(LABELS), Item.label.in_(LABELS), Decision.decision != Item.label)
+    return Decision.decision == decided
 
 
 def _score(params: Any, name: str) -> float | None:
