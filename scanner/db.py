@@ -25,6 +25,7 @@ from sqlalchemy import (
     inspect,
     text,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -222,6 +223,12 @@ def _switch_to_wal(cursor: Any, seconds: float = 30.0) -> None:
             if "locked" not in str(exc) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
+
+
+def dialect_insert(session: Session, model: Any) -> Any:
+    """INSERT for the session's database, with its ON CONFLICT clauses (PostgreSQL's or SQLite's)."""
+    dialect = session.get_bind().dialect.name
+    return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(model)
 
 
 def make_engine(url: str) -> Engine:

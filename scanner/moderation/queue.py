@@ -9,10 +9,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
-from scanner.db import Decision, Face, Hold, Item, Verdict, row_by_id, utcnow
+from scanner.db import Decision, Face, Hold, Item, Verdict, dialect_insert, row_by_id, utcnow
 from scanner.moderation.reports import get_job
 from scanner.moderation.review import DECISIONS, ReviewError, check_decision
 
@@ -191,8 +190,7 @@ def hold(session: Session, item_id: int, holder: str, seconds: float = HOLD_SECO
     now = utcnow()
     session.execute(delete(Hold).where(Hold.held_until < now - timedelta(seconds=seconds)))
     values = {"item_id": item_id, "holder": holder, "held_until": now + timedelta(seconds=seconds)}
-    dialect = session.get_bind().dialect.name
-    upsert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(Hold).values(**values)
+    upsert = dialect_insert(session, Hold).values(**values)
     update_to = {"holder": upsert.excluded.holder, "held_until": upsert.excluded.held_until}
     session.execute(upsert.on_conflict_do_update(index_elements=["item_id"], set_=update_to))
 

@@ -316,9 +316,8 @@ class ReviewApp:
             detail = queue.item_detail(session, item_id)
         if detail is None:
             return self._error(request, 404, f"no item with id {item_id}")
-        with self.sessions.begin() as session:  # only items that exist: every queue query carries these ids
-            queue.hold(session, item_id, holder)
-        with self.sessions() as session:
+        with self.sessions.begin() as session:  # held only once it exists: every queue query carries these ids
+            queue.hold(session, item_id, holder)  # the write first: SQLite cannot turn a read into a write waiting
             job_id = detail["item"].job_id
             previous = queue.neighbour(session, job_id, filters, item_id, forward=False)
             following = queue.neighbour(session, job_id, filters, item_id, forward=True)

@@ -35,8 +35,8 @@ class ModelRunner:
         if self._loaded is None:
             if self.settings.torch_threads > 0:
                 torch.set_num_threads(self.settings.torch_threads)
-            elif torch.get_num_threads() > available_cores():  # torch counts the host's cores, not the quota's
-                torch.set_num_threads(available_cores())
+            elif torch.get_num_threads() > (cores := available_cores()):  # torch counts the host's, not the quota's
+                torch.set_num_threads(cores)
             self._loaded = load_model(self.settings.model_path, self.settings.device)
             loaded = self._loaded
             size, precision = loaded.preprocess.size, loaded.preprocess.precision

@@ -6,10 +6,9 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, bindparam, exists, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from scanner.db import Face, Item, Job, Verdict, utcnow
+from scanner.db import Face, Item, Job, Verdict, dialect_insert, utcnow
 from scanner.moderation.reports import job_counts
 from scanner.safe_text import mask_passwords
 
@@ -23,9 +22,7 @@ def insert_ignoring_conflicts(session: Session, model: Any, rows: list[dict[str,
     statement; `.values(rows)` compiled a new statement for every batch, 0.5 ms an image)."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(model).on_conflict_do_nothing(index_elements=keys), rows)
+    session.execute(dialect_insert(session, model).on_conflict_do_nothing(index_elements=keys), rows)
 
 
 def existing_verdicts(session: Session, hashes: Iterable[str], model_version: str) -> dict[str, Verdict]:
