@@ -96,12 +96,23 @@ def train(
             "pixels (0: on every image)."
         ),
     ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option(
+            help="Build a shipped model whole (default: the shipped default) from the sets under the one data folder "
+            "given, into the folder --out; resumable; the other options are the recipe's."
+        ),
+    ] = None,
 ) -> None:
     """Train a detector on labelled image folders."""
     from scanner.detector.checkpoint import CheckpointError
     from scanner.detector.preprocess import VIEW_POLICIES
     from training.augment import PRESETS
     from training.train import main as train_main
+
+    if recipe is not None:
+        _train_recipe(recipe, data_dirs, out, device or Settings.from_env().device)
+        return
 
     config = _train_config(data_dirs, out, arch, resume)
     overrides: dict[str, Any] = {
@@ -132,6 +143,24 @@ def train(
         fail(str(exc))
     summary = {k: metrics[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "threshold")}
     say_error(f"wrote {out}: validation {json.dumps(summary)}")
+
+
+def _train_recipe(name: str, data_dirs: list[Path], out_dir: Path, device: str) -> None:
+    """Run every stage of a recipe on the sets under one data folder."""
+    from scanner.detector.checkpoint import CheckpointError
+    from training.recipe import run_recipe
+
+    if len(data_dirs) != 1:
+        fail(f"--recipe takes one data folder holding the recipe's sets, not {len(data_dirs)} folders", code=2)
+    if out_dir.suffix == ".pt":
+        fail(f"--recipe writes a folder of files; give --out a folder, not {out_dir}", code=2)
+    try:
+        with progress_bar() as new_task:
+            metrics = run_recipe(name, data_dirs[0], out_dir, device, say_error, new_task)
+    except (FileNotFoundError, ValueError, CheckpointError) as exc:
+        fail(str(exc))
+    summary = {k: metrics[k] for k in ("roc_auc", "threshold", "model_version")}
+    say_error(f"wrote {out_dir / (name + '.pt')}: validation {json.dumps(summary)}")
 
 
 def _set_weights(pairs: list[str]) -> dict[str, float]:
