@@ -16,6 +16,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -41,7 +42,7 @@ NAMING_CONVENTION = {
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # The newest migration's revision, so that opening a database needs no Alembic import (a test checks it
 # against Alembic's own head).
-SCHEMA_HEAD = "0007"
+SCHEMA_HEAD = "0008"
 
 
 def uri_key(uri: str) -> str:
@@ -199,6 +200,21 @@ class Decision(Base):
     reviewer: Mapped[str] = mapped_column(String(128))
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class StoredModel(Base):
+    """A model made here (`scanner adapt`), kept in SQL so that every worker of the fleet can load it by name."""
+
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    model_version: Mapped[str] = mapped_column(String(128), unique=True)
+    base_version: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(64))  # of the checkpoint bytes
+    checkpoint: Mapped[bytes] = mapped_column(LargeBinary)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON)  # jobs, decisions used, evaluation, guardrails
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

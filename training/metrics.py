@@ -10,29 +10,8 @@ from typing import Any
 import numpy as np
 
 from scanner.detector.preprocess import VIEW_KINDS
+from scanner.detector.rates import roc_auc
 from scanner.detector.views import logit, view_kinds
-
-
-def roc_auc(labels: Sequence[int], scores: Sequence[float]) -> float:
-    """Area under the ROC curve by the rank-sum statistic (ties counted half)."""
-    y = np.asarray(labels)
-    s = np.asarray(scores, dtype=np.float64)
-    positives, negatives = s[y == 1], s[y == 0]
-    if len(positives) == 0 or len(negatives) == 0:
-        return float("nan")
-    order = np.argsort(s, kind="mergesort")
-    ranks = np.empty(len(s), dtype=np.float64)
-    sorted_scores = s[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    rank_sum = ranks[y == 1].sum()
-    n_pos, n_neg = len(positives), len(negatives)
-    return float((rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def roc_curve(labels: Sequence[int], scores: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:

@@ -250,10 +250,11 @@ def _html_report(settings: Settings, status: dict, rows: list, explain: bool, ma
     explain_fn = None
     if explain:
         from scanner.detector.checkpoint import CheckpointError, load_model
+        from scanner.model_store import checkpoint_path
         from scanner.moderation.explain import explainer
 
         try:
-            explain_fn = explainer(load_model(settings.model_path, settings.device))
+            explain_fn = explainer(load_model(checkpoint_path(settings), settings.device))
         except CheckpointError as exc:
             fail(str(exc))
     return render_html(status, attach_visuals(rows, settings, explain_fn, max_thumbnails))
@@ -475,12 +476,14 @@ def model_calibrate(
 
 @app.command()
 def models(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False) -> None:
-    """List the shipped models: name, version, input policy, speed and validation metrics."""
+    """List the shipped models (name, version, input policy, speed, validation) and those made by scanner adapt."""
     from scanner.model_catalog import describe_models
+    from scanner.model_store import stored_models
 
     rows = describe_models()
+    adapted = stored_models(load_settings())
     if as_json:
-        typer.echo(json.dumps(rows))
+        typer.echo(json.dumps(rows + [{**row, "adapted": True} for row in adapted]))
         return
     for row in rows:
         mark = " (default)" if row["default"] else ""
@@ -489,6 +492,68 @@ def models(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON 
         echo(f"    input: {row['input']}")
         echo(f"    speed: {row['speed_text']}")
         echo(f"    validation: {row['metrics_text']}")
+    for row in adapted:
+        details = row["details"]
+        decisions = details.get("decisions", {})
+        echo(f"{row['name']} (adapted): {row['version']}")
+        echo(f"    from {row['base']} on {decisions.get('fake', 0)} fake and {decisions.get('real', 0)} real "
+             f"decisions of jobs {', '.join(map(str, details.get('jobs', [])))}, by {row['created_by']} at "
+             f"{row['created_at']}")  # fmt: skip
+        held_out = next((r for r in details.get("evaluation", []) if r["model"] == "adapted"), None)
+        if held_out:
+            caught, flagged = _share(held_out["caught"]), _share(held_out["flagged"])
+            echo(f"    held-out decisions: AUC {_number(held_out['auc'])}, {caught} of fakes caught, {flagged} of "
+                 f"reals flagged at threshold {details['threshold']:.4f}")  # fmt: skip
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+@app.command()
+def adapt(
+    job: Annotated[list[int], typer.Option(help="A job whose review decisions teach the model; repeat for more.")],
+    name: Annotated[str, typer.Option(help="The new model's name (then: scanner submit --model NAME).")],
+    base: Annotated[
+        str | None,
+        typer.Option(help="The model to adapt (a name or file); default: the one the jobs were scanned with."),
+    ] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Learn from reviewers: a new model from the jobs' fake/real decisions, registered only if its checks hold."""
+    from scanner.adapt import AdaptError, run_adapt
+    from scanner.detector.checkpoint import CheckpointError
+
+    settings = load_settings()
+    try:
+        with progress_bar() as new_task:
+            author = os.environ.get("USER") or "unknown"
+            result = run_adapt(settings, job, name, base, author, progress_factory=new_task)
+    except (AdaptError, CheckpointError, SetupError, ValueError) as exc:
+        fail(str(exc))
+    summary = result.to_dict()
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        _print_adapt_table(summary)
+    if not result.registered:
+        fail(f"{name} was not registered: " + "; ".join(result.evaluation.failures))
+    say_error(f"registered {name} ({result.version}): scanner submit --model {name} ...")
+
+
+def _print_adapt_table(summary: dict[str, Any]) -> None:
+    decisions = summary["decisions"]
+    skipped = ", ".join(f"{count} {reason}" for reason, count in summary["skipped"].items()) or "none"
+    echo(f"base {summary['base']}: {decisions['fake']} fake and {decisions['real']} real decisions used, "
+         f"{summary['unsure_ignored']} unsure ignored, left out: {skipped}")  # fmt: skip
+    echo(f"{'model':<8} {'set':<28} {'AUC':>6} {'caught':>7} {'flagged':>8} {'fakes':>6} {'reals':>6} {'threshold':>9}")
+    for row in summary["evaluation"]:
+        echo(f"{row['model']:<8} {row['set'][:28]:<28} {_number(row['auc']):>6} {_share(row['caught']):>7} "
+             f"{_share(row['flagged']):>8} {row['fakes']:>6} {row['reals']:>6} {row['threshold']:>9.4f}")  # fmt: skip
 
 
 @app.command()

@@ -134,11 +134,13 @@ def latest_decision_subquery() -> Any:
     """Each item's most recent reviewer decision."""
     ranked = select(
         Decision.item_id,
+        Decision.id.label("decision_id"),
         Decision.decision,
         Decision.reviewer,
         func.row_number().over(partition_by=Decision.item_id, order_by=Decision.id.desc()).label("rank"),
     ).subquery()
-    return select(ranked.c.item_id, ranked.c.decision, ranked.c.reviewer).where(ranked.c.rank == 1).subquery()
+    latest = select(ranked.c.item_id, ranked.c.decision_id, ranked.c.decision, ranked.c.reviewer)
+    return latest.where(ranked.c.rank == 1).subquery()
 
 
 def report_query(job_id: int, flagged_only: bool = False) -> Select[Any]:  # type: ignore[type-arg]

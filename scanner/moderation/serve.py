@@ -562,11 +562,12 @@ def create_app(settings: Settings, sessions: Any, config: ServeConfig, cache_dir
 def _explain_loader(settings: Settings) -> Any:
     def load() -> tuple[str, Any]:
         from scanner.detector.checkpoint import load_model
+        from scanner.model_store import checkpoint_path
         from scanner.moderation.explain import explainer
         from scanner.pipeline.model import model_identity
 
         version, _ = model_identity(settings)
-        return version, explainer(load_model(settings.model_path, settings.device))
+        return version, explainer(load_model(checkpoint_path(settings), settings.device))
 
     return load
 

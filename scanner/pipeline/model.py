@@ -11,12 +11,13 @@ from scanner.detector.checkpoint import LoadedModel, load_model, read_checkpoint
 from scanner.detector.faces import FaceFinder
 from scanner.detector.networks import inference_forward, model_batch_size
 from scanner.detector.views import ImageViews, ViewScores, score_flat_views, split_scores
+from scanner.model_store import checkpoint_path
 from scanner.settings import Settings, available_cores
 
 
 def model_identity(settings: Settings) -> tuple[str, float]:
     """(model version, threshold) from the checkpoint, without building the network."""
-    checkpoint = read_checkpoint(settings.model_path)
+    checkpoint = read_checkpoint(checkpoint_path(settings))
     return str(checkpoint["model_version"]), float(checkpoint["threshold"])
 
 
@@ -37,7 +38,7 @@ class ModelRunner:
                 torch.set_num_threads(self.settings.torch_threads)
             elif torch.get_num_threads() > (cores := available_cores()):  # torch counts the host's, not the quota's
                 torch.set_num_threads(cores)
-            self._loaded = load_model(self.settings.model_path, self.settings.device)
+            self._loaded = load_model(checkpoint_path(self.settings), self.settings.device)
             loaded = self._loaded
             size, precision = loaded.preprocess.size, loaded.preprocess.precision
             self._forward = inference_forward(loaded.model, size, loaded.device, precision, jit=self.settings.jit)
