@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from scanner.cli import app
 from scanner.detector.checkpoint import read_checkpoint
+from scanner.detector.checkset import checkset_path
 from scanner.detector.preprocess import Preprocess
 from training import recipe as recipes
 from training.train import main as train_main
@@ -70,6 +71,7 @@ def test_one_command_builds_a_calibrated_release_with_the_recipes_scoring_settin
     assert "train_state" not in shipped and shipped["calibrated_from"]
     assert len(read_checkpoint(out / "train.pt")["train_state"]["history"]) == 2
     assert f"wrote {out / 'tiny.pt'}" in result.output
+    assert checkset_path(shipped["model_version"], out).exists()  # what scanner adapt needs, beside the release
 
 
 def test_a_rerun_resumes_training_after_its_last_epoch_and_skips_finished_stages(

@@ -3,8 +3,9 @@
     scanner train --recipe default ../shared/data --out runs/v10
 
 Stages, each skipped when its file is already complete: face boxes (found once for every training image),
-training (resumed from its last epoch), the release copy (faces searched at the scanner's side) and calibration
-(view offsets, mirror band and threshold fitted on the validation split with the scoring settings below).
+training (resumed from its last epoch), the release copy (faces searched at the scanner's side), calibration
+(view offsets, mirror band and threshold fitted on the validation split with the scoring settings below) and
+the check set `scanner adapt` needs (view features of validation images, beside the release).
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from scanner.detector.checkpoint import read_checkpoint, strip_for_release
+from scanner.detector.checkset import checkset_path
 from scanner.detector.faces import FaceSettings, save_boxes
 from scanner.detector.preprocess import Preprocess
+from training.checkset import build_checkset, checkset_samples
 from training.data import Sample, find_samples, limit_per_dataset
 from training.evaluate import calibrate_checkpoint
 from training.face_boxes import boxes_of
@@ -72,6 +77,7 @@ RECIPES: dict[str, Recipe] = {
 }
 
 Say = Callable[[str], None]
+CHECKSET_REALS, CHECKSET_FAKES = 100, 30  # per set: 7.7 MB of features for the eleven sets
 
 
 def recipe_dirs(recipe: Recipe, data_root: Path) -> list[str]:
@@ -129,11 +135,30 @@ def release(recipe: Recipe, config: TrainConfig, name: str, say: Say) -> dict[st
     """Stages 3 and 4: the release copy, calibrated with the recipe's scoring settings."""
     out_dir = Path(config.out).parent
     stripped, target = out_dir / "release-uncalibrated.pt", out_dir / f"{name}.pt"
+    if (
+        target.exists()
+        and (out_dir / f"{name}.json").exists()
+        and target.stat().st_mtime > Path(config.out).stat().st_mtime
+    ):
+        return dict(json.loads((out_dir / f"{name}.json").read_text()))
     strip_for_release(Path(config.out), stripped, recipe.face_detect_side)
     metrics = calibrate_checkpoint(stripped, target, config.data_dirs, config.device, **recipe.calibrate)
     (out_dir / f"{name}.json").write_text(json.dumps(metrics, indent=2) + "\n")
     say(f"wrote {target} ({metrics['model_version']}), threshold {metrics['threshold']:.4f}")
     return metrics
+
+
+def write_checkset(model: Path, data_dirs: list[str], say: Say) -> Path:
+    """Stage 5: the released model's check set for `scanner adapt`, written beside it."""
+    version = str(read_checkpoint(model)["model_version"])
+    if (existing := checkset_path(version, model.parent)).exists():
+        return existing
+    samples = checkset_samples(model, data_dirs, CHECKSET_REALS, CHECKSET_FAKES, seed=0)
+    checkset = build_checkset(model, samples)
+    target = checkset_path(checkset.model_version, model.parent)
+    torch.save(checkset.to_dict(), target)
+    say(f"check set: {len(samples)} images -> {target}")
+    return target
 
 
 def run_recipe(
@@ -151,5 +176,6 @@ def run_recipe(
     find_face_boxes(config, tell)
     run_training(config, tell, progress_factory)
     metrics = release(recipe, config, name, tell)
+    write_checkset(out_dir / f"{name}.pt", config.data_dirs, tell)
     tell(f"recipe {name}: {time.perf_counter() - started:.0f} s in this run")
     return metrics
