@@ -677,3 +677,46 @@ def test_the_queue_filters_by_latest_decision_and_reviewer(settings: Settings, t
     assert queue_ids(client.get(f"/jobs/{job_id}?reviewer=ann&decided=unsure").text) == [unsure]
     bad = client.get(f"/jobs/{job_id}?decided=maybe")
     assert bad.status_code == 400 and "decided must be one of" in bad.text
+
+
+def test_the_full_decision_history_exports_from_the_app_and_the_report(settings: Settings, tmp_path: Path) -> None:
+    import csv
+    import io
+    import json
+
+    from scanner.moderation.review import add_decision
+
+    job_id = review_job(settings, tmp_path / "in")
+    with open_database(settings)() as session:
+        first, second = session.scalars(select(Item.id).where(Item.job_id == job_id).order_by(Item.id).limit(2))
+        add_decision(session, first, "fake", "alice", 'looks pasted, "see the ear",\nsecond line')
+        add_decision(session, first, "real", "bob", '=HYPERLINK("x") checked the source')
+        add_decision(session, second, "unsure", "carol")
+        session.commit()
+    client = client_for(settings, tmp_path)
+    assert f'/jobs/{job_id}/decisions.csv"' in client.get(f"/jobs/{job_id}").text
+    download = client.get(f"/jobs/{job_id}/decisions.csv")
+    assert download.status_code == 200 and "attachment" in download.headers["content-disposition"]
+    rows = list(csv.DictReader(io.StringIO(download.text)))
+    assert [(r["item_id"], r["decision"], r["reviewer"], r["latest"]) for r in rows] == [
+        (str(first), "fake", "alice", "False"), (str(first), "real", "bob", "True"),
+        (str(second), "unsure", "carol", "True"),
+    ]  # fmt: skip
+    assert rows[0]["note"] == 'looks pasted, "see the ear",\nsecond line'
+    assert rows[1]["note"].startswith("'=HYPERLINK")  # a formula is never a formula in a spreadsheet
+    assert all(r["decided_at"].endswith("+00:00") for r in rows)
+    as_json = client.get(f"/jobs/{job_id}/decisions.json").json()
+    assert as_json["job"]["job_id"] == job_id and [d["decision"] for d in as_json["decisions"]] == [
+        "fake",
+        "real",
+        "unsure",
+    ]
+    assert client.get(f"/jobs/{job_id}/decisions.xml").status_code == 404
+    assert client.get("/jobs/999/decisions.csv").status_code == 404
+    cli = CliRunner().invoke(
+        cli_app, ["report", str(job_id), "--decisions", "--format", "jsonl"], env=settings_env(settings)
+    )
+    assert cli.exit_code == 0, cli.output
+    assert [json.loads(line)["reviewer"] for line in cli.output.splitlines()] == ["alice", "bob", "carol"]
+    table = CliRunner().invoke(cli_app, ["report", str(job_id), "--decisions"], env=settings_env(settings))
+    assert "(superseded)" in table.output and "carol" in table.output

@@ -200,18 +200,31 @@ def report(
     output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
     explain: Annotated[bool, typer.Option(help="HTML: add Grad-CAM heatmaps for flagged items.")] = False,
     max_thumbnails: Annotated[int, typer.Option(help="HTML: thumbnails for at most this many items.")] = 2000,
+    decisions: Annotated[
+        bool,
+        typer.Option(help="The reviewers' decisions instead: every one, oldest first, with notes, names and times."),
+    ] = False,
 ) -> None:
     """Per-item results of a job: uri, status, score, label, threshold, model version, error."""
     from scanner.moderation import reports
 
-    if fmt not in ("table", "csv", "json", "jsonl", "html"):
-        fail(f"unknown format {fmt!r}: use table, csv, json, jsonl or html")
+    if fmt not in ("table", "csv", "json", "jsonl", "html") or (decisions and fmt == "html"):
+        fail(f"unknown format {fmt!r}: use table, csv, json, jsonl" + ("" if decisions else " or html"))
     settings = load_settings()
     with _sessions(settings)() as session:
         try:
             status = reports.job_status(session, job_id)
         except reports.JobNotFound as exc:
             fail(str(exc))
+        if decisions:
+            history = reports.iter_decision_rows(session, job_id)
+            _write_report({
+                "table": lambda: reports.render_decisions_table(history),
+                "csv": lambda: reports.render_csv(history, reports.DECISION_FIELDS),
+                "json": lambda: reports.render_json(history, status, "decisions"),
+                "jsonl": lambda: reports.render_jsonl(history),
+            }[fmt](), output)  # fmt: skip
+            return
         if fmt == "html":  # thumbnails and heatmaps need every row at once; bounded by --max-thumbnails
             rows = reports.report_rows(session, job_id, flagged_only, redact=False)
             _write_report([_html_report(settings, status, rows, explain, max_thumbnails)], output)

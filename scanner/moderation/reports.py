@@ -6,7 +6,7 @@ import csv
 import io
 import json
 from collections.abc import Iterable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Select, func, select
@@ -50,6 +50,11 @@ def get_job(session: Session, job_id: int) -> Job:
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
+
+
+def utc_iso(moment: datetime) -> str:
+    """A stored time in ISO 8601 with its UTC offset (SQLite returns it without one; it was stored as UTC)."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).isoformat(timespec="seconds")
 
 
 def errors_by_code(session: Session, job_id: int) -> dict[str, int]:
@@ -233,13 +238,13 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def render_csv(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+def render_csv(rows: Iterable[dict[str, Any]], fields: list[str] = REPORT_FIELDS) -> Iterator[str]:
     """CSV with a header row and \\n line ends (stdout escapes \\r); formula-like cells are quoted with '."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=REPORT_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: _defuse(_csv_value(row.get(k))) for k in REPORT_FIELDS})
+        writer.writerow({k: _defuse(_csv_value(row.get(k))) for k in fields})
         if buffer.tell() > CHUNK_CHARS:
             yield _drained(buffer)
     yield _drained(buffer)
@@ -265,9 +270,9 @@ def _defuse(value: Any) -> Any:
     return value
 
 
-def render_json(rows: Iterable[dict[str, Any]], status: dict[str, Any]) -> Iterator[str]:
-    """One JSON object, the job status and its items, written item by item (a streamed array)."""
-    yield '{\n  "job": ' + json.dumps(status, indent=2, default=str).replace("\n", "\n  ") + ',\n  "items": ['
+def render_json(rows: Iterable[dict[str, Any]], status: dict[str, Any], key: str = "items") -> Iterator[str]:
+    """One JSON object, the job status and its items (or decisions), written row by row (a streamed array)."""
+    yield '{\n  "job": ' + json.dumps(status, indent=2, default=str).replace("\n", "\n  ") + f',\n  "{key}": ['
     separator = "\n    "
     for row in rows:
         yield separator + json.dumps(row, default=str)
@@ -278,6 +283,45 @@ def render_json(rows: Iterable[dict[str, Any]], status: dict[str, Any]) -> Itera
 def render_jsonl(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
     """One JSON object per line, for streaming into other tools."""
     return (json.dumps(row, default=str) + "\n" for row in rows)
+
+
+DECISION_FIELDS = [
+    "decision_id", "item_id", "uri", "sha256", "score", "label", "model_version", "decision", "reviewer", "note",
+    "decided_at", "latest",
+]  # fmt: skip
+
+
+def iter_decision_rows(session: Session, job_id: int, chunk: int = 1000) -> Iterator[dict[str, Any]]:
+    """Every decision ever recorded on the job's items, oldest first, with the model's verdict beside it and whether
+    it is the item's latest (the one that counts); read `chunk` rows at a time; JobNotFound at once."""
+    job = get_job(session, job_id)
+    latest = latest_decision_subquery()
+    query = (
+        select(Decision.id.label("decision_id"), Item.id.label("item_id"), Item.uri, Item.sha256, Item.score,
+               Item.label, Decision.decision, Decision.reviewer, Decision.note,
+               Decision.created_at.label("decided_at"), (latest.c.decision_id == Decision.id).label("latest"))
+        .join(Item, Item.id == Decision.item_id)
+        .join(latest, latest.c.item_id == Item.id)
+        .where(Item.job_id == job_id)
+        .order_by(Decision.id)
+    )  # fmt: skip
+    for part in session.execute(query.execution_options(yield_per=chunk)).partitions():
+        for row in part:
+            values = dict(row._mapping)
+            values.update(uri=mask_passwords(values["uri"]), decided_at=utc_iso(values["decided_at"]),
+                          model_version=job.model_version, latest=bool(values["latest"]))  # fmt: skip
+            yield values
+
+
+def render_decisions_table(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """The decision history as a fixed-width table for the terminal."""
+    yield f"{'id':>7}  {'item':>7}  {'decision':8}  {'reviewer':16}  {'decided at (UTC)':25}  note\n"
+    for row in rows:
+        mark = "" if row["latest"] else "  (superseded)"
+        note = printable(row["note"] or "", keep_newlines=False)
+        reviewer = printable(row["reviewer"], keep_newlines=False)[:16]
+        yield (f"{row['decision_id']:>7}  {row['item_id']:>7}  {row['decision']:8}  {reviewer:16}  "
+               f"{row['decided_at']:25}  {note}{mark}\n")  # fmt: skip
 
 
 def render_table(rows: Iterable[dict[str, Any]]) -> Iterator[str]:

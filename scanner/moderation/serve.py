@@ -19,6 +19,7 @@ import re
 import secrets
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -34,7 +35,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import (
+    FileResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -43,7 +51,17 @@ from scanner.connect import SetupError, describe_db_error
 from scanner.db import MAX_ID, Decision, Item, Job
 from scanner.moderation import queue
 from scanner.moderation.images import HEATMAP, SIDES, ImageCache, ImageUnavailable
-from scanner.moderation.reports import JobNotFound, errors_by_code, job_overview, job_status, recent_jobs
+from scanner.moderation.reports import (
+    DECISION_FIELDS,
+    JobNotFound,
+    errors_by_code,
+    iter_decision_rows,
+    job_overview,
+    job_status,
+    recent_jobs,
+    render_csv,
+    render_json,
+)
 from scanner.safe_text import mask_passwords, printable
 from scanner.settings import Settings
 
@@ -288,6 +306,26 @@ class ReviewApp:
                 return self._error(request, 404, str(exc))
             codes = errors_by_code(session, job_id)
         return self._page(request, "errors.html", {"job": status, "codes": codes})
+
+    def decisions_export(self, request: Request) -> Response:
+        """Every decision on the job's items, oldest first, as CSV or JSON (a download, streamed)."""
+        job_id, fmt = request.path_params["job_id"], request.path_params["fmt"]
+        if fmt not in ("csv", "json"):
+            return self._error(request, 404, f"decisions are exported as .csv or .json, not .{fmt}")
+        with self.sessions() as session:
+            try:
+                status = job_status(session, job_id)
+            except JobNotFound as exc:
+                return self._error(request, 404, str(exc))
+
+        def chunks() -> Iterator[str]:
+            with self.sessions() as session:
+                rows = iter_decision_rows(session, job_id)
+                yield from render_csv(rows, DECISION_FIELDS) if fmt == "csv" else render_json(rows, status, "decisions")
+
+        media = "text/csv; charset=utf-8" if fmt == "csv" else "application/json"
+        headers = {"Content-Disposition": f'attachment; filename="job-{job_id}-decisions.{fmt}"'}
+        return StreamingResponse(chunks(), media_type=media, headers=headers)
 
     def next_item(self, request: Request) -> Response:
         """Go to the next unreviewed item of the filtered queue (after `after`, if given)."""
@@ -548,6 +586,7 @@ def create_app(settings: Settings, sessions: Any, config: ServeConfig, cache_dir
         Route("/jobs/{job_id:int}", review.job_queue),
         Route("/jobs/{job_id:int}/errors", review.job_errors),
         Route("/jobs/{job_id:int}/next", review.next_item),
+        Route("/jobs/{job_id:int}/decisions.{fmt}", review.decisions_export),
         Route("/items/{item_id:int}", review.item),
         Route("/items/{item_id:int}/decision", review.decide, methods=["POST"]),
         Route("/items/{item_id:int}/image/{kind}", review.image),
