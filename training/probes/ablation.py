@@ -1,12 +1,12 @@
 """What each scoring rule adds: the model recalibrated without it, at the same per-source false-positive rule.
 
-    python -m training.probes.ablation runs/v10/default.pt --edits stored,screenshot,rot90,rot180
+    python -m training.probes.ablation runs/v10/default.pt [--variants "shipped,no page cut"]
 
 For each rule (the page cut, the turns, the half-turn check, mirroring and its band, the native patch) a copy of
 the model is calibrated without it on the same validation split (`scanner model calibrate`, threshold rule
 `source-fpr:0.05`), then every copy scores the split as stored and under the edits the rule is for. Printed per
-copy and edit: mean recall over the fake sources, GAN faces caught, diffusion people caught and the highest
-share of a real source flagged.
+copy and edit: mean recall over the fake sources, GAN faces caught, diffusion people caught and the highest share
+of a real source flagged.
 """
 
 from __future__ import annotations
@@ -23,14 +23,15 @@ from scanner.registry import resolve_model
 from training.evaluate import calibrate_checkpoint, score_samples, select_samples
 from training.probes.benign_edits import EDITS
 
-VARIANTS: dict[str, dict[str, Any]] = {
-    "shipped": {},
-    "no page cut": {"trim_page": False},
-    "no turns (nor half-turn check)": {"turn_faces": False, "half_turn": "none"},
-    "no half-turn check": {"half_turn": "none"},
-    "no mirroring": {"mirror": (), "mirror_margin": 0.0},
-    "mirroring every view (no band)": {"mirror_margin": 0.0},
-    "no native patch": {"patch_min_side": 1_000_000},
+# Each variant: the calibration changes that remove the rule, and the edits the rule is for (besides `stored`)
+VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
+    "shipped": ({}, ("screenshot", "meme", "rot90", "rot180")),
+    "no page cut": ({"trim_page": False}, ("screenshot", "meme")),
+    "no turns (nor half-turn check)": ({"turn_faces": False, "half_turn": "none"}, ("rot90", "rot180")),
+    "no half-turn check": ({"half_turn": "none"}, ("rot180",)),
+    "no mirroring": ({"mirror": (), "mirror_margin": 0.0}, ()),
+    "mirroring every view (no band)": ({"mirror_margin": 0.0}, ()),
+    "no native patch": ({"patch_min_side": 1_000_000}, ()),
 }
 GAN = ("hardfakevsrealfaces", "ffhq_stylegan_256", "generated_faces")
 
@@ -57,7 +58,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--edits", default="stored,screenshot,meme,rot90,rot180")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     args = parser.parse_args()
     model = resolve_model(args.model)
@@ -68,10 +68,13 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
     with tempfile.TemporaryDirectory() as folder:
         for name in args.variants.split(","):
-            target = Path(folder) / "variant.pt"
-            calibrate_checkpoint(model, target, dirs, "cpu", workers=1, **VARIANTS[name])
+            changes, edits = VARIANTS[name]
+            target = model
+            if changes:
+                target = Path(folder) / "variant.pt"
+                calibrate_checkpoint(model, target, dirs, "cpu", workers=1, **changes)
             loaded = load_model(target, "cpu")
-            for edit in args.edits.split(","):
+            for edit in ("stored", *edits):
                 scores = score_samples(loaded, samples, EDITS[edit], 64, 1)
                 got = figures(samples, scores, loaded.threshold)
                 cells = [f"{got[key]:.3f}" for key in ("mean recall", "GAN caught", "diffusion caught")]

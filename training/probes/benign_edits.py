@@ -24,7 +24,7 @@ from scanner.detector.checkpoint import load_model
 from scanner.registry import resolve_model
 from training.augment import add_noise, downscale, reencode
 from training.evaluate import score_samples, select_samples
-from training.probes.report import RUNS, SETS, goals
+from training.probes.report import RUNS, goals, sets_of
 
 
 def cropped(image: Image.Image, keep: float) -> Image.Image:
@@ -87,10 +87,10 @@ EDITS: dict[str, Callable[[Image.Image], Image.Image] | None] = {
 }
 
 
-def row(name: str, result: dict[str, Any], seconds: float) -> str:
+def row(name: str, result: dict[str, Any], seconds: float, sets: tuple[str, ...]) -> str:
     """One markdown row: FPR per real source, TPR per fake source, GAN AUC."""
-    cells = [f"{result[s + ':fpr']:.3f}" if result[s + ":fpr"] is not None else "-" for s in SETS]
-    cells += [f"{result[s + ':tpr']:.3f}" if result[s + ":tpr"] is not None else "-" for s in SETS]
+    cells = [f"{result[s + ':fpr']:.3f}" if result[s + ":fpr"] is not None else "-" for s in sets]
+    cells += [f"{result[s + ':tpr']:.3f}" if result[s + ":tpr"] is not None else "-" for s in sets]
     return f"| {name} | " + " | ".join(cells) + f" | {result['gan_vs_hq_real_auc']:.3f} | {seconds:.0f} s |"
 
 
@@ -107,19 +107,20 @@ def main() -> None:
         parser.error(f"unknown edit(s): {', '.join(unknown)}")
     model = resolve_model(args.model)
     loaded = load_model(model, "cpu")
-    samples = select_samples([str(args.data / name) for name in SETS], model, "val")
-    short = [s.split("_")[0] for s in SETS]
+    sets = sets_of(model)
+    samples = select_samples([str(args.data / name) for name in sets], model, "val")
+    short = [s.split("_")[0] for s in sets]
     print(f"{loaded.version}, threshold {loaded.threshold:.4f}; FPR on each source's reals, then TPR on its fakes")
     print("| edit | " + " | ".join(f"FPR {s}" for s in short) + " | " + " | ".join(f"TPR {s}" for s in short)
           + " | GAN vs HQ AUC | time |")  # fmt: skip
-    print("| --- |" + " ---: |" * (2 * len(SETS) + 2))
+    print("| --- |" + " ---: |" * (2 * len(sets) + 2))
     results = {}
     for name in edits:
         start = time.perf_counter()
         scores = score_samples(loaded, samples, EDITS[name], 64, 1)
-        measured = goals(samples, scores, loaded.threshold)
+        measured = goals(samples, scores, loaded.threshold, sets)
         results[name] = {"scores": scores, "goals": measured}
-        print(row(name, measured, time.perf_counter() - start), flush=True)
+        print(row(name, measured, time.perf_counter() - start, sets), flush=True)
     out = args.out or RUNS / f"{model.stem}_benign_edits.json"  # runs/ is ignored by git, unlike the weights
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model_version": loaded.version, "edits": results}) + "\n")

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from scanner.detector.checkpoint import load_model
+from scanner.detector.checkpoint import load_model, read_checkpoint
 from scanner.registry import resolve_model
 from training.data import Sample
 from training.evaluate import degrader, score_samples, select_samples
@@ -26,10 +26,17 @@ RUNS = Path(__file__).resolve().parents[1] / "runs"
 
 SETS = ("ciplab_real_and_fake_face", "hardfakevsrealfaces", "lfw_faceswap", "cifake", "ffhq_stylegan_256",
         "sdfd_sd21_ffhq", "real_scenes_people", "diffusion_people_multi")  # fmt: skip
-HQ_REALS = (("ffhq_stylegan_256", 0), ("sdfd_sd21_ffhq", 0))
-GAN_FAKES = (("ffhq_stylegan_256", 1), ("hardfakevsrealfaces", 1))
+# Pools across sets (a set a model did not train on is simply absent from its validation split)
+HQ_REALS = (("ffhq_stylegan_256", 0), ("sdfd_sd21_ffhq", 0), ("celebahq_real", 0))
+GAN_FAKES = (("ffhq_stylegan_256", 1), ("hardfakevsrealfaces", 1), ("generated_faces", 1))
 DIFFUSION_FAKES = (("diffusion_people_multi", 1), ("sdfd_sd21_ffhq", 1))
-PEOPLE_REALS = (("real_scenes_people", 0), *HQ_REALS)
+PEOPLE_REALS = (("real_scenes_people", 0), ("unsplash_people_real", 0), *HQ_REALS)
+
+
+def sets_of(model: Path) -> tuple[str, ...]:
+    """The sets a model trained on (its validation split's), by folder name; the first eight for older files."""
+    dirs = (read_checkpoint(model).get("train_config") or {}).get("data_dirs") or SETS
+    return tuple(Path(d).name for d in dirs)
 
 
 def pick(samples: list[Sample], scores: list[float], groups: tuple[tuple[str, int], ...]) -> list[float]:
@@ -53,7 +60,7 @@ def flagged(values: list[float], threshold: float) -> float:
     return float(np.mean(np.asarray(values) >= threshold)) if values else float("nan")
 
 
-def goals(samples: list[Sample], scores: list[float], threshold: float) -> dict[str, Any]:
+def goals(samples: list[Sample], scores: list[float], threshold: float, sets: tuple[str, ...] = SETS) -> dict[str, Any]:
     """Every goal of issue 9 that the shared validation data can measure."""
     hq, gan = pick(samples, scores, HQ_REALS), pick(samples, scores, GAN_FAKES)
     people, diffusion = pick(samples, scores, PEOPLE_REALS), pick(samples, scores, DIFFUSION_FAKES)
@@ -66,7 +73,7 @@ def goals(samples: list[Sample], scores: list[float], threshold: float) -> dict[
         "diffusion_people_caught_at_5pct_fpr": tpr_at_fpr(people, diffusion, 0.05),
         "real_scenes_flagged": flagged(pick(samples, scores, (("real_scenes_people", 0),)), threshold),
     }
-    for name in SETS:
+    for name in sets:
         reals, fakes = pick(samples, scores, ((name, 0),)), pick(samples, scores, ((name, 1),))
         result[f"{name}:auc"] = auc_of(reals, fakes) if reals and fakes else None
         result[f"{name}:fpr"] = flagged(reals, threshold) if reals else None
@@ -75,7 +82,7 @@ def goals(samples: list[Sample], scores: list[float], threshold: float) -> dict[
     return result
 
 
-def evaluate_model(model: Path, samples: list[Sample]) -> dict[str, Any]:
+def evaluate_model(model: Path, samples: list[Sample], sets: tuple[str, ...] = SETS) -> dict[str, Any]:
     """Goals on the stored images and on JPEG q75 + half-size copies."""
     loaded = load_model(model, "cpu")
     stored = score_samples(loaded, samples, None, 64, 1)
@@ -83,8 +90,8 @@ def evaluate_model(model: Path, samples: list[Sample]) -> dict[str, Any]:
     return {
         "model_version": loaded.version,
         "threshold": loaded.threshold,
-        "stored": goals(samples, stored, loaded.threshold),
-        "q75_half": goals(samples, degraded, loaded.threshold),
+        "stored": goals(samples, stored, loaded.threshold, sets),
+        "q75_half": goals(samples, degraded, loaded.threshold, sets),
     }
 
 
@@ -92,7 +99,7 @@ def _fmt(value: Any) -> str:
     return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
 
 
-def print_tables(results: dict[str, dict[str, Any]]) -> None:
+def print_tables(results: dict[str, dict[str, Any]], sets: tuple[str, ...] = SETS) -> None:
     """Markdown: the goal table, then per set AUC / FPR / TPR and the robustness cost."""
     names = list(results)
     print("| goal | " + " | ".join(results[n]["model_version"] for n in names) + " |")
@@ -105,7 +112,7 @@ def print_tables(results: dict[str, dict[str, Any]]) -> None:
     print("| set | n | " + " | ".join(f"{results[n]['model_version']} AUC / FPR / TPR / AUC q75+half" for n in names)
           + " |")  # fmt: skip
     print("| --- | ---: |" + " ---: |" * len(names))
-    for name in SETS:
+    for name in sets:
         cells = []
         for n in names:
             s, d = results[n]["stored"], results[n]["q75_half"]
@@ -123,9 +130,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     first = resolve_model(args.model)
-    samples = select_samples([str(args.data / name) for name in SETS], first, "val")
-    results = {str(m): evaluate_model(resolve_model(m), samples) for m in [args.model, *args.compare]}
-    print_tables(results)
+    sets = sets_of(first)
+    samples = select_samples([str(args.data / name) for name in sets], first, "val")
+    results = {str(m): evaluate_model(resolve_model(m), samples, sets) for m in [args.model, *args.compare]}
+    print_tables(results, sets)
     out = args.out or RUNS / f"{first.stem}_report.json"  # runs/ is ignored by git, unlike the weights
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=1, default=str) + "\n")
