@@ -51,7 +51,7 @@ def in_process(paths: list[Path], settings: Settings) -> float:
 
     sessions = open_database(settings)
     version, threshold = model_identity(settings)
-    job_id = create_job(sessions, ["bench"], expand_sources([str(p) for p in paths]), version, threshold, "bench")
+    job_id, _ = create_job(sessions, ["bench"], expand_sources([str(p) for p in paths]), version, threshold, "bench")
     ctx = ScanContext.create(settings, sessions)
     assert ctx.runner.loaded.version  # load before timing, as a warm worker has
     with sessions() as session:

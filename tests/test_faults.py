@@ -72,7 +72,7 @@ def test_resume_key_is_the_absolute_path_not_the_typed_one(
     monkeypatch.chdir(tmp_path / "a")
     sources = canonical_sources(["images"])
     assert sources == [str(tmp_path / "a" / "images")]
-    unfinished = create_job(sessions, sources, expand_sources(sources), version, threshold, "embedded")
+    unfinished, _ = create_job(sessions, sources, expand_sources(sources), version, threshold, "embedded")
     monkeypatch.chdir(tmp_path / "b")
     result = submit(settings, ["images"], wait=True)
     assert not result.resumed and result.summary["job_id"] != unfinished
@@ -86,7 +86,7 @@ def test_resume_command_finishes_a_job_by_id(settings: Settings, tmp_path: Path)
     sessions = open_database(settings)
     version, threshold = model_identity(settings)
     sources = canonical_sources([str(tmp_path)])
-    job_id = create_job(sessions, sources, expand_sources(sources), version, threshold, "embedded")
+    job_id, _ = create_job(sessions, sources, expand_sources(sources), version, threshold, "embedded")
     env = settings_env(settings)
     runner = CliRunner()
     done = runner.invoke(app, ["resume", str(job_id)], env=env)
@@ -220,9 +220,9 @@ def test_items_of_other_jobs_are_not_scanned(settings: Settings, tmp_path: Path)
     (tmp_path / "b.png").write_bytes(encode(noisy_image(10, 32)))
     sessions = open_database(settings)
     version, threshold = model_identity(settings)
-    first = create_job(sessions, ["a"], Expansion([ItemSpec(str(tmp_path / "a.png"), "file")], []), version,
+    first, _ = create_job(sessions, ["a"], Expansion([ItemSpec(str(tmp_path / "a.png"), "file")], []), version,
                        threshold, "distributed")  # fmt: skip
-    second = create_job(sessions, ["b"], Expansion([ItemSpec(str(tmp_path / "b.png"), "file")], []), version,
+    second, _ = create_job(sessions, ["b"], Expansion([ItemSpec(str(tmp_path / "b.png"), "file")], []), version,
                         threshold, "distributed")  # fmt: skip
     with sessions() as session:
         ids = {job: session.scalar(select(Item.id).where(Item.job_id == job)) for job in (first, second)}
@@ -468,7 +468,7 @@ def test_a_retried_delivery_takes_its_own_lease_back(settings: Settings, tmp_pat
     sessions = open_database(settings)
     version, threshold = model_identity(settings)
     specs = [ItemSpec(str(tmp_path / name), "file") for name in ("a.png", "b.png")]
-    job_id = create_job(sessions, ["x"], Expansion(specs, []), version, threshold, "distributed")
+    job_id, _ = create_job(sessions, ["x"], Expansion(specs, []), version, threshold, "distributed")
     with sessions.begin() as session:
         item_ids = list(session.scalars(select(Item.id).where(Item.job_id == job_id)))
         (batch_id,) = create_batches(session, job_id, [item_ids])
@@ -486,3 +486,31 @@ def test_a_retried_delivery_takes_its_own_lease_back(settings: Settings, tmp_pat
         assert batch is not None and (batch.status, batch.lost_count, batch.deliveries) == ("done", 0, 2)
         statuses = set(session.scalars(select(Item.status).where(Item.job_id == job_id)))
     assert statuses == {"done"}
+
+
+def test_simultaneous_records_of_one_submission_make_one_job(settings: Settings, tmp_path: Path) -> None:
+    import threading
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(30):
+        (folder / f"{index:03d}.png").write_bytes(encode(smooth_image(index, 32)))
+    sessions = open_database(settings)
+    version, threshold = model_identity(settings)
+    sources = canonical_sources([str(folder)])
+    expansion = expand_sources(sources)
+    start, results = threading.Barrier(4), []
+
+    def record() -> None:
+        start.wait()
+        results.append(create_job(sessions, sources, expansion, version, threshold, "embedded"))
+
+    threads = [threading.Thread(target=record) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({job_id for job_id, _ in results}) == 1 and sorted(created for _, created in results) == [0, 0, 0, 1]
+    with sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
+        assert session.scalar(select(func.count()).select_from(Item)) == 30

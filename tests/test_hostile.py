@@ -125,7 +125,7 @@ def test_odd_files(settings: Settings, tmp_path: Path) -> None:
     sessions = open_database(settings)
     version, threshold = model_identity(settings)
     expansion = expand_sources([str(root), str(root / "pipe.jpg")])
-    job_id = create_job(sessions, [str(root)], expansion, version, threshold, "embedded")
+    job_id, _ = create_job(sessions, [str(root)], expansion, version, threshold, "embedded")
     (root / "vanishes.png").unlink()  # gone between submit and scan
     ctx = ScanContext.create(settings.with_overrides(max_file_bytes=20_000_000), sessions)
     with sessions() as session:

@@ -123,7 +123,7 @@ def test_rescan_reuses_verdicts_and_resume_finishes_interrupted_job(settings: Se
     from scanner.pipeline.model import model_identity
 
     version, threshold = model_identity(settings)
-    job_id = create_job(sessions, [str(tmp_path)], expansion, version, threshold, "embedded")
+    job_id, _ = create_job(sessions, [str(tmp_path)], expansion, version, threshold, "embedded")
     ctx = ScanContext.create(settings, sessions)
     with sessions() as session:
         first_batch = queued_item_ids(session, job_id)[:8]

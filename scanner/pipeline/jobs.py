@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import JSON, DateTime, delete, exists, insert, literal, select, text, update
 from sqlalchemy.orm import Session
 
 from scanner.db import Item, Job, Skipped, uri_key, utcnow
@@ -67,22 +67,33 @@ def create_job(
     model_version: str,
     threshold: float,
     mode: str,
-) -> int:
-    """Record the job (status 'creating'), its items and skipped files in chunks, then mark it 'running'.
+) -> tuple[int, bool]:
+    """Record the job (status 'creating'), its items and skipped files in chunks, then mark it 'running'; returns
+    (job id, created). Another process that recorded the same sources and model first, even a moment ago, wins:
+    its unfinished job is returned instead, so simultaneous submits of one folder make one job.
 
     A job still 'creating' was interrupted; `complete_creation` finishes it without losing or doubling items.
     """
+    key = sources_key(sources, model_version)
+    unfinished = select(Job.id).where(Job.sources_key == key, Job.finished_at.is_(None))
     with sessions.begin() as session:
-        job = Job(
-            sources=list(sources), sources_key=sources_key(sources, model_version), mode=mode,
-            model_version=model_version, threshold=threshold, status="creating",
-            items_total=len(expansion.items), items_skipped=len(expansion.skipped),
-        )  # fmt: skip
-        session.add(job)
-        session.flush()
-        job_id = job.id
-    complete_creation(sessions, job_id, expansion)
-    return job_id
+        if session.get_bind().dialect.name == "postgresql":  # SQLite's INSERT below takes the write lock first
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": int(key[:15], 16)})
+        values = {
+            "sources": literal(list(sources), JSON), "sources_key": literal(key), "mode": literal(mode),
+            "model_version": literal(model_version), "threshold": literal(threshold), "status": literal("creating"),
+            "items_total": literal(len(expansion.items)), "items_skipped": literal(len(expansion.skipped)),
+            "items_done": literal(0), "items_error": literal(0), "items_flagged": literal(0),
+            "created_at": literal(utcnow(), DateTime(timezone=True)),
+        }  # fmt: skip
+        row = select(*values.values()).where(~exists(unfinished))
+        statement = insert(Job).from_select(list(values), row, include_defaults=False).returning(Job.id)
+        inserted = session.execute(statement).scalar()
+        job_id = int(inserted or session.scalar(unfinished.order_by(Job.id.desc())) or 0)
+    created = inserted is not None
+    if created:
+        complete_creation(sessions, job_id, expansion)
+    return job_id, created
 
 
 def complete_creation(sessions: Any, job_id: int, expansion: Expansion) -> None:

@@ -48,8 +48,10 @@ def submit(
     sources = canonical_sources(arguments)
     job_id = find_resumable_job(sessions, sources_key(sources, model_version))
     resumed = job_id is not None
-    if job_id is None:
-        job_id = create_job(sessions, sources, expand_sources(sources), model_version, threshold, engine.mode)
+    if job_id is None:  # another process may record the same job meanwhile: then that one is resumed
+        expansion = expand_sources(sources)
+        job_id, created = create_job(sessions, sources, expansion, model_version, threshold, engine.mode)
+        resumed = not created
     return SubmitResult(_run_job(engine, sessions, job_id, wait, progress, started), resumed)
 
 
