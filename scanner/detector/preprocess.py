@@ -20,6 +20,9 @@ DEFAULT_MAX_PIXELS = 64_000_000
 # A progressive JPEG is decoded scan by scan, each scan a pass over every block of the image: a 0.6 MB file of
 # 2,000 tiny scans at 64 Mpx took 76 s to decode. Encoders write about 10 (up to a few dozen with custom scripts).
 MAX_JPEG_SCANS = 100
+# A TIFF of one-pixel rows, each its own strip (6.2 million of them in 47 MB), took 33 s and 2.8 GB: Pillow reads every
+# strip's offset and size into Python objects before decoding. Ordinary files have one strip per 8-64 rows or tiles.
+MAX_TIFF_CHUNKS = 65_536
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")  # a marker after entropy-coded data (not stuffing, RSTn, fill)
 # The one list of image file name suffixes: the scanner's directory walk and `scanner train` both use it.
 IMAGE_SUFFIXES = frozenset({
@@ -258,10 +261,36 @@ def jpeg_scans(data: bytes, limit: int = MAX_JPEG_SCANS) -> int:
     return scans
 
 
+def tiff_chunks(data: bytes) -> int:
+    """How many strips (or tiles) the first image of a TIFF (classic or BigTIFF) is stored in, read from its first
+    directory's entry counts without reading the offsets themselves; 0 when `data` is not a TIFF or ends early."""
+    order = {b"II*\x00": "little", b"II+\x00": "little", b"MM\x00*": "big", b"MM\x00+": "big"}.get(data[:4])
+    if order is None or len(data) < 16:
+        return 0
+
+    def number(start: int, size: int) -> int:
+        return int.from_bytes(data[start : start + size], order)  # type: ignore[arg-type]
+
+    big = data[2:4] in (b"+\x00", b"\x00+")
+    offset, count_size, entry_size, field = (number(8, 8), 8, 20, 8) if big else (number(4, 4), 2, 12, 4)
+    entries = number(offset, count_size) if offset + count_size <= len(data) else 0
+    most = 0
+    for index in range(min(entries, 4096)):
+        entry = offset + count_size + index * entry_size
+        if entry + entry_size > len(data):
+            break
+        if number(entry, 2) in (273, 324):  # StripOffsets, TileOffsets
+            most = max(most, number(entry + 4, field))
+    return most
+
+
 def decode_image(data: bytes, target_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
     """Decode bytes to an oriented RGB image, reduced towards `target_size` while decoding."""
     if not data:
         raise ImageRejected("empty_file", "the file is empty (0 bytes)")
+    if (chunks := tiff_chunks(data)) > MAX_TIFF_CHUNKS:
+        message = f"the TIFF is stored in {chunks} strips or tiles (at most {MAX_TIFF_CHUNKS})"
+        raise ImageRejected("too_many_strips", message)
     try:
         with warnings.catch_warnings():
             # Pillow warns over its own limit (89 Mpx); `max_pixels` is the limit here, checked once the header is read

@@ -16,6 +16,7 @@ ERROR_CODES: dict[str, str] = {
     "too_large": "the input is larger than the size limit",
     "too_many_pixels": "the image has more pixels than the limit (possible decompression bomb)",
     "too_many_scans": "the progressive JPEG has more scans than the limit (a decoding-time bomb)",
+    "too_many_strips": "the TIFF is stored in more strips or tiles than the limit (a decoding-time bomb)",
     "http_4xx": "the server answered with a client error (4xx)",
     "http_5xx": "the server answered with a server error (5xx) after retries",
     "timeout": "the server did not answer in time",
