@@ -720,3 +720,21 @@ def test_the_full_decision_history_exports_from_the_app_and_the_report(settings:
     assert [json.loads(line)["reviewer"] for line in cli.output.splitlines()] == ["alice", "bob", "carol"]
     table = CliRunner().invoke(cli_app, ["report", str(job_id), "--decisions"], env=settings_env(settings))
     assert "(superseded)" in table.output and "carol" in table.output
+
+
+def test_search_by_name_jump_to_a_page_and_a_bad_filter_keeps_the_form(settings: Settings, tmp_path: Path) -> None:
+    job_id = scanned_job(
+        settings, tmp_path / "in", pairs=30, seed=700,
+        extra={"Press_Photo%1.png": encode(noisy_image(799, 32)), "pressXphoto.png": encode(noisy_image(798, 32))},
+    )  # fmt: skip
+    client = client_for(settings, tmp_path)
+    found = queue_ids(client.get(f"/jobs/{job_id}?name=press_photo%25").text)
+    assert len(found) == 1  # '_' and '%' are letters here, not wildcards; any case
+    assert len(queue_ids(client.get(f"/jobs/{job_id}?name=REAL_1").text)) == 11  # real_1, real_10 ... real_19
+    first = client.get(f"/jobs/{job_id}?label=fake")
+    assert 'id="jump"' in first.text and '<input type="hidden" name="label" value="fake">' in first.text
+    second = client.get(f"/jobs/{job_id}?page=2")
+    assert "page 2 of 2" in second.text and queue_ids(second.text)
+    bad = client.get(f"/jobs/{job_id}?min=0,5&label=fake")
+    assert bad.status_code == 400 and 'id="filter-problem"' in bad.text and "min must be a score" in bad.text
+    assert 'class="filters"' in bad.text and 'id="queue"' not in bad.text  # the form, cleared; no unfiltered list

@@ -37,6 +37,7 @@ class QueueFilter:
     score_max: float | None = None
     decided: str = ""
     reviewer: str = ""
+    name: str = ""  # a part of the file name or URL, any case
 
     @classmethod
     def parse(cls, params: Any) -> QueueFilter:
@@ -54,14 +55,23 @@ class QueueFilter:
             raise FilterError(f"decided must be one of {', '.join(DECIDED)}, not {decided!r}")
         if len(reviewer) > 128:
             raise FilterError("reviewer must be a name of at most 128 characters")
-        return cls(label, reviewed, error_code, _score(params, "min"), _score(params, "max"), decided, reviewer)
+        name = params.get("name", "").strip()
+        if len(name) > 200:
+            raise FilterError("name must be a part of a file name or URL of at most 200 characters")
+        score_min, score_max = _score(params, "min"), _score(params, "max")
+        return cls(label, reviewed, error_code, score_min, score_max, decided, reviewer, name)
+
+    def query_pairs(self) -> list[tuple[str, Any]]:
+        """The filters set, as (parameter, value) pairs (hidden fields of a form that keeps them)."""
+        values = {
+            "label": self.label, "reviewed": self.reviewed, "error": self.error_code, "min": self.score_min,
+            "max": self.score_max, "decided": self.decided, "reviewer": self.reviewer, "name": self.name,
+        }  # fmt: skip
+        return [(key, value) for key, value in values.items() if value not in ("", None)]
 
     def query_string(self, **extra: Any) -> str:
         """These filters (and any extra parameters) as a URL query string, without the '?'."""
-        values = {"label": self.label, "reviewed": self.reviewed, "error": self.error_code,
-                  "min": self.score_min, "max": self.score_max, "decided": self.decided, "reviewer": self.reviewer,
-                  **extra}  # fmt: skip
-        return urlencode({k: v for k, v in values.items() if v not in ("", None)})
+        return urlencode([*self.query_pairs(), *((k, v) for k, v in extra.items() if v not in ("", None))])
 
     def conditions(self) -> list[Any]:
         """SQL conditions on items (score and label are copied from the verdict)."""
@@ -83,6 +93,9 @@ class QueueFilter:
             where.append(exists().where(_latest_decision(), _decided_as(self.decided)))
         if self.reviewer:
             where.append(exists().where(Decision.item_id == Item.id, Decision.reviewer == self.reviewer))
+        if self.name:
+            escaped = self.name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            where.append(func.lower(Item.uri).like(f"%{escaped}%", escape="\\"))
         return where
 
 

@@ -283,18 +283,21 @@ class ReviewApp:
     def job_queue(self, request: Request) -> Response:
         """A job's queue: flagged first by score, filtered and paginated."""
         job_id = request.path_params["job_id"]
-        filters = self._filters(request)
-        if isinstance(filters, Response):
-            return filters
+        problem = ""
+        try:
+            filters = queue.QueueFilter.parse(request.query_params)
+        except queue.FilterError as exc:  # the queue page again, its form cleared, saying what was wrong
+            filters, problem = queue.QueueFilter(), str(exc)
         page_number = _int(request.query_params.get("page"), 1)
         with self.sessions() as session:
             try:
-                page = queue.queue_page(session, job_id, filters, page_number)
+                page = None if problem else queue.queue_page(session, job_id, filters, page_number)
                 status = job_overview(session, job_id)
             except JobNotFound as exc:
                 return self._error(request, 404, str(exc))
-        context = {"job": status, "page": page, "filters": filters, "codes": list(status["errors_by_code"])}
-        return self._page(request, "queue.html", context)
+        context = {"job": status, "page": page, "filters": filters, "codes": list(status["errors_by_code"]),
+                   "problem": problem}  # fmt: skip
+        return self._page(request, "queue.html", context, 400 if problem else 200)
 
     def job_errors(self, request: Request) -> Response:
         """A job's errors by code, and the skipped files."""
