@@ -290,3 +290,85 @@ def test_a_batch_over_its_time_limit_fails_alone(pg_settings: Settings, workers:
     assert result.summary["finished"]
     assert rows == {urls[0]: "internal_error", urls[1]: "internal_error", urls[2]: None, urls[3]: None}
     purge_queue(settings)
+
+
+class OwnRedis:
+    """A redis-server of the test's own on a free port, without persistence, that the test can stop and start."""
+
+    def __init__(self, folder: Path) -> None:
+        import socket
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.folder, self.process = folder, None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
+        import subprocess
+
+        import redis
+
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(100):
+            try:
+                if redis.Redis(port=self.port).ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        """Kill the server (its queued messages are lost, as after a crash without persistence)."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+def test_a_redis_outage_stops_neither_the_workers_nor_the_submitter(
+    pg_url: str, tiny_model: Path, workers: list, tmp_path: Path
+) -> None:
+    import subprocess
+
+    from scanner.db import upgrade
+    from tests.workers import SCANNER
+
+    upgrade(pg_url)
+    server = OwnRedis(tmp_path)
+    server.start()
+    try:
+        settings = make_settings(pg_url, tiny_model, broker_url=server.url, queue="outage", batch_size=4,
+                                 lease_seconds=4.0)  # fmt: skip
+        make_images(tmp_path / "in", 400, 0)
+        worker = WorkerProcess(settings, tmp_path, "worker")
+        workers.append(worker)
+        worker.wait_ready()
+        env = {**os.environ, **settings_env(settings)}
+        follower = subprocess.Popen([SCANNER, "submit", str(tmp_path / "in"), "--json"], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        engine = make_engine(pg_url)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with engine.connect() as connection:
+                if (connection.scalar(select(func.count()).select_from(Item).where(Item.status == "done")) or 0) >= 20:
+                    break
+            time.sleep(0.1)
+        server.stop()
+        time.sleep(15)  # longer than the 12 s that used to end both workers
+        assert worker.process.poll() is None, worker.log_path.read_text()[-2000:]
+        server.start()
+        out, err = follower.communicate(timeout=240)
+        assert follower.returncode == 0, err[-3000:]
+        assert "Traceback" not in err and err.count("the broker") <= 3, err
+        with engine.connect() as connection:
+            statuses = dict(connection.execute(select(Item.status, func.count()).group_by(Item.status)).all())
+        engine.dispose()
+        assert statuses == {"done": 400}
+        assert worker.process.poll() is None
+    finally:
+        server.stop()

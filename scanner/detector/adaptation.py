@@ -288,15 +288,18 @@ def evaluate(
     loaded: LoadedModel, base: nn.Linear, head: nn.Linear, labels: list[int], per_image: list[torch.Tensor],
     held_out: list[float], replay: CheckSet, kept: CheckSet,
 ) -> Evaluation:  # fmt: skip
-    """The threshold (reviewed reals held out, and every replayed source's reals, at most 5% flagged) and the
-    base-against-adapted table, with the guardrails that failed. The base is shown at its own threshold and at
-    the threshold that flags at most 5% of the reviewed reals, the operating point the adapted model is held to."""
+    """The threshold (reviewed reals held out at most 5% flagged, and every replayed source's reals at most 5% or
+    as many as the base flags in that sample) and the base-against-adapted table, with the guardrails that failed.
+    The base is shown at its own threshold and at the threshold that flags at most 5% of the reviewed reals, the
+    operating point the adapted model is held to."""
     stored = plain_scoring(loaded.preprocess)
-    replay_scores = image_scores(head, checkset_images(replay), stored)
+    new_replay = image_scores(head, checkset_images(replay), stored)
+    old_replay = image_scores(base, checkset_images(replay), stored)
     candidates = [lowest_threshold([s for s, y in zip(held_out, labels) if y == 0], MAX_FPR)]
     for index in range(len(replay.sources)):
-        reals = [s for s, y, k in zip(replay_scores, replay.label, replay.source) if int(k) == index and int(y) == 0]
-        candidates.append(lowest_threshold(reals, MAX_FPR))
+        reals = [i for i, (y, k) in enumerate(zip(replay.label, replay.source)) if int(k) == index and int(y) == 0]
+        allowed = max(MAX_FPR, share_at_or_above([old_replay[i] for i in reals], loaded.threshold) if reals else 0.0)
+        candidates.append(lowest_threshold([new_replay[i] for i in reals], allowed))
     threshold = max(candidates)
     base_scores = image_scores(base, per_image, loaded.preprocess)
     matched = lowest_threshold([s for s, y in zip(base_scores, labels) if y == 0], MAX_FPR)

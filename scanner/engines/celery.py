@@ -7,6 +7,7 @@ package builds its app with `create_app` and holds the signals and the thin task
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -14,7 +15,8 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 from celery import Celery
-from kombu.exceptions import ChannelError
+from kombu.exceptions import ChannelError, OperationalError
+from redis.exceptions import RedisError
 from sqlalchemy import select, update
 
 from scanner.connect import SetupError, safe_url
@@ -26,6 +28,7 @@ from scanner.pipeline.leases import Send, create_batches, last_seen_workers, rea
 from scanner.settings import Settings
 
 TASK_NAME = "fauxscan.scan_batch"
+BROKER_ERRORS = (OperationalError, RedisError, ConnectionError, TimeoutError, OSError)
 
 
 class CeleryEngine:
@@ -53,10 +56,14 @@ class CeleryEngine:
         try:
             enqueue_distributed(self.settings, sessions, job_id, self.send)
         except Exception as exc:  # noqa: BLE001 - kombu raises transport-specific errors
-            raise SetupError(
-                f"job {job_id} is recorded but could not be fully enqueued ({type(exc).__name__}); "
-                "run the same command again to resume it"
-            ) from None
+            if not wait or not isinstance(exc, BROKER_ERRORS):
+                raise SetupError(
+                    f"job {job_id} is recorded but could not be fully enqueued ({type(exc).__name__}); "
+                    f"`scanner resume {job_id}` sends the rest"
+                ) from None
+            # every batch is recorded in SQL: those not sent are sent again once the broker is back (follow_job)
+            print(f"job {job_id}: the broker stopped answering while its batches were sent ({type(exc).__name__}); "
+                  "following the job, the rest are sent once it is back", file=sys.stderr, flush=True)  # fmt: skip
         if wait:
             follow_job(self.settings, sessions, job_id, queued, progress, self.send, self.queue_empty)
 
@@ -141,7 +148,7 @@ def follow_job(
 ) -> None:
     """Poll SQL until the job is finished, re-sending batches of dead workers; give up after a stall."""
     advance = progress("scanning", queued) if progress and queued else None
-    remaining, last_change, next_reap = queued, time.monotonic(), 0.0
+    remaining, last_change, next_reap, told_at = queued, time.monotonic(), 0.0, -math.inf
     while True:
         with sessions() as session:
             counts = job_counts(session, job_id)
@@ -154,7 +161,13 @@ def follow_job(
         if finished:
             return
         if now >= next_reap:
-            reap_expired(sessions, send, queue_empty=queue_empty, stale=2 * settings.lease_seconds)
+            try:
+                reap_expired(sessions, send, queue_empty=queue_empty, stale=2 * settings.lease_seconds)
+            except BROKER_ERRORS as exc:  # the broker is away: workers finish what they hold; keep following
+                if now - told_at >= 60:
+                    print(f"job {job_id}: the broker does not answer ({type(exc).__name__}); still following the job, "
+                          "lost batches are sent again once it is back", file=sys.stderr, flush=True)  # fmt: skip
+                    told_at = now
             next_reap = now + max(1.0, settings.lease_seconds / 2)
         if now - last_change > settings.stall_timeout:
             raise SetupError(stall_message(sessions, job_id, counts["queued"], settings.stall_timeout))
