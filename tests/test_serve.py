@@ -738,3 +738,18 @@ def test_search_by_name_jump_to_a_page_and_a_bad_filter_keeps_the_form(settings:
     bad = client.get(f"/jobs/{job_id}?min=0,5&label=fake")
     assert bad.status_code == 400 and 'id="filter-problem"' in bad.text and "min must be a score" in bad.text
     assert 'class="filters"' in bad.text and 'id="queue"' not in bad.text  # the form, cleared; no unfiltered list
+
+
+def test_face_boxes_are_labelled_in_words_not_only_in_colour() -> None:
+    import numpy as np
+    from PIL import Image
+
+    from scanner.detector.faces import Box
+    from scanner.moderation.images import draw_boxes
+
+    plain = Image.new("RGB", (400, 300), (200, 200, 200))
+    boxes = [Box(20, 60, 100, 100), Box(200, 120, 120, 120)]
+    outlined = np.asarray(draw_boxes(plain, boxes, [0.9, 0.1], 0.5)).astype(int)
+    for box in boxes:  # a label strip with white text sits just above each box
+        strip = outlined[box.y - 12 : box.y - 2, box.x + 2 : box.x + 60]
+        assert (strip.min(axis=2) > 200).sum() > 10 and (np.abs(strip - 200).sum(axis=2) > 60).mean() > 0.5

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from scanner.db import Face, Item, Verdict
 from scanner.detector.faces import Box, scale_box, upright_size
@@ -26,6 +26,9 @@ SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 class ImageUnavailable(LookupError):
     """The item's image cannot be shown (not scanned, source gone or changed, not decodable)."""
+
+
+BOX_STYLE = 2  # how face boxes are drawn (2: labelled in words); part of the cached file's name
 
 
 class ImageCache:
@@ -45,7 +48,7 @@ class ImageCache:
     def path_for(self, item: Item, verdict: Verdict, kind: str) -> Path:
         """Where this image (a size from SIDES, or the heatmap) is cached."""
         model = SAFE.sub("_", verdict.model_version)[:80]  # faces and heatmaps depend on content and model only
-        name = f"{item.sha256}-{model}-{kind}.jpg"
+        name = f"{item.sha256}-{model}-b{BOX_STYLE}-{kind}.jpg"
         return self.root / str(item.sha256)[:2] / name
 
     def get(self, item: Item, verdict: Verdict | None, faces: list[Face], kind: str) -> Path:
@@ -100,13 +103,22 @@ def boxes_on(image: Image.Image, width: int | None, height: int | None, boxes: l
 
 
 def draw_boxes(image: Image.Image, boxes: list[Box], scores: list[float], threshold: float) -> Image.Image:
-    """A copy with each face outlined: red when its crop scored at or above the threshold, green below."""
-    marked = image.copy()
+    """A copy with each face outlined (red when its crop scored at or above the threshold, green below) and
+    labelled in words, so colour is not the only cue: "face 1 · fake 0.91"."""
+    marked = image.copy().convert("RGB")
     pen = ImageDraw.Draw(marked)
     width = max(2, round(max(image.size) / 100))
-    for box, score in zip(boxes, scores):
-        colour = (220, 40, 40) if score >= threshold else (40, 200, 90)
+    font = ImageFont.load_default(size=max(11, round(max(image.size) / 40)))
+    for number, (box, score) in enumerate(zip(boxes, scores), start=1):
+        flagged = score >= threshold
+        colour = (220, 40, 40) if flagged else (30, 150, 70)
         pen.rectangle([box.x, box.y, box.x + box.w, box.y + box.h], outline=colour, width=width)
+        text = f"face {number} · {'fake' if flagged else 'real'} {score:.2f}"
+        left, top, right, bottom = pen.textbbox((0, 0), text, font=font)
+        height = bottom - top + 4
+        y = box.y - height if box.y >= height else box.y + box.h  # above the box, else below it
+        pen.rectangle([box.x, y, box.x + right - left + 6, y + height], fill=colour)
+        pen.text((box.x + 3, y + 2 - top), text, fill=(255, 255, 255), font=font)
     return marked
 
 
