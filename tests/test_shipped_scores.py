@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECORD = ROOT / "tests" / "data" / "shipped_scores.json"
 SHARED = ROOT.parent / "shared" / "data"
 PER_FOLDER = 3  # the first files of each set's real/ and fake/ folders, by name
-TOLERANCE = 1e-5
+TOLERANCE = 5e-5  # float sums differ by thread count and CPU: one v9 score moved 1.05e-5 on another host
 
 
 def benchmark_images() -> dict[str, Path]:

@@ -22,7 +22,7 @@ from training.data import Sample
 from training.evaluate import degrader, score_samples, select_samples
 from training.metrics import roc_auc
 
-RUNS = Path(__file__).resolve().parents[1] / "runs"
+RUNS = Path(__file__).resolve().parents[2] / "runs"  # the repository's runs/, ignored by git
 
 SETS = ("ciplab_real_and_fake_face", "hardfakevsrealfaces", "lfw_faceswap", "cifake", "ffhq_stylegan_256",
         "sdfd_sd21_ffhq", "real_scenes_people", "diffusion_people_multi")  # fmt: skip
