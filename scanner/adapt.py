@@ -9,7 +9,6 @@ base's speed and every score here is the score `scanner submit` gives.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ from scanner.detector.checkset import CheckSet, checkset_path, read_checkset
 from scanner.detector.faces import FaceFinder
 from scanner.detector.features import view_features
 from scanner.detector.preprocess import decode_image
+from scanner.detector.rates import without_nan
 from scanner.detector.views import make_views
 from scanner.model_store import check_new_name, checkpoint_path, register
 from scanner.moderation.reports import latest_decision_subquery
@@ -196,17 +196,6 @@ class AdaptResult:
             "threshold": self.evaluation.threshold, "evaluation": without_nan(self.evaluation.rows),
             "failures": self.evaluation.failures,
         }  # fmt: skip
-
-
-def without_nan(value: Any) -> Any:
-    """NaN (an AUC without both classes) as None, so the JSON is standard."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: without_nan(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [without_nan(item) for item in value]
-    return value
 
 
 def run_adapt(

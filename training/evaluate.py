@@ -17,6 +17,7 @@ from scanner.detector.checkpoint import (
 from scanner.detector.faces import HalfTurnCheck
 from scanner.detector.pages import PageSettings
 from scanner.detector.preprocess import QUARTER_TURNS, Augment, Preprocess, check_half_turn, check_turns
+from scanner.detector.rates import without_nan
 from scanner.detector.schema import check_mirror, check_precision
 from scanner.detector.views import band_around
 from training.augment import downscale, reencode
@@ -212,14 +213,3 @@ def half_turn_check(text: str) -> HalfTurnCheck | None:
     if len(numbers) not in (1, 2) or len(parts) != len(numbers):
         raise ValueError(f"a half-turn check is BELOW or BELOW,MARGIN (numbers) or none, not {text!r}")
     return HalfTurnCheck.from_dict(dict(zip(("below", "margin"), numbers)))
-
-
-def without_nan(value: Any) -> Any:
-    """NaN (an AUC of a one-class folder) becomes None, so the JSON is standard."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {k: without_nan(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [without_nan(v) for v in value]
-    return value

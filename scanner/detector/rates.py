@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -42,3 +44,14 @@ def lowest_threshold(real_scores: Sequence[float], max_share: float) -> float:
     if allowed >= len(ordered):
         return 0.0
     return float(np.nextafter(ordered[allowed], 1.0))
+
+
+def without_nan(value: Any) -> Any:
+    """NaN (an AUC without both classes) as None, in nested dicts and lists, so the JSON is standard."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [without_nan(item) for item in value]
+    return value
