@@ -10,7 +10,7 @@ base's speed and every score here is the score `scanner submit` gives.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from torch import nn
 
 from scanner.db import Item, Job, StoredModel
 from scanner.detector.adaptation import (
-    FOLDS,
     THRESHOLD_RULE,
     Evaluation,
     FitSettings,
@@ -28,6 +27,7 @@ from scanner.detector.adaptation import (
     Tick,
     adapt_head,
     difference_hash,
+    fold_count,
 )
 from scanner.detector.checkpoint import LoadedModel, load_model, read_checkpoint, renew_version
 from scanner.detector.checkset import CheckSet, checkset_path, read_checkset
@@ -49,18 +49,10 @@ class AdaptError(ValueError):
     """Adaptation refused: too few decisions, no check set, or a guardrail failed (the message says which)."""
 
 
-@dataclass
-class Collected:
-    """The reviewed images usable for adaptation, and what was left out with why."""
-
-    images: list[Reviewed]
-    unsure: int = 0
-    skipped: dict[str, list[str]] = field(default_factory=dict)
-
-    def counts(self) -> dict[str, int]:
-        """Decisions used per class."""
-        fakes = sum(image.label for image in self.images)
-        return {"fake": fakes, "real": len(self.images) - fakes}
+def decision_counts(images: list[Reviewed]) -> dict[str, int]:
+    """Decisions used per class."""
+    fakes = sum(image.label for image in images)
+    return {"fake": fakes, "real": len(images) - fakes}
 
 
 def latest_decisions(session: Any, job_ids: Sequence[int]) -> tuple[list[Reviewed], int]:
@@ -214,10 +206,10 @@ def run_adapt(
     tick = progress_factory("reading reviewed images", len(reviewed)) if progress_factory else None
     images, skipped = read_reviewed(reviewed, loaded, settings, tick)
     check_enough(images, unsure, skipped)
-    folds = min(FOLDS, *(sum(1 for image in images if image.label == c) for c in (0, 1)))
+    folds = fold_count([image.label for image in images])
     tick = progress_factory("fitting and checking", folds + 1) if progress_factory else None
     adapted = adapt_head(loaded, images, checkset, fit or FitSettings(), tick)
-    result = AdaptResult(name, loaded.version, Collected(images).counts(), unsure, skipped, adapted.evaluation)
+    result = AdaptResult(name, loaded.version, decision_counts(images), unsure, skipped, adapted.evaluation)
     if adapted.evaluation.failures:
         return result
     summary = {key: value for key, value in result.to_dict().items() if key not in ("version", "registered", "base")}
@@ -235,7 +227,7 @@ def run_adapt(
 
 def check_enough(images: list[Reviewed], unsure: int, skipped: dict[str, list[str]]) -> None:
     """Refuse too few decisions of either class, saying how many there are and how many are needed."""
-    counts = Collected(images).counts()
+    counts = decision_counts(images)
     if min(counts.values()) >= MIN_PER_CLASS:
         return
     left_out = "; ".join(f"{len(uris)} {reason}" for reason, uris in skipped.items())

@@ -74,6 +74,11 @@ def near_duplicate_groups(images: Sequence[Reviewed], max_bits: int = 6) -> list
     return [root(index) for index in range(len(images))]
 
 
+def fold_count(labels: Sequence[int]) -> int:
+    """FOLDS, or fewer when a class has fewer images (each fold holds one of each at least)."""
+    return min(FOLDS, *(sum(1 for y in labels if y == c) for c in (0, 1)))
+
+
 def assign_folds(images: Sequence[Reviewed], folds: int) -> list[int]:
     """A fold per image: whole near-duplicate groups, each class spread evenly over the folds."""
     groups = near_duplicate_groups(images)
@@ -265,7 +270,7 @@ def adapt_head(
     replay, kept = checkset.part(replay=True), checkset.part(replay=False)
     replay_examples = as_examples(mean_views(checkset_images(replay)), replay.label.tolist(), preprocess,
                                   fit.replay_weight * len(images))  # fmt: skip
-    folds = assign_folds(images, min(FOLDS, *(sum(1 for y in labels if y == c) for c in (0, 1))))
+    folds = assign_folds(images, fold_count(labels))
     held_out = [math.nan] * len(images)
     for fold in sorted(set(folds)):
         train_rows = [i for i, f in enumerate(folds) if f != fold]
