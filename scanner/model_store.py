@@ -55,9 +55,12 @@ def register(
 ) -> StoredModel:
     """Store a new model under `name` (refused if the name is taken); the caller commits."""
     check_new_name(session, name)
+    version = str(checkpoint["model_version"])
+    if (same := session.scalar(select(StoredModel.name).where(StoredModel.model_version == version))) is not None:
+        raise ModelNameError(f"the same model ({version}: the same decisions and base) is registered as {same}")
     data = checkpoint_bytes(checkpoint)
     row = StoredModel(
-        name=name, model_version=str(checkpoint["model_version"]), base_version=str(checkpoint["adapted"]["base"]),
+        name=name, model_version=version, base_version=str(checkpoint["adapted"]["base"]),
         created_by=created_by, sha256=hashlib.sha256(data).hexdigest(), checkpoint=data, details=details,
     )  # fmt: skip
     session.add(row)

@@ -150,6 +150,8 @@ def test_names_are_never_reused_nor_shipped_names_taken(base_model: Path, traffi
     assert adapt_cli(settings, "--job", str(job_id), "--name", "acme").exit_code == 0
     again = adapt_cli(settings, "--job", str(job_id), "--name", "acme")
     assert again.exit_code == 1 and "already registered" in again.output
+    same = adapt_cli(settings, "--job", str(job_id), "--name", "acme-again")  # the same decisions: the same model
+    assert same.exit_code == 1 and "is registered as acme" in " ".join(same.output.split())
     shipped = adapt_cli(settings, "--job", str(job_id), "--name", "effnet-faces")
     assert shipped.exit_code == 1 and "shipped model's name" in shipped.output
     bad = adapt_cli(settings, "--job", str(job_id), "--name", "../x")
