@@ -32,10 +32,9 @@ from scanner.detector.adaptation import (
 from scanner.detector.checkpoint import LoadedModel, load_model, read_checkpoint, renew_version
 from scanner.detector.checkset import CheckSet, checkset_path, read_checkset
 from scanner.detector.faces import FaceFinder
-from scanner.detector.features import view_features
+from scanner.detector.features import image_features
 from scanner.detector.preprocess import decode_image
 from scanner.detector.rates import without_nan
-from scanner.detector.views import make_views
 from scanner.model_store import check_new_name, checkpoint_path, register
 from scanner.moderation.reports import latest_decision_subquery
 from scanner.pipeline.loader import read_item
@@ -95,9 +94,8 @@ def read_reviewed(
             except ValueError as exc:
                 reason = f"undecodable ({exc})"
             else:
-                views = make_views(decoded, loaded.preprocess, finder).tensors
-                image.features = view_features(loaded.model, views, [len(views)], loaded.preprocess)
-                image.count, image.thumb = len(views), difference_hash(decoded)
+                image.features = image_features(loaded.model, decoded, loaded.preprocess, finder)
+                image.count, image.thumb = len(image.features), difference_hash(decoded)
                 kept.append(image)
         if reason:
             skipped.setdefault(reason, []).append(image.uri)

@@ -73,8 +73,8 @@ def stored_models(settings: Settings) -> list[dict[str, Any]]:
     a database or its table."""
     columns = (StoredModel.name, StoredModel.model_version, StoredModel.base_version, StoredModel.created_by,
                StoredModel.created_at, StoredModel.details)  # fmt: skip
+    engine = make_engine(settings.database_url)
     try:
-        engine = make_engine(settings.database_url)
         with session_factory(engine)() as session:
             rows = session.execute(select(*columns).order_by(StoredModel.id)).all()
     except (OperationalError, ProgrammingError):

@@ -17,9 +17,8 @@ import torch
 from scanner.detector.checkpoint import load_model, read_checkpoint
 from scanner.detector.checkset import CheckSet, checkset_path
 from scanner.detector.faces import FaceFinder
-from scanner.detector.features import view_features
+from scanner.detector.features import image_features
 from scanner.detector.preprocess import decode_image
-from scanner.detector.views import make_views
 from scanner.registry import resolve_model
 from training.data import Sample, find_samples
 from training.train import TrainConfig, load_splits
@@ -52,9 +51,8 @@ def build_checkset(model_path: Path, samples: list[Sample], seed: int = 0) -> Ch
     features, counts = [], []
     for sample in samples:
         image = decode_image(sample.path.read_bytes(), loaded.preprocess.decode_side).image
-        views = make_views(image, loaded.preprocess, finder).tensors
-        features.append(view_features(loaded.model, views, [len(views)], loaded.preprocess).mean(dim=-1))
-        counts.append(len(views))
+        features.append(image_features(loaded.model, image, loaded.preprocess, finder).mean(dim=-1))
+        counts.append(len(features[-1]))
     replay = torch.zeros(len(samples), dtype=torch.bool)
     rng = random.Random(seed)
     for source in sources:

@@ -298,8 +298,9 @@ def evaluate(
     The base is shown at its own threshold and at the threshold that flags at most 5% of the reviewed reals, the
     operating point the adapted model is held to."""
     stored = plain_scoring(loaded.preprocess)
-    new_replay = image_scores(head, checkset_images(replay), stored)
-    old_replay = image_scores(base, checkset_images(replay), stored)
+    replay_images, kept_images = checkset_images(replay), checkset_images(kept)
+    new_replay = image_scores(head, replay_images, stored)
+    old_replay = image_scores(base, replay_images, stored)
     candidates = [lowest_threshold([s for s, y in zip(held_out, labels) if y == 0], MAX_FPR)]
     for index in range(len(replay.sources)):
         reals = [i for i, (y, k) in enumerate(zip(replay.label, replay.source)) if int(k) == index and int(y) == 0]
@@ -311,8 +312,8 @@ def evaluate(
     rows = [reviewed_row("base", labels, base_scores, loaded.threshold),
             reviewed_row("base@5%", labels, base_scores, matched),
             reviewed_row("adapted", labels, held_out, threshold)]  # fmt: skip
-    rows += checkset_rows("base", kept, image_scores(base, checkset_images(kept), stored), loaded.threshold)
-    rows += checkset_rows("adapted", kept, image_scores(head, checkset_images(kept), stored), threshold)
+    rows += checkset_rows("base", kept, image_scores(base, kept_images, stored), loaded.threshold)
+    rows += checkset_rows("adapted", kept, image_scores(head, kept_images, stored), threshold)
     return Evaluation(rows, threshold, guardrail_failures(rows))
 
 

@@ -41,7 +41,10 @@ class CheckSet:
 
     def part(self, replay: bool) -> CheckSet:
         """The replayed half, or the half kept to check."""
-        keep = self.replay == replay
+        return self.subset(self.replay == replay)
+
+    def subset(self, keep: torch.Tensor) -> CheckSet:
+        """The images marked in the boolean `keep` (one per image), with their views' features."""
         ends = torch.cumsum(self.counts, 0)
         rows = torch.cat([torch.arange(int(e - c), int(e)) for e, c, k in zip(ends, self.counts, keep) if k] or
                          [torch.zeros(0, dtype=torch.long)])  # fmt: skip

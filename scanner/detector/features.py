@@ -10,11 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from PIL import Image
 from torch import nn
 
+from scanner.detector.faces import FaceFinder
 from scanner.detector.networks import Forward
 from scanner.detector.preprocess import Preprocess
-from scanner.detector.views import ViewScores, mirror_mask, score_flat_views, split_scores
+from scanner.detector.views import ViewScores, make_views, mirror_mask, score_flat_views, split_scores
 
 
 def final_layer(model: nn.Module) -> nn.Linear:
@@ -53,6 +55,14 @@ def view_features(model: nn.Module, views: torch.Tensor, counts: Sequence[int], 
         rows = mask & present
         mirrored[rows] = features_of(model, views[rows].flip(-1).to(device)).cpu()
     return torch.stack([plain, mirrored], dim=-1)
+
+
+def image_features(
+    model: nn.Module, image: Image.Image, preprocess: Preprocess, finder: FaceFinder | None
+) -> torch.Tensor:  # fmt: skip
+    """A decoded image's views, built as the scanner builds them, as (views, features, 2) (see view_features)."""
+    views = make_views(image, preprocess, finder).tensors
+    return view_features(model, views, [len(views)], preprocess)
 
 
 def head_forward(head: nn.Linear) -> Forward:

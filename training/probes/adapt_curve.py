@@ -21,21 +21,16 @@ from scanner.detector.adaptation import FitSettings, Reviewed, adapt_head, diffe
 from scanner.detector.checkpoint import load_model
 from scanner.detector.checkset import CheckSet, checkset_path, read_checkset
 from scanner.detector.faces import FaceFinder
-from scanner.detector.features import final_layer, view_features
+from scanner.detector.features import final_layer, image_features
 from scanner.detector.preprocess import decode_image
 from scanner.detector.rates import roc_auc, share_at_or_above
-from scanner.detector.views import make_views
 from scanner.registry import resolve_model
 from training.data import find_samples
 
 
 def without_sources(checkset: CheckSet, names: set[str]) -> CheckSet:
     """The check set without the images of these sources."""
-    keep = torch.tensor([checkset.sources[int(k)] not in names for k in checkset.source])
-    ends = torch.cumsum(checkset.counts, 0)
-    rows = torch.cat([torch.arange(int(e - c), int(e)) for e, c, k in zip(ends, checkset.counts, keep) if k])
-    return CheckSet(checkset.model_version, checkset.sources, checkset.source[keep], checkset.label[keep],
-                    checkset.counts[keep], checkset.replay[keep], checkset.features[rows])  # fmt: skip
+    return checkset.subset(torch.tensor([checkset.sources[int(k)] not in names for k in checkset.source]))
 
 
 def featurised(model_name: str, folders: list[Path], cache: Path) -> list[Reviewed]:
@@ -48,10 +43,9 @@ def featurised(model_name: str, folders: list[Path], cache: Path) -> list[Review
     for folder in folders:
         for number, sample in enumerate(find_samples(folder)):
             image = decode_image(sample.path.read_bytes(), loaded.preprocess.decode_side).image
-            views = make_views(image, loaded.preprocess, finder).tensors
-            features = view_features(loaded.model, views, [len(views)], loaded.preprocess)
+            features = image_features(loaded.model, image, loaded.preprocess, finder)
             images.append(Reviewed(number, number, sample.label, sample.dataset, str(sample.path), "file", features,
-                                   len(views), difference_hash(image)))  # fmt: skip
+                                   len(features), difference_hash(image)))  # fmt: skip
     torch.save([vars(image) for image in images], cache)
     return images
 
