@@ -13,8 +13,6 @@ from pathlib import Path
 
 import torch
 
-from scanner.registry import WEIGHTS_DIR
-
 CHECKSET_FORMAT = "fauxscan-checkset/1"
 
 
@@ -52,8 +50,8 @@ class CheckSet:
                         self.replay[keep], self.features[rows])  # fmt: skip
 
 
-def checkset_path(model_version: str, folder: Path = WEIGHTS_DIR) -> Path:
-    """Where the check set of a shipped model version lives."""
+def checkset_path(model_version: str, folder: Path) -> Path:
+    """Where the check set of a model version lives in `folder` (the shipped weights' folder, or beside a model)."""
     return folder / f"checkset-{model_version}.pt"
 
 

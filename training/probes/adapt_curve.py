@@ -24,7 +24,7 @@ from scanner.detector.faces import FaceFinder
 from scanner.detector.features import final_layer, image_features
 from scanner.detector.preprocess import decode_image
 from scanner.detector.rates import roc_auc, share_at_or_above
-from scanner.registry import resolve_model
+from scanner.registry import WEIGHTS_DIR, resolve_model
 from training.data import find_samples
 
 
@@ -71,7 +71,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     loaded = load_model(resolve_model(args.model), "cpu")
-    checkset = without_sources(read_checkset(checkset_path(loaded.version)), {args.fakes.name, args.reals.name})
+    shipped = read_checkset(checkset_path(loaded.version, WEIGHTS_DIR))
+    checkset = without_sources(shipped, {args.fakes.name, args.reals.name})
     images = featurised(args.model, [args.fakes, args.reals], args.cache)
     fakes = [i for i in images if i.label == 1 and i.sha256 == args.fakes.name]
     reals = [i for i in images if i.label == 0 and i.sha256 == args.reals.name]
