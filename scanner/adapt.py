@@ -78,7 +78,7 @@ def read_reviewed(
     images: list[Reviewed], loaded: LoadedModel, settings: Settings, tick: Tick | None = None
 ) -> tuple[list[Reviewed], dict[str, list[str]]]:
     """Each image's bytes (only the reviewed content) and view features; the others listed by reason."""
-    finder = FaceFinder(loaded.preprocess.faces) if loaded.preprocess.uses_faces else None
+    finder = FaceFinder(loaded.preprocess.search.faces) if loaded.preprocess.search.uses_faces else None
     kept: list[Reviewed] = []
     skipped: dict[str, list[str]] = {}
     for image in images:
@@ -90,7 +90,7 @@ def read_reviewed(
             reason = "changed since it was reviewed"
         else:
             try:
-                decoded = decode_image(data, loaded.preprocess.decode_side, settings.max_pixels).image
+                decoded = decode_image(data, loaded.preprocess.decoding.decode_side, settings.max_pixels).image
             except ValueError as exc:
                 reason = f"undecodable ({exc})"
             else:

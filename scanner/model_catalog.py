@@ -10,27 +10,28 @@ from scanner.registry import RegisteredModel, registered_models
 
 
 def _input_policy(preprocess: Preprocess) -> str:
-    size = preprocess.size
-    if not preprocess.uses_faces:
-        return f"centre crop of {size} px (shorter side kept up to {preprocess.max_side} px)"
-    patch = f", a native-pixel centre patch (up to {preprocess.max_side} px)" if preprocess.image_views == 2 else ""
-    if patch and preprocess.patch_min_side:
-        patch = f"{patch[:-1]}; images over {preprocess.patch_min_side} px only)"
-    combine = "the highest view, each at its own threshold" if preprocess.view_offsets else "the highest"
-    if preprocess.mirror:
-        band = preprocess.mirror_band
+    decoding, search, scoring = preprocess.decoding, preprocess.search, preprocess.scoring
+    size = decoding.size
+    if not search.uses_faces:
+        return f"centre crop of {size} px (shorter side kept up to {decoding.max_side} px)"
+    patch = f", a native-pixel centre patch (up to {decoding.max_side} px)" if search.image_views == 2 else ""
+    if patch and search.patch_min_side:
+        patch = f"{patch[:-1]}; images over {search.patch_min_side} px only)"
+    combine = "the highest view, each at its own threshold" if scoring.view_offsets else "the highest"
+    if scoring.mirror:
+        band = scoring.mirror_band
         near = f" when within {(band[1] - band[0]) / 2:g} logits of the threshold" if band else ""
-        combine = f"{' and '.join(preprocess.mirror)} also scored mirrored{near}, the logits averaged; {combine}"
-    if preprocess.precision != "float32":
-        combine = f"{combine}; network in {preprocess.precision}"
-    turns = preprocess.turns
+        combine = f"{' and '.join(scoring.mirror)} also scored mirrored{near}, the logits averaged; {combine}"
+    if scoring.precision != "float32":
+        combine = f"{combine}; network in {scoring.precision}"
+    turns = search.turns
     listed = ", ".join(map(str, turns[:-1])) + " or " if len(turns) > 1 else ""
     notes = [f"also turned {listed}{turns[-1]} degrees"] if turns else []
-    if preprocess.half_turn is not None:
-        notes.append(f"upside down too where the upright face is weaker than {preprocess.half_turn.below:g}")
+    if search.half_turn is not None:
+        notes.append(f"upside down too where the upright face is weaker than {search.half_turn.below:g}")
     found = f" ({'; '.join(notes)})" if notes else ""
-    whole = "photo inside a page, else the whole image" if preprocess.trim_page else "whole image"
-    crops = f"up to {preprocess.faces.max_faces} face crops{found}"
+    whole = "photo inside a page, else the whole image" if search.page is not None else "whole image"
+    crops = f"up to {search.faces.max_faces} face crops{found}"
     return f"{whole}{patch} + {crops} at {size} px (score: {combine})"
 
 

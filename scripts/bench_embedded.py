@@ -35,7 +35,7 @@ def pick_images(data: Path, count: int, seed: int = 0) -> list[Path]:
 def decode_only(paths: list[Path], settings: Settings, threads: int) -> float:
     """Images/s of read + hash + decode + face finding + preprocess, the work a scan cannot avoid."""
     preprocess = load_model(settings.model_path, "cpu").preprocess
-    finder = FaceFinder(preprocess.faces) if preprocess.uses_faces else None
+    finder = FaceFinder(preprocess.search.faces) if preprocess.search.uses_faces else None
 
     def work(path: Path) -> None:
         loaded, data = read_item(0, str(path), "file", settings)

@@ -48,16 +48,16 @@ def main() -> None:
     device = resolve_device(args.device)
     print(f"device {device}, torch threads {torch.get_num_threads()}")
     shipped = load_model(default_model_path(), "cpu")
-    print(f"shipped model {shipped.version}: input {shipped.preprocess.size} px")
+    print(f"shipped model {shipped.version}: input {shipped.preprocess.decoding.size} px")
     for batch in args.batch:
-        rate = images_per_second(shipped.model, shipped.preprocess.size, batch, device, args.seconds)
-        print(f"  shipped  size {shipped.preprocess.size:4d} batch {batch:4d}: {rate:9.1f} images/s (eager)")
+        rate = images_per_second(shipped.model, shipped.preprocess.decoding.size, batch, device, args.seconds)
+        print(f"  shipped  size {shipped.preprocess.decoding.size:4d} batch {batch:4d}: {rate:9.1f} images/s (eager)")
         if device.type == "cpu":
             preprocess = shipped.preprocess
-            frozen = inference_forward(shipped.model, preprocess.size, device, preprocess.precision)
-            rate = images_per_second(frozen, shipped.preprocess.size, batch, device, args.seconds)
-            size = shipped.preprocess.size
-            how = f"frozen, {preprocess.precision}, as scanned"
+            frozen = inference_forward(shipped.model, preprocess.decoding.size, device, preprocess.scoring.precision)
+            rate = images_per_second(frozen, shipped.preprocess.decoding.size, batch, device, args.seconds)
+            size = shipped.preprocess.decoding.size
+            how = f"frozen, {preprocess.scoring.precision}, as scanned"
             print(f"  shipped  size {size:4d} batch {batch:4d}: {rate:9.1f} images/s ({how})")
         for size in args.sizes:
             default = build_model("fauxnet", DEFAULT_ARGS["fauxnet"])

@@ -98,10 +98,11 @@ def test_a_source_with_few_reals_allows_none_flagged_without_flagging_nothing_at
 
 def combined(raw: list[float], preprocess: Preprocess) -> float:
     """An image's score written out: each view moved by its kind's logit offset (whole, patch, face), the maximum."""
-    if not preprocess.view_offsets:
+    if not preprocess.scoring.view_offsets:
         return max(raw)
-    kinds = [0, 1][: preprocess.image_views] + [2] * (len(raw) - preprocess.image_views)
-    return max(1 / (1 + math.exp(preprocess.view_offsets[k] - math.log(s / (1 - s)))) for s, k in zip(raw, kinds))
+    image_views, offsets = preprocess.search.image_views, preprocess.scoring.view_offsets
+    kinds = [0, 1][:image_views] + [2] * (len(raw) - image_views)
+    return max(1 / (1 + math.exp(offsets[k] - math.log(s / (1 - s)))) for s, k in zip(raw, kinds))
 
 
 def test_view_offsets_put_each_view_kind_at_its_own_threshold() -> None:
@@ -145,7 +146,7 @@ def test_uncalibrated_and_calibrated_checkpoints(face_model: Path, face_data: Pa
     result = runner.invoke(app, ["model", "calibrate", str(plain), str(tmp_path / "cal.pt"), str(face_data)])
     assert result.exit_code == 0, result.output
     after = load_model(tmp_path / "cal.pt", "cpu")
-    assert len(after.preprocess.view_offsets) == 3 and after.version != before["model_version"]
+    assert len(after.preprocess.scoring.view_offsets) == 3 and after.version != before["model_version"]
     assert read_checkpoint(tmp_path / "cal.pt")["calibrated_from"] == before["model_version"]
     samples = find_samples(face_data)
     assert 0.0 < after.threshold <= 1.0 and len(score_samples(after, samples, batch_size=4, workers=0)) == len(samples)
@@ -167,10 +168,10 @@ def test_training_evaluation_and_scanning_give_the_same_score(
     face_model: Path, face_data: Path, tmp_path: Path
 ) -> None:
     loaded = load_model(face_model, "cpu")
-    assert loaded.preprocess.uses_faces and read_checkpoint(face_model)["train_config"]["views"] == "faces"
+    assert loaded.preprocess.search.uses_faces and read_checkpoint(face_model)["train_config"]["views"] == "faces"
     samples = find_samples(face_data)[:6]
     evaluated = score_samples(loaded, samples, batch_size=4, workers=0)
-    finder = FaceFinder(loaded.preprocess.faces)
+    finder = FaceFinder(loaded.preprocess.search.faces)
     direct = []
     for sample in samples:
         image = Image.open(sample.path).convert("RGB")
@@ -206,7 +207,7 @@ def test_mirrored_views_average_each_with_its_mirror_image_on_every_path(
     assert after["model_version"] != before["model_version"] and after["calibrated_from"] == before["model_version"]
     loaded = load_model(mirror_model, "cpu")
     samples = find_samples(face_data)[:6]
-    finder = FaceFinder(loaded.preprocess.faces)
+    finder = FaceFinder(loaded.preprocess.search.faces)
     direct = []
     for sample in samples:
         views = make_views(Image.open(sample.path).convert("RGB"), loaded.preprocess, finder).tensors
@@ -261,9 +262,9 @@ def test_a_mirror_band_mirrors_only_views_near_the_threshold_on_every_path(
     )
     loaded = load_model(out, "cpu")
     samples = find_samples(face_data)[:8]
-    finder = FaceFinder(loaded.preprocess.faces)
+    finder = FaceFinder(loaded.preprocess.search.faces)
     stacks = [make_views(Image.open(s.path).convert("RGB"), loaded.preprocess, finder).tensors for s in samples]
-    offsets = loaded.preprocess.view_offsets
+    offsets = loaded.preprocess.scoring.view_offsets
     with torch.inference_mode():
         plain = [predict_scores(loaded.model, views).tolist() for views in stacks]
     wholes = sorted(math.log(p[0] / (1 - p[0])) - offsets[0] for p in plain)
@@ -330,7 +331,7 @@ def test_bfloat16_model_scores_in_bfloat16_on_every_path(
     assert after["model_version"] != before["model_version"]
     samples = find_samples(face_data)[:8]
     half = load_model(out, "cpu")
-    half_as_single = replace(half, preprocess=replace(half.preprocess, precision="float32"))
+    half_as_single = replace(half, preprocess=half.preprocess.changed(precision="float32"))
     evaluated = score_samples(half, samples, batch_size=4, workers=0)
     in_float32 = score_samples(half_as_single, samples, batch_size=4, workers=0)
     gaps = [abs(a - b) for a, b in zip(evaluated, in_float32)]
@@ -418,9 +419,9 @@ def test_heatmaps_cover_the_whole_image_and_each_face(face_model: Path) -> None:
 
     loaded = load_model(face_model, "cpu")
     image = drawn_face(5, size=200)
-    boxes = FaceFinder(loaded.preprocess.faces).find(image)
+    boxes = FaceFinder(loaded.preprocess.search.faces).find(image)
     strip = explainer(loaded)(image, boxes)
-    size = loaded.preprocess.size
+    size = loaded.preprocess.decoding.size
     assert strip.size == (2 * size + 4, size)
     assert explainer(loaded)(image, []).size == (size, size)
 
@@ -469,8 +470,8 @@ def test_previous_checkpoint_format_still_loads_and_foreign_ones_fail_clearly(tm
     old = read_checkpoint(resolve_model("fauxnet-fast-v1"))
     assert "views" not in old["preprocess"]  # written before face-aware scoring existed
     loaded = load_model(resolve_model("fauxnet-fast-v1"), "cpu")
-    assert not loaded.preprocess.uses_faces
-    views = make_views(drawn_face(1), loaded.preprocess, FaceFinder(loaded.preprocess.faces))
+    assert not loaded.preprocess.search.uses_faces
+    views = make_views(drawn_face(1), loaded.preprocess, FaceFinder(loaded.preprocess.search.faces))
     assert views.tensors.shape == (1, 3, 128, 128) and views.boxes == []
     future = dict(old, format="fauxscan-checkpoint/99")
     save_checkpoint(future, tmp_path / "future.pt")
@@ -539,9 +540,9 @@ def test_native_patch_view_fine_tuned_from_a_released_model(
 
     config = TrainConfig(**read_checkpoint(patch_model)["train_config"])
     loaded = load_model(patch_model, "cpu")
-    assert loaded.preprocess.image_views == 2 and loaded.preprocess.uses_faces
+    assert loaded.preprocess.search.image_views == 2 and loaded.preprocess.search.uses_faces
     samples = find_samples(face_data)[:4]
-    finder = FaceFinder(loaded.preprocess.faces)
+    finder = FaceFinder(loaded.preprocess.search.faces)
     direct, wholes = [], []
     for sample in samples:
         views = make_views(Image.open(sample.path).convert("RGB"), loaded.preprocess, finder)
@@ -591,7 +592,7 @@ def test_small_images_are_scored_without_the_native_patch_on_every_path(
         image = Image.open(sample.path).convert("RGB")
         (image if index % 2 else image.resize((90, 90), Image.Resampling.LANCZOS)).save(folder / sample.path.name)
     paths = sorted(folder.iterdir())
-    finder = FaceFinder(loaded.preprocess.faces)
+    finder = FaceFinder(loaded.preprocess.search.faces)
     network_rows: list[int] = []
 
     def forward(batch: torch.Tensor) -> torch.Tensor:
@@ -604,7 +605,7 @@ def test_small_images_are_scored_without_the_native_patch_on_every_path(
         image = Image.open(path).convert("RGB")
         views = make_views(image, loaded.preprocess, finder).tensors
         small = min(image.size) <= 100
-        assert has_patch(image, loaded.preprocess) is not small and len(views) >= 2
+        assert has_patch(image, loaded.preprocess.search) is not small and len(views) >= 2
         assert bool(torch.isnan(views[1]).all()) is small and not torch.isnan(views[[0, *range(2, len(views))]]).any()
         with torch.inference_mode():
             raw = predict_in_chunks(forward, views, None, 64, torch.device("cpu"))
@@ -613,7 +614,7 @@ def test_small_images_are_scored_without_the_native_patch_on_every_path(
             assert kept == pytest.approx(predict_scores(loaded.model, views[present]).tolist(), abs=1e-6)
         assert network_rows.pop() == len(views) - small and math.isnan(raw[1]) is small
         kinds = [0, 1] + [2] * (len(raw) - 2)
-        offsets = loaded.preprocess.view_offsets
+        offsets = loaded.preprocess.scoring.view_offsets
         direct.append(max(calibrated(v, offsets[k]) for v, k in zip(raw, kinds) if not math.isnan(v)))
     labelled = [replace(sample, path=folder / sample.path.name) for sample in find_samples(face_data)[:6]]
     scores = dict(zip([s.path for s in labelled], score_samples(loaded, labelled, batch_size=4, workers=0)))
@@ -626,7 +627,7 @@ def test_small_images_are_scored_without_the_native_patch_on_every_path(
     small_image = Image.open(paths[0]).convert("RGB")
     large_image = Image.open(paths[1]).convert("RGB")
     for image, drawn in ((small_image, False), (large_image, True)):
-        patch = to_tensor(patch_view(image, loaded.preprocess), loaded.preprocess)
+        patch = to_tensor(patch_view(image, loaded.preprocess.decoding), loaded.preprocess.decoding)
         rng = random.Random(0)
         draws = [training_view(image, [], loaded.preprocess, None, rng) for _ in range(30)]
         assert any(torch.equal(draw, patch) for draw in draws) is drawn
@@ -655,7 +656,7 @@ def test_training_with_a_patch_limit_writes_it_into_the_checkpoint(patch_model: 
     train_main(config)
     trained = read_checkpoint(tmp_path / "t.pt")
     assert trained["format"] == CURRENT_FORMAT and trained["preprocess"]["patch_min_side"] == 100
-    assert load_model(tmp_path / "t.pt", "cpu").preprocess.patch_min_side == 100
+    assert load_model(tmp_path / "t.pt", "cpu").preprocess.search.patch_min_side == 100
 
 
 def test_face_box_file_gives_the_views_that_finding_faces_gives(
@@ -670,7 +671,7 @@ def test_face_box_file_gives_the_views_that_finding_faces_gives(
     module = [sys.executable, "-m", "training.face_boxes"]
     done = subprocess.run([*module, str(face_data), *args], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    known = load_boxes(out, preprocess.faces)
+    known = load_boxes(out, preprocess.search.faces)
     samples = find_samples(face_data)
     assert sorted(known) == sorted(s.key for s in samples) and samples[0].key.startswith(f"{face_data.name}/")
     assert all(known[s.key] for s in samples)  # every drawn face was found
@@ -746,7 +747,7 @@ def test_a_self_blended_real_changes_around_its_face_and_nowhere_else(seed: int)
 def test_self_blending_turns_only_real_draws_with_a_face_into_fakes(tmp_path: Path) -> None:
     from training.data import ImageFolderDataset, Sample
 
-    preprocess = Preprocess(size=32, max_side=64, views="faces+patch")
+    preprocess = Preprocess().changed(size=32, max_side=64, views="faces+patch")
     samples, known = [], {}
     for index, (label, has_face) in enumerate([(0, True), (0, False), (1, True)]):
         path = tmp_path / f"{index}.png"
@@ -766,7 +767,9 @@ def test_the_self_blend_share_reaches_the_training_draws_and_a_bad_share_is_refu
     from training.train import TrainConfig, make_loader
 
     config = TrainConfig(data_dirs=[str(face_data)], out=str(tmp_path / "m.pt"), workers=0, self_blend=0.4)
-    loader = make_loader(find_samples(face_data), Preprocess(size=32, views="faces"), None, config, shuffle=True)
+    loader = make_loader(
+        find_samples(face_data), Preprocess().changed(size=32, views="faces"), None, config, shuffle=True
+    )
     assert loader.dataset.blend_share == 0.4  # type: ignore[attr-defined]
     result = CliRunner().invoke(app, ["train", str(face_data), "--out", str(tmp_path / "m.pt"), "--self-blend", "1.5"])
     assert result.exit_code == 2 and "--self-blend must be between 0 and 1" in result.output

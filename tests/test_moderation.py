@@ -103,7 +103,7 @@ def test_gradcam_points_at_the_manipulated_region(tiny_model: Path) -> None:
     loaded = load_model(tiny_model, "cpu")
     image = np.asarray(smooth_image(3, 32)).copy()
     image[:, 16:] = np.asarray(noisy_image(3, 32))[:, 16:]  # only the right half carries the 'fake' trace
-    tensor = preprocess_bytes(encode(_image(image)), loaded.preprocess)
+    tensor = preprocess_bytes(encode(_image(image)), loaded.preprocess.decoding)
     heatmap = gradcam(loaded.model, tensor)
     assert heatmap.shape == (32, 32) and 0 <= heatmap.min() and heatmap.max() <= 1
     assert heatmap[:, 16:].mean() > heatmap[:, :16].mean()

@@ -116,10 +116,10 @@ def page_model(face_model: Path, face_data: Path, tmp_path_factory: pytest.TempP
 def direct_score(model: Path, image: Image.Image) -> tuple[float, list[list[int]]]:
     """The image's score and face boxes computed view by view, without any loader."""
     loaded = load_model(model, "cpu")
-    views = make_views(image, loaded.preprocess, FaceFinder(loaded.preprocess.faces))
+    views = make_views(image, loaded.preprocess, FaceFinder(loaded.preprocess.search.faces))
     with torch.inference_mode():
         raw = predict_scores(loaded.model, views.tensors).tolist()
-    scores = combine_views(raw, loaded.preprocess.image_views, loaded.preprocess.view_offsets)
+    scores = combine_views(raw, loaded.preprocess.search.image_views, loaded.preprocess.scoring.view_offsets)
     return scores.score, [box.to_list() for box in views.boxes]
 
 
@@ -273,7 +273,7 @@ def test_page_settings_and_turns_travel_in_the_checkpoint(page_model: Path, face
     and turns are written into the checkpoint (format 9) and used on every path: a looser page tolerance cuts a page
     the pinned one leaves whole, and a half turn sets an upside-down face upright."""
     pinned = load_model(page_model, "cpu").preprocess
-    assert pinned.page == FORMAT8_PAGE and pinned.turns == (90, 270)
+    assert pinned.search.page == FORMAT8_PAGE and pinned.search.turns == (90, 270)
     out = tmp_path / "loose.pt"
     turns = ["--turn", "90", "--turn", "180", "--turn", "270"]
     args = ["model", "calibrate", str(page_model), str(out), str(face_data), "--page-setting", "tolerance=12", *turns]
@@ -286,7 +286,7 @@ def test_page_settings_and_turns_travel_in_the_checkpoint(page_model: Path, face
     assert "(also turned 90, 180 or 270 degrees)" in policy_of(stored)
     photo = drawn_face(17, size=160, noisy=True)  # found neither upright nor sideways when upside down
     page, (left, top) = noisy_page(photo, 8)
-    loose = load_model(out, "cpu").preprocess.page
+    loose = load_model(out, "cpu").preprocess.search.page
     assert loose is not None and page_region(page, FORMAT8_PAGE) is None
     assert page_region(page, loose) == (left, top, left + 160, top + 160)
     photo_score, photo_boxes = direct_score(out, photo)
@@ -404,7 +404,7 @@ def test_a_page_setting_alone_makes_a_model_trim_pages(face_model: Path, face_da
     result = CliRunner().invoke(app, [*args, "--page-setting", "min_photo_side=40", "--workers", "0"])
     assert result.exit_code == 0, result.output
     preprocess = load_model(tmp_path / "out.pt", "cpu").preprocess
-    assert preprocess.page == PageSettings(min_photo_side=40) and preprocess.turns == ()
+    assert preprocess.search.page == PageSettings(min_photo_side=40) and preprocess.search.turns == ()
 
 
 @pytest.mark.parametrize(

@@ -63,10 +63,10 @@ def test_one_command_builds_a_calibrated_release_with_the_recipes_scoring_settin
     assert (out / "face-boxes.json").exists() and (out / "train.pt").exists()
     shipped = read_checkpoint(out / "tiny.pt")
     preprocess = Preprocess.from_dict(shipped["preprocess"])
-    assert preprocess.turns == (90, 180, 270) and preprocess.page is not None
-    assert preprocess.half_turn is not None and preprocess.half_turn.below == 6.0
-    assert preprocess.faces.detect_side == 128 and preprocess.mirror == ("whole", "face")
-    low, high = preprocess.mirror_band
+    assert preprocess.search.turns == (90, 180, 270) and preprocess.search.page is not None
+    assert preprocess.search.half_turn is not None and preprocess.search.half_turn.below == 6.0
+    assert preprocess.search.faces.detect_side == 128 and preprocess.scoring.mirror == ("whole", "face")
+    low, high = preprocess.scoring.mirror_band
     assert high - low == pytest.approx(8.0)
     assert "train_state" not in shipped and shipped["calibrated_from"]
     assert len(read_checkpoint(out / "train.pt")["train_state"]["history"]) == 2

@@ -197,7 +197,8 @@ def test_frozen_cpu_model_scores_like_the_eager_one(tiny_model: Path, tmp_path: 
     settings = make_settings(f"sqlite:///{tmp_path / 'x.db'}", tiny_model)
     frozen, eager = ModelRunner(settings), ModelRunner(settings.with_overrides(jit=False))
     images = [
-        ImageViews(preprocess_bytes(encode(noisy_image(i, 32)), frozen.loaded.preprocess)[None]) for i in range(12)
+        ImageViews(preprocess_bytes(encode(noisy_image(i, 32)), frozen.loaded.preprocess.decoding)[None])
+        for i in range(12)
     ]
     assert frozen._forward is not frozen.loaded.model  # really traced and frozen
     frozen_scores = [result.score for result in frozen.score(images)]

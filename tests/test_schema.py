@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ def test_every_older_version_reads_as_the_same_model(version: int, turns: list[i
     upgraded = read_checkpoint(tmp_path / "old.pt")
     assert upgraded["format"] == CURRENT_FORMAT and upgraded["model_version"] == current["model_version"]
     assert Preprocess.from_dict(upgraded["preprocess"]) == Preprocess.from_dict(current["preprocess"])
-    assert load_model(tmp_path / "old.pt", "cpu").preprocess.page == FORMAT8_PAGE
+    assert load_model(tmp_path / "old.pt", "cpu").preprocess.search.page == FORMAT8_PAGE
 
 
 def test_a_file_from_a_later_version_or_no_version_is_refused(tmp_path: Path) -> None:
@@ -61,6 +61,6 @@ def test_the_version_hash_reads_only_settings_that_differ_from_their_defaults() 
     explicit = {**checkpoint, "preprocess": {**checkpoint["preprocess"], "precision": "float32", "mirror": []}}
     bare = {**checkpoint, "preprocess": Preprocess.from_dict(checkpoint["preprocess"]).to_dict()}
     assert renew_version(dict(explicit)) == renew_version(dict(bare))
-    changed = replace(Preprocess.from_dict(checkpoint["preprocess"]), precision="bfloat16").to_dict()
+    changed = Preprocess.from_dict(checkpoint["preprocess"]).changed(precision="bfloat16").to_dict()
     assert changed["precision"] == "bfloat16"
     assert renew_version({**checkpoint, "preprocess": changed}) != renew_version(dict(bare))

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from scanner.cli import app
 from scanner.detector.checkpoint import CheckpointError, load_model, read_checkpoint
 from scanner.detector.networks import build_model
-from scanner.detector.preprocess import Preprocess, preprocess_bytes
+from scanner.detector.preprocess import Decoding, Preprocess, preprocess_bytes
 from scanner.pipeline.loader import decode_item, read_item
 from scanner.settings import Settings
 from tests.conftest import tiny_config
@@ -95,7 +95,7 @@ def test_transparency_is_flattened_onto_white_by_coverage(mode: str) -> None:
 def test_preprocessing_is_identical_in_training_and_inference(tmp_path: Path) -> None:
     path = tmp_path / "face.jpg"
     path.write_bytes(encode(noisy_image(5, 90), "JPEG", quality=90))
-    config = Preprocess(size=32)
+    config = Preprocess().changed(size=32)
     sample = Sample(path, 1, "t", "g", "fake")
     training_tensor = ImageFolderDataset([sample], config, augment=None)[0][0]
     settings = Settings(database_url="sqlite://", broker_url=None, model_path=path)
@@ -111,13 +111,13 @@ def test_checkpoint_round_trips(tiny_model: Path) -> None:
     loaded = load_model(tiny_model, "cpu")
     meta = read_checkpoint(tiny_model)
     assert meta["arch"] == "paper-cnn" and meta["classes"] == ["real", "fake"]
-    assert loaded.preprocess.size == 32
+    assert loaded.preprocess.decoding.size == 32
     assert loaded.version == meta["model_version"]
     assert 0.0 <= loaded.threshold <= 1.0
     assert "accuracy" in meta["metrics"] and meta["train_config"]["seed"] == 1
     rebuilt = build_model(meta["arch"], meta["arch_args"])
     rebuilt.load_state_dict(meta["state_dict"])
-    batch = torch.stack([preprocess_bytes(encode(noisy_image(1)), loaded.preprocess)])
+    batch = torch.stack([preprocess_bytes(encode(noisy_image(1)), loaded.preprocess.decoding)])
     with torch.inference_mode():
         assert torch.allclose(rebuilt.eval()(batch), loaded.model(batch))
 
@@ -155,7 +155,7 @@ def test_one_epoch_lowers_the_loss(toy_data: Path, tmp_path: Path) -> None:
     torch.manual_seed(0)
     config = tiny_config(toy_data, tmp_path / "x.pt")
     model = build_model("paper-cnn", {"input_size": config.size, "width": 8})
-    preprocess = Preprocess(size=config.size)
+    preprocess = Preprocess().changed(size=config.size)
     samples = find_samples(toy_data)
     loader = make_loader(samples, preprocess, None, config, shuffle=True)
     eval_loader = make_eval_loader(samples, preprocess, None, 16, 0)
@@ -250,7 +250,9 @@ def test_a_resumed_run_does_not_replay_the_first_epochs_draws(toy_data: Path) ->
 
     def first_draws(first_epoch: int) -> list[int]:
         return list(
-            make_loader(samples, Preprocess(size=32), None, config, shuffle=True, first_epoch=first_epoch).sampler
+            make_loader(
+                samples, Preprocess().changed(size=32), None, config, shuffle=True, first_epoch=first_epoch
+            ).sampler
         )
 
     assert first_draws(1) == first_draws(1)  # a fresh run is reproducible, as before
@@ -344,7 +346,7 @@ def test_noise_stream_model_starts_as_the_plain_one_and_learns_from_residuals(to
                     arch_args={"dropout": 0.0}, pretrained=False, threshold_rule="fpr:0.05")  # fmt: skip
     train_main(plain)
     samples = find_samples(toy_data)
-    batch = torch.stack([preprocess_bytes(s.path.read_bytes(), Preprocess(size=32)) for s in samples])
+    batch = torch.stack([preprocess_bytes(s.path.read_bytes(), Decoding(size=32)) for s in samples])
     extended = build_model("effnet-lite0-srm", {"dropout": 0.0}).eval()
     init_weights(extended, read_checkpoint(tmp_path / "plain.pt"), "effnet-lite0-srm", {"dropout": 0.0})
     with torch.inference_mode():

@@ -46,11 +46,11 @@ def build_checkset(model_path: Path, samples: list[Sample], seed: int = 0) -> Ch
     """View features (mirror-averaged where the model mirrors) of every sample, half of each set and class marked
     for replay."""
     loaded = load_model(model_path, "cpu")
-    finder = FaceFinder(loaded.preprocess.faces) if loaded.preprocess.uses_faces else None
+    finder = FaceFinder(loaded.preprocess.search.faces) if loaded.preprocess.search.uses_faces else None
     sources = sorted({s.dataset for s in samples})
     features, counts = [], []
     for sample in samples:
-        image = decode_image(sample.path.read_bytes(), loaded.preprocess.decode_side).image
+        image = decode_image(sample.path.read_bytes(), loaded.preprocess.decoding.decode_side).image
         features.append(image_features(loaded.model, image, loaded.preprocess, finder).mean(dim=-1))
         counts.append(len(features[-1]))
     replay = torch.zeros(len(samples), dtype=torch.bool)

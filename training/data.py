@@ -131,7 +131,7 @@ def balanced_weights(samples: list[Sample], boost: Mapping[str, float] | None = 
 
 def boxes_for(samples: list[Sample], known: KnownBoxes | None, preprocess: Preprocess) -> dict[int, list[Box]]:
     """The face boxes found earlier for these samples (by key), indexed like `samples`; none for whole-image models."""
-    if not known or not preprocess.uses_faces:
+    if not known or not preprocess.search.uses_faces:
         return {}
     return {index: list(known[s.key]) for index, s in enumerate(samples) if s.key in known}
 
@@ -148,7 +148,7 @@ class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         self.augment = augment
         self.blend_share = blend_share  # the share of real draws with a face turned into a self-blended fake
         self.rng = random.Random(0)
-        self.finder = FaceFinder(preprocess.faces)
+        self.finder = FaceFinder(preprocess.search.faces)
         self._bytes: dict[int, bytes] = {}
         self._boxes: dict[int, list[Box]] = boxes_for(samples, known, preprocess)
         self._placements: dict[int, Placement] = {}  # how each sample's scored part is cut (its boxes: _boxes)
@@ -162,11 +162,11 @@ class ImageFolderDataset(Dataset[tuple[torch.Tensor, int]]):
         if data is None:
             data = self.samples[index].path.read_bytes()
             self._bytes[index] = data
-        image = decode_image(data, self.preprocess.decode_side).image
+        image = decode_image(data, self.preprocess.decoding.decode_side).image
         if index in self._placements:
             return self._placements[index].apply(image), self._boxes[index]
         part, self._boxes[index], self._placements[index] = scored_part(
-            image, self.preprocess, self.finder, self._boxes.get(index)
+            image, self.preprocess.search, self.finder, self._boxes.get(index)
         )
         return part, self._boxes[index]
 
@@ -189,14 +189,14 @@ class ViewsDataset(Dataset[tuple[torch.Tensor, int]]):
         self.samples = samples
         self.preprocess = preprocess
         self.degrade = degrade
-        self.finder = FaceFinder(preprocess.faces)
+        self.finder = FaceFinder(preprocess.search.faces)
         self._boxes = boxes_for(samples, known, preprocess) if degrade is None else {}  # degraded: search again
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image = decode_image(self.samples[index].path.read_bytes(), self.preprocess.decode_side).image
+        image = decode_image(self.samples[index].path.read_bytes(), self.preprocess.decoding.decode_side).image
         if self.degrade is not None:
             image = self.degrade(image)
         views = make_views(image, self.preprocess, self.finder, self._boxes.get(index))

@@ -21,9 +21,9 @@ def training_view(
         return _face_training_view(image, rng.choice(boxes), config, augment, rng)
     if augment is not None:
         image = augment(image)
-    if has_patch(image, config) and rng.random() < 0.5:
-        return to_tensor(patch_view(image, config), config)
-    return to_tensor(whole_view(image, config), config)
+    if has_patch(image, config.search) and rng.random() < 0.5:
+        return to_tensor(patch_view(image, config.decoding), config.decoding)
+    return to_tensor(whole_view(image, config), config.decoding)
 
 
 def blended_training_view(
@@ -31,8 +31,9 @@ def blended_training_view(
 ) -> torch.Tensor:
     """A self-blended image's training view: the blended face, or (faces+patch) the native patch 30% of the time;
     never the scaled whole image, where a small face's blend would not show."""
-    if has_patch(image, config) and rng.random() < 0.3:
-        return to_tensor(patch_view(augment(image) if augment is not None else image, config), config)
+    if has_patch(image, config.search) and rng.random() < 0.3:
+        patch = patch_view(augment(image) if augment is not None else image, config.decoding)
+        return to_tensor(patch, config.decoding)
     return _face_training_view(image, box, config, augment, rng)
 
 
@@ -41,8 +42,9 @@ def _face_training_view(
 ) -> torch.Tensor:
     shift = round(0.08 * max(box.w, box.h))
     moved = Box(box.x + rng.randint(-shift, shift), box.y + rng.randint(-shift, shift), box.w, box.h)
-    region = face_region(moved, image.width, image.height, config.faces.widen * rng.uniform(0.85, 1.15))
+    region = face_region(moved, image.width, image.height, config.search.faces.widen * rng.uniform(0.85, 1.15))
     crop = image.crop(region)
     if augment is not None:
         crop = augment(crop)
-    return to_tensor(crop.resize((config.size, config.size), Image.Resampling.BILINEAR), config)
+    side = config.decoding.size
+    return to_tensor(crop.resize((side, side), Image.Resampling.BILINEAR), config.decoding)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -117,27 +117,27 @@ def calibrate_checkpoint(
     checkpoint = read_checkpoint(source)
     stored = Preprocess.from_dict(checkpoint["preprocess"])
     page, chosen_turns = page_and_turns(stored, trim_page, page_settings, turn_faces, turns)  # before any model
-    check = stored.half_turn if half_turn is None else half_turn_check(half_turn)
-    check_half_turn(stored.views, chosen_turns, check)
+    check = stored.search.half_turn if half_turn is None else half_turn_check(half_turn)
+    check_half_turn(stored.search.views, chosen_turns, check)
     loaded = load_model(source, device)
-    if loaded.preprocess.views == "center":
+    if loaded.preprocess.search.views == "center":
         raise ValueError(f"{source} scores one view per image: there is nothing to calibrate")
-    if patch_min_side and loaded.preprocess.views != "faces+patch":
-        raise ValueError(f"{source} has no native patch view ({loaded.preprocess.views}): nothing to limit")
+    if patch_min_side and loaded.preprocess.search.views != "faces+patch":
+        raise ValueError(f"{source} has no native patch view ({loaded.preprocess.search.views}): nothing to limit")
     samples = select_samples(data_dirs, source, "val")
-    raw = replace(
-        loaded.preprocess, view_offsets=(), mirror=loaded.preprocess.mirror if mirror is None else mirror,
-        precision=precision or loaded.preprocess.precision,
-        patch_min_side=loaded.preprocess.patch_min_side if patch_min_side is None else patch_min_side,
+    raw = loaded.preprocess.changed(
+        view_offsets=(), mirror=loaded.preprocess.scoring.mirror if mirror is None else mirror,
+        precision=precision or loaded.preprocess.scoring.precision,
+        patch_min_side=loaded.preprocess.search.patch_min_side if patch_min_side is None else patch_min_side,
         mirror_band=(), page=page, turns=chosen_turns, half_turn=check,
     )  # fmt: skip
-    band = loaded.preprocess.mirror_band
+    band = loaded.preprocess.scoring.mirror_band
     margin = (band[1] - band[0]) / 2 if band and mirror_margin is None else mirror_margin or 0.0
     if margin < 0 or not math.isfinite(margin):
         raise ValueError(f"the mirror margin must be 0 or more logits, not {margin}")
-    if margin and not raw.mirror:
+    if margin and not raw.scoring.mirror:
         raise ValueError(f"{source} mirrors no view: a mirror margin needs --mirror")
-    if keep_threshold and not loaded.preprocess.view_offsets:
+    if keep_threshold and not loaded.preprocess.scoring.view_offsets:
         raise ValueError(f"{source} has no view offsets to keep: calibrate it without --keep-threshold first")
     loader = make_eval_loader(samples, raw, None, batch_size, workers)
     config = TrainConfig(**{**checkpoint["train_config"], "data_dirs": data_dirs, "calibrate_views": True})
@@ -148,7 +148,7 @@ def calibrate_checkpoint(
         metrics, preprocess, _ = validation_metrics(config, [], samples, per_image, labels, raw)
         metrics.pop("history")
         if margin:
-            preprocess = replace(preprocess, mirror_band=band_around(metrics["threshold"], margin))
+            preprocess = preprocess.changed(mirror_band=band_around(metrics["threshold"], margin))
             per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=preprocess)
             scores = image_scores(per_image, preprocess)
             metrics = {**metrics, **metrics_at(samples, scores, labels, metrics["threshold"], preprocess)}
@@ -168,9 +168,8 @@ def kept_operating_point(
     """The source's view offsets and threshold kept under new settings, with the metrics measured there; refused
     where the threshold rule (e.g. every source's reals at most 5% flagged) no longer holds on the validation split."""
     threshold = loaded.threshold
-    preprocess = replace(
-        raw, view_offsets=loaded.preprocess.view_offsets, mirror_band=band_around(threshold, margin) if margin else ()
-    )
+    band = band_around(threshold, margin) if margin else ()
+    preprocess = raw.changed(view_offsets=loaded.preprocess.scoring.view_offsets, mirror_band=band)
     per_image, labels = score_views(loaded.model, loader, loaded.device, preprocess=preprocess)
     scores = image_scores(per_image, preprocess)
     lowest = choose_threshold(labels, scores, rule, [s.dataset for s in samples])
@@ -189,16 +188,16 @@ def page_and_turns(
     """The page settings and turns a calibrated copy of a model with `source` preprocessing gets (None: keep)."""
     if page_settings and trim_page is False:
         raise ValueError("page settings were given for a model that does not trim pages (--no-trim-page)")
-    trims = bool(page_settings) or (source.trim_page if trim_page is None else trim_page)
+    trims = bool(page_settings) or (source.search.page is not None if trim_page is None else trim_page)
     page = None
     if trims:
-        page = PageSettings.from_dict({**asdict(source.page or PageSettings()), **(page_settings or {})})
+        page = PageSettings.from_dict({**asdict(source.search.page or PageSettings()), **(page_settings or {})})
     if turns is not None and turn_faces is False:
         raise ValueError("turns were given for a model that does not turn faces (--no-turn-faces)")
     if turns is not None:
         return page, check_turns(turns)
-    turned = source.turn_faces if turn_faces is None else turn_faces
-    return page, (source.turns or QUARTER_TURNS) if turned else ()
+    turned = bool(source.search.turns) if turn_faces is None else turn_faces
+    return page, (source.search.turns or QUARTER_TURNS) if turned else ()
 
 
 def half_turn_check(text: str) -> HalfTurnCheck | None:

@@ -20,11 +20,11 @@ from training.data import Sample, find_samples, limit_per_dataset
 
 def boxes_of(samples: list[Sample], preprocess: Preprocess) -> list[tuple[str, list[Box]]]:
     """(key, boxes) for each sample, found exactly as the training datasets find them."""
-    finder = FaceFinder(preprocess.faces)
+    finder = FaceFinder(preprocess.search.faces)
     found = []
     for sample in samples:
-        image = decode_image(sample.path.read_bytes(), preprocess.decode_side).image
-        found.append((sample.key, find_faces(image, preprocess, finder)))
+        image = decode_image(sample.path.read_bytes(), preprocess.decoding.decode_side).image
+        found.append((sample.key, find_faces(image, preprocess.search, finder)))
     return found
 
 
@@ -40,14 +40,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--jobs", type=int, default=2)
     args = parser.parse_args()
-    preprocess = Preprocess(size=args.size, max_side=args.max_side, views=args.views)
+    preprocess = Preprocess().changed(size=args.size, max_side=args.max_side, views=args.views)
     samples: list[Sample] = []
     for directory in args.data_dirs:
         samples += limit_per_dataset(find_samples(directory), args.max_per_dataset, args.seed)
     chunks = [samples[i :: args.jobs * 8] for i in range(args.jobs * 8)]
     with ProcessPoolExecutor(args.jobs) as pool:
         boxes = dict(pair for part in pool.map(boxes_of, chunks, [preprocess] * len(chunks)) for pair in part)
-    save_boxes(args.out, preprocess.faces, boxes)
+    save_boxes(args.out, preprocess.search.faces, boxes)
     with_faces = sum(1 for found in boxes.values() if found)
     print(f"{args.out}: {len(boxes)} images, {with_faces} with at least one face")
 

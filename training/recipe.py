@@ -101,14 +101,14 @@ def find_face_boxes(config: TrainConfig, say: Say) -> None:
     path = Path(config.face_boxes)
     if path.exists():
         return
-    preprocess = Preprocess(size=config.size, max_side=config.max_side, views=config.views)
+    preprocess = Preprocess().changed(size=config.size, max_side=config.max_side, views=config.views)
     samples: list[Sample] = []
     for directory in config.data_dirs:
         samples += limit_per_dataset(find_samples(Path(directory)), config.max_per_dataset, config.seed)
     started = time.perf_counter()
     boxes = dict(boxes_of(samples, preprocess))
     partial = path.with_suffix(".partial")
-    save_boxes(partial, preprocess.faces if preprocess.faces else FaceSettings(), boxes)
+    save_boxes(partial, preprocess.search.faces if preprocess.search.faces else FaceSettings(), boxes)
     partial.replace(path)
     say(f"faces: {len(boxes)} images searched in {time.perf_counter() - started:.0f} s -> {path}")
 

@@ -8,7 +8,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -214,7 +214,7 @@ def score_views(
     """Every view's raw score (mirror-averaged and in the precision `preprocess` says, through the scanner's
     `inference_forward`), one list per image in the loader's order, and the labels."""
     model.eval()
-    forward = inference_forward(model, preprocess.size, device, preprocess.precision)
+    forward = inference_forward(model, preprocess.decoding.size, device, preprocess.scoring.precision)
     per_image: list[list[float]] = []
     labels: list[int] = []
     step = model_batch_size(device)
@@ -228,8 +228,8 @@ def score_views(
 
 def image_scores(per_image: list[list[float]], preprocess: Preprocess | None = None) -> list[float]:
     """Each image's score as the scanner combines its views (calibrated by the model's view offsets, if any)."""
-    image_views = preprocess.image_views if preprocess else 1
-    offsets = preprocess.view_offsets if preprocess else ()
+    image_views = preprocess.search.image_views if preprocess else 1
+    offsets = preprocess.scoring.view_offsets if preprocess else ()
     return [combine_views(views, image_views, offsets).score for views in per_image]
 
 
@@ -278,7 +278,7 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     device = resolve_device(config.device)
     train, val = load_splits(config)
     check_both_classes(train, val)
-    preprocess = Preprocess(
+    preprocess = Preprocess().changed(
         size=config.size, max_side=config.max_side, views=config.views, mirror=tuple(config.mirror),
         precision=config.precision, patch_min_side=config.patch_min_side,
     )  # fmt: skip
@@ -294,7 +294,7 @@ def main(config: TrainConfig, resume: Path | None = None, progress_factory: Any 
     state = read_checkpoint(resume) if resume is not None else None
     start_epoch = int(state["train_state"]["epoch"]) + 1 if state else 1
     augment = Augmenter(PRESETS[config.augment], stream_seed(config.seed, start_epoch))
-    known = load_boxes(Path(config.face_boxes), preprocess.faces) if config.face_boxes else None
+    known = load_boxes(Path(config.face_boxes), preprocess.search.faces) if config.face_boxes else None
     train_loader = make_loader(train, preprocess, augment, config, shuffle=True, known=known, first_epoch=start_epoch)
     val_loader = make_eval_loader(val, preprocess, None, config.batch_size, config.workers, known)
     optimizer, scheduler = make_optimizer(model, config, len(train_loader))
@@ -368,10 +368,10 @@ def calibrate(
     preprocess: Preprocess, per_image: list[list[float]], labels: list[int], sources: list[str], rule: str
 ) -> Preprocess:
     """The preprocessing with view offsets fitted on these validation images (only multi-view models have any)."""
-    if preprocess.views == "center":
+    if preprocess.search.views == "center":
         return preprocess
-    offsets = fit_view_offsets(per_image, labels, sources, preprocess.image_views, rule)
-    return replace(preprocess, view_offsets=offsets)
+    offsets = fit_view_offsets(per_image, labels, sources, preprocess.search.image_views, rule)
+    return preprocess.changed(view_offsets=offsets)
 
 
 def validation_metrics(
@@ -400,7 +400,7 @@ def metrics_at(
     """Pooled and per-dataset metrics of these image scores at `threshold`."""
     metrics = summarize(labels, scores, threshold, [s.stratum for s in val])
     metrics["per_dataset"] = per_dataset_metrics(val, scores, threshold)
-    metrics["view_offsets"] = list(preprocess.view_offsets)
+    metrics["view_offsets"] = list(preprocess.scoring.view_offsets)
     return metrics
 
 

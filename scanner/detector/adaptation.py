@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -119,12 +119,12 @@ def as_examples(
     features = torch.zeros(len(per_image), most, width)
     present = torch.zeros(len(per_image), most, dtype=torch.bool)
     offsets = torch.zeros(len(per_image), most)
-    kind_offsets = preprocess.view_offsets or (0.0,) * len(VIEW_KINDS)
+    kind_offsets = preprocess.scoring.view_offsets or (0.0,) * len(VIEW_KINDS)
     for row, image in enumerate(per_image):
         usable = ~torch.isnan(image[:, 0])
         features[row, : len(image)] = torch.nan_to_num(image)
         present[row, : len(image)] = usable
-        kinds = view_kinds(len(image), preprocess.image_views)
+        kinds = view_kinds(len(image), preprocess.search.image_views)
         offsets[row, : len(image)] = torch.tensor([kind_offsets[k] for k in kinds])
     label_tensor = torch.tensor(list(labels), dtype=torch.float32)
     weights = torch.zeros(len(per_image))
@@ -207,7 +207,7 @@ def checkset_images(checkset: CheckSet) -> list[torch.Tensor]:
 
 def plain_scoring(preprocess: Preprocess) -> Preprocess:
     """The scoring of stored mirror-averaged features: no second mirroring."""
-    return replace(preprocess, mirror=(), mirror_band=())
+    return preprocess.changed(mirror=(), mirror_band=())
 
 
 def mean_views(per_image: Sequence[torch.Tensor]) -> list[torch.Tensor]:

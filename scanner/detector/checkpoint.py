@@ -149,5 +149,5 @@ def renew_version(checkpoint: dict[str, Any]) -> str:
     defaults (recomputed after the preprocessing changed, so verdicts of the two are never mixed)."""
     preprocess = Preprocess.from_dict(checkpoint["preprocess"])
     digest = weights_digest(checkpoint["state_dict"], preprocess.to_dict())
-    checkpoint["model_version"] = f"{checkpoint['arch']}-{preprocess.size}-{digest}"
+    checkpoint["model_version"] = f"{checkpoint['arch']}-{preprocess.decoding.size}-{digest}"
     return str(checkpoint["model_version"])

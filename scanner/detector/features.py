@@ -76,4 +76,4 @@ def score_features(
 ) -> list[ViewScores]:
     """Each image's ViewScores from its stored view features, as the scanner would score its pixels with `head`."""
     flat = score_flat_views(head_forward(head), stored, counts, preprocess, 4096, torch.device("cpu"))
-    return split_scores(flat, list(counts), preprocess.image_views, preprocess.view_offsets)
+    return split_scores(flat, list(counts), preprocess.search.image_views, preprocess.scoring.view_offsets)

@@ -6,7 +6,7 @@ import io
 import re
 import warnings
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -63,7 +63,7 @@ class ImageRejected(Exception):
 VIEW_POLICIES = ("center", "faces", "faces+patch")
 
 
-VIEW_KINDS = ("whole", "patch", "face")  # the order of Preprocess.view_offsets
+VIEW_KINDS = ("whole", "patch", "face")  # the order of Scoring.view_offsets
 # The number format the network runs in at inference (bfloat16: faster where the device has bf16 kernels).
 PRECISIONS = ("float32", "bfloat16")
 # Turns (degrees counter-clockwise) an image with no upright face may be searched at for faces; `--turn-faces` alone
@@ -87,52 +87,43 @@ def check_half_turn(views: str, turns: Any, half_turn: HalfTurnCheck | None) -> 
         raise ValueError("a half-turn check needs a face-aware model that searches the half turn (--turn 180)")
 
 
+def _changed_settings(part: Any) -> dict[str, Any]:
+    """A settings dataclass's fields that differ from their defaults, as plain types."""
+    data = {}
+    for item in fields(part):
+        value = getattr(part, item.name)
+        default = item.default if item.default is not MISSING else item.default_factory()  # type: ignore[misc,operator]
+        if value != default:
+            data[item.name] = _plain(value)
+    return data
+
+
 @dataclass(frozen=True)
-class Preprocess:
-    """Preprocessing parameters stored in every checkpoint."""
+class Decoding:
+    """How an image becomes model inputs: the input side, the native-pixel cap, resampling and normalisation."""
 
     size: int = 128
     max_side: int = 0
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
     resample: str = "bilinear"
-    views: str = "center"
-    faces: FaceSettings = field(default_factory=FaceSettings)
-    view_offsets: tuple[float, ...] = ()  # logit offsets per view kind (whole, patch, face); () = raw scores
-    mirror: tuple[str, ...] = ()  # view kinds also scored as their mirror image, the two logits averaged
-    precision: str = "float32"  # the number format the offsets and threshold were fitted in (PRECISIONS)
-    patch_min_side: int = 0  # faces+patch: the native patch is scored only on images whose shorter side exceeds this
-    # (low, high) in calibrated logits: only views of a mirrored kind whose plain score lies inside are scored mirrored
-    # too (the others are far from the threshold, where the average changes no verdict); () = every such view
-    mirror_band: tuple[float, ...] = ()
-    page: PageSettings | None = None  # score the photo inside a flat page (screenshots, letterboxes), not the page
-    turns: tuple[int, ...] = ()  # with no upright face found, look for faces at these turns (TURN_CHOICES)
-    half_turn: HalfTurnCheck | None = None  # with a weak upright face found, look upside down too (needs turn 180)
-
-    @property
-    def trim_page(self) -> bool:
-        """Whether the model scores the photo inside a flat page instead of the page."""
-        return self.page is not None
-
-    @property
-    def turn_faces(self) -> bool:
-        """Whether the model looks for faces on their side (or upside down) when none is upright."""
-        return bool(self.turns)
 
     @property
     def decode_side(self) -> int:
         """The shorter side the image is brought to before the centre crop (at most)."""
         return max(self.size, self.max_side)
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types for the checkpoint: the settings that differ from their defaults (the schema holds those)."""
-        data = {}
-        for item in fields(self):
-            value = getattr(self, item.name)
-            default = item.default if item.default is not MISSING else item.default_factory()  # type: ignore[misc,operator]
-            if value != default:
-                data[item.name] = _plain(value)
-        return data
+
+@dataclass(frozen=True)
+class ViewSearch:
+    """What the model looks at: its view policy, where faces are searched, the page cut and the turns."""
+
+    views: str = "center"
+    faces: FaceSettings = field(default_factory=FaceSettings)
+    patch_min_side: int = 0  # faces+patch: the native patch is scored only on images whose shorter side exceeds this
+    page: PageSettings | None = None  # score the photo inside a flat page (screenshots, letterboxes), not the page
+    turns: tuple[int, ...] = ()  # with no upright face found, look for faces at these turns (TURN_CHOICES)
+    half_turn: HalfTurnCheck | None = None  # with a weak upright face found, look upside down too (needs turn 180)
 
     @property
     def uses_faces(self) -> bool:
@@ -144,19 +135,63 @@ class Preprocess:
         """How many views of the whole image come before the faces: the scaled image, and a native-pixel patch."""
         return 2 if self.views == "faces+patch" else 1
 
+
+@dataclass(frozen=True)
+class Scoring:
+    """How view scores become the image's score: offsets per view kind, mirroring and its band, the precision."""
+
+    view_offsets: tuple[float, ...] = ()  # logit offsets per view kind (whole, patch, face); () = raw scores
+    mirror: tuple[str, ...] = ()  # view kinds also scored as their mirror image, the two logits averaged
+    precision: str = "float32"  # the number format the offsets and threshold were fitted in (PRECISIONS)
+    # (low, high) in calibrated logits: only views of a mirrored kind whose plain score lies inside are scored mirrored
+    # too (the others are far from the threshold, where the average changes no verdict); () = every such view
+    mirror_band: tuple[float, ...] = ()
+
+
+# Each stored setting's reader (checkpoints hold lists and mappings), by the part that holds it.
+_READERS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "decoding": {"size": int, "max_side": int, "mean": tuple, "std": tuple, "resample": str},
+    "search": {
+        "views": str, "faces": lambda faces: FaceSettings(**faces), "patch_min_side": int,
+        "page": PageSettings.from_dict, "turns": check_turns, "half_turn": HalfTurnCheck.from_dict,
+    },
+    "scoring": {
+        "view_offsets": lambda offsets: tuple(float(v) for v in offsets),
+        "mirror": lambda kinds: tuple(str(kind) for kind in kinds), "precision": str,
+        "mirror_band": lambda band: tuple(float(v) for v in band),
+    },
+}  # fmt: skip
+SETTING_NAMES = frozenset(name for readers in _READERS.values() for name in readers)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Every setting a checkpoint stores beside its weights, in three parts: decoding, view search, scoring."""
+
+    decoding: Decoding = field(default_factory=Decoding)
+    search: ViewSearch = field(default_factory=ViewSearch)
+    scoring: Scoring = field(default_factory=Scoring)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types for the checkpoint, one flat mapping: the settings that differ from their defaults (the
+        schema holds those)."""
+        return {**_changed_settings(self.decoding), **_changed_settings(self.search), **_changed_settings(self.scoring)}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocess:
-        """Rebuild from a current-schema checkpoint's dictionary (missing settings take their defaults)."""
-        readers: dict[str, Callable[[Any], Any]] = {
-            "size": int, "max_side": int, "mean": tuple, "std": tuple, "resample": str, "views": str,
-            "faces": lambda faces: FaceSettings(**faces),
-            "view_offsets": lambda offsets: tuple(float(v) for v in offsets),
-            "mirror": lambda kinds: tuple(str(kind) for kind in kinds),
-            "precision": str, "patch_min_side": int,
-            "mirror_band": lambda band: tuple(float(v) for v in band),
-            "page": PageSettings.from_dict, "turns": check_turns, "half_turn": HalfTurnCheck.from_dict,
+        """Rebuild from a current-schema checkpoint's flat mapping (missing settings take their defaults)."""
+        readers = {name: reader for part in _READERS.values() for name, reader in part.items()}
+        return cls().changed(**{name: readers[name](value) for name, value in data.items() if name in readers})
+
+    def changed(self, **settings: Any) -> Preprocess:
+        """A copy with the named settings (of any part) replaced."""
+        if unknown := sorted(set(settings) - SETTING_NAMES):
+            raise TypeError(f"unknown preprocessing setting(s): {', '.join(unknown)}")
+        parts = {
+            part: replace(getattr(self, part), **{k: v for k, v in settings.items() if k in readers})
+            for part, readers in _READERS.items()
         }  # fmt: skip
-        return cls(**{name: readers[name](value) for name, value in data.items() if name in readers})
+        return Preprocess(**parts)
 
 
 def _plain(value: Any) -> Any:
@@ -391,7 +426,7 @@ def resize_center_crop(image: Image.Image, size: int, max_side: int = 0, resampl
     return image.crop((left, top, left + size, top + size))
 
 
-def to_tensor(image: Image.Image, config: Preprocess) -> torch.Tensor:
+def to_tensor(image: Image.Image, config: Decoding) -> torch.Tensor:
     """Turn a size x size RGB image into a normalised CHW float tensor."""
     array = np.asarray(image, dtype=np.uint8)
     tensor = torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255.0)
@@ -403,7 +438,7 @@ def to_tensor(image: Image.Image, config: Preprocess) -> torch.Tensor:
 Augment = Callable[[Image.Image], Image.Image]
 
 
-def preprocess_image(image: Image.Image, config: Preprocess, augment: Augment | None = None) -> torch.Tensor:
+def preprocess_image(image: Image.Image, config: Decoding, augment: Augment | None = None) -> torch.Tensor:
     """Decoded RGB image -> model tensor; training passes an augmentation, inference none."""
     if augment is not None:
         image = augment(image)
@@ -412,7 +447,7 @@ def preprocess_image(image: Image.Image, config: Preprocess, augment: Augment | 
 
 def preprocess_bytes(
     data: bytes,
-    config: Preprocess,
+    config: Decoding,
     augment: Augment | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> torch.Tensor:

@@ -3,9 +3,9 @@
 A checkpoint names its version in `format` ("fauxscan-checkpoint/N"). Reading runs it up the chain, one small
 step per version as Alembic runs migrations (the flags versions 8 to 10 wrote become the settings they stood
 for), so the rest of the code knows only the current schema; this module
-is the only place that knows older ones. Preprocessing settings are stored where they differ from their
-defaults (`Preprocess.to_dict`), so the defaults are part of the schema: a change of a default is a new version
-whose upgrader writes the old default into older files.
+is the only place that knows older ones. Preprocessing settings (decoding, view search and scoring, stored as one
+flat mapping) are written where they differ from their defaults (`Preprocess.to_dict`), so the defaults are part of
+the schema: a change of a default is a new version whose upgrader writes the old default into older files.
 
 | version | what it added (an older fauxscan refuses the file, since it would score it wrongly) |
 | --- | --- |
@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from scanner.detector.faces import HalfTurnCheck
 from scanner.detector.pages import PageSettings
-from scanner.detector.preprocess import PRECISIONS, VIEW_KINDS, Preprocess, check_half_turn, check_turns
+from scanner.detector.preprocess import PRECISIONS, SETTING_NAMES, VIEW_KINDS, check_half_turn, check_turns
 
 PREFIX = "fauxscan-checkpoint/"
 SCHEMA_VERSION = 11
@@ -107,7 +107,7 @@ def upgrade(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
 
 def check_preprocess(preprocess: dict[str, Any], path: Path) -> None:
     """Refuse current-schema settings no scorer can use, naming the file and the setting."""
-    if unknown := sorted(set(preprocess) - {item.name for item in fields(Preprocess)}):
+    if unknown := sorted(set(preprocess) - SETTING_NAMES):
         raise CheckpointError(f"{path} has unknown setting(s) {', '.join(map(str, unknown))} for its version")
     _check_numbers(path, "view_offsets", preprocess.get("view_offsets"), len(VIEW_KINDS))
     band = preprocess.get("mirror_band")

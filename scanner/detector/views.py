@@ -18,7 +18,7 @@ from PIL import Image
 from scanner.detector.faces import Box, FaceFinder, face_region
 from scanner.detector.networks import Forward, predict_in_chunks
 from scanner.detector.pages import page_region
-from scanner.detector.preprocess import VIEW_KINDS, Preprocess, resize_center_crop, to_tensor
+from scanner.detector.preprocess import VIEW_KINDS, Decoding, Preprocess, ViewSearch, resize_center_crop, to_tensor
 
 
 @dataclass
@@ -45,28 +45,30 @@ class ViewScores:
 
 def whole_view(image: Image.Image, config: Preprocess) -> Image.Image:
     """The whole-image view: the classic centre crop for old checkpoints, the image scaled down for new ones."""
-    max_side = config.max_side if not config.uses_faces else 0
-    return resize_center_crop(image, config.size, max_side, config.resample)
+    decoding = config.decoding
+    max_side = decoding.max_side if not config.search.uses_faces else 0
+    return resize_center_crop(image, decoding.size, max_side, decoding.resample)
 
 
-def patch_view(image: Image.Image, config: Preprocess) -> Image.Image:
+def patch_view(image: Image.Image, config: Decoding) -> Image.Image:
     """A centre patch at native pixels (the image's shorter side kept up to max_side): no downscaling blur."""
     return resize_center_crop(image, config.size, config.max_side, config.resample)
 
 
 def face_view(image: Image.Image, box: Box, config: Preprocess, widen: float | None = None) -> Image.Image:
     """One face at the canonical framing: a widened square around the box, scaled to the input size."""
-    region = face_region(box, image.width, image.height, widen or config.faces.widen)
+    region = face_region(box, image.width, image.height, widen or config.search.faces.widen)
     crop = image.crop(region)
-    return crop.resize((config.size, config.size), Image.Resampling.BILINEAR, reducing_gap=2.0)
+    side = config.decoding.size
+    return crop.resize((side, side), Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
-def find_faces(image: Image.Image, config: Preprocess, finder: FaceFinder | None) -> list[Box]:
+def find_faces(image: Image.Image, config: ViewSearch, finder: FaceFinder | None) -> list[Box]:
     """Face boxes for a face-aware model; none for whole-image models."""
     return finder.find(image) if config.uses_faces and finder is not None else []
 
 
-def has_patch(image: Image.Image, config: Preprocess) -> bool:
+def has_patch(image: Image.Image, config: ViewSearch) -> bool:
     """Whether the model scores a native patch of this image: a faces+patch model does when the image's shorter
     side exceeds `patch_min_side` (below it the patch shows little the scaled whole image does not)."""
     return config.image_views == 2 and min(image.size) > config.patch_min_side
@@ -74,11 +76,11 @@ def has_patch(image: Image.Image, config: Preprocess) -> bool:
 
 def view_images(image: Image.Image, config: Preprocess, boxes: list[Box]) -> list[Image.Image]:
     """The views scored, as images (the whole image first, then any native patch, then faces), for heatmaps."""
-    patch = [patch_view(image, config)] if has_patch(image, config) else []
+    patch = [patch_view(image, config.decoding)] if has_patch(image, config.search) else []
     return [whole_view(image, config), *patch, *(face_view(image, box, config) for box in boxes)]
 
 
-def absent_view(config: Preprocess) -> torch.Tensor:
+def absent_view(config: Decoding) -> torch.Tensor:
     """The placeholder row of a view kind an image does not have (a small image's native patch): all NaN, so
     `predict_in_chunks` skips it without a network pass and its score, NaN, is left out of every maximum."""
     return torch.full((3, config.size, config.size), math.nan)
@@ -118,7 +120,7 @@ class Placement:
 
 
 def scored_part(
-    image: Image.Image, config: Preprocess, finder: FaceFinder | None = None, known: list[Box] | None = None
+    image: Image.Image, config: ViewSearch, finder: FaceFinder | None = None, known: list[Box] | None = None
 ) -> tuple[Image.Image, list[Box], Placement]:
     """The part of the image the views come from, its face boxes, and how it was cut: the photo inside a flat page
     (screenshots, letterboxes, padded reposts) for models that trim pages; for models that turn faces, an image
@@ -148,7 +150,7 @@ def make_views(
 ) -> ImageViews:
     """Decoded RGB image -> the stacked model inputs and the face boxes they came from (in `image`'s pixels);
     `known`: the upright boxes found on this image before (see `scored_part`)."""
-    part, boxes, placement = scored_part(image, config, finder, known)
+    part, boxes, placement = scored_part(image, config.search, finder, known)
     views = views_from_boxes(part, config, boxes)
     views.boxes = [placement.to_image(box, part.size) for box in boxes]
     return views
@@ -156,9 +158,9 @@ def make_views(
 
 def views_from_boxes(image: Image.Image, config: Preprocess, boxes: list[Box]) -> ImageViews:
     """The stacked model inputs of an image whose face boxes are already known."""
-    rows = [to_tensor(view, config) for view in view_images(image, config, boxes)]
-    if config.image_views == 2 and not has_patch(image, config):
-        rows.insert(1, absent_view(config))  # every image keeps the layout whole, patch, faces
+    rows = [to_tensor(view, config.decoding) for view in view_images(image, config, boxes)]
+    if config.search.image_views == 2 and not has_patch(image, config.search):
+        rows.insert(1, absent_view(config.decoding))  # every image keeps the layout whole, patch, faces
     return ImageViews(torch.stack(rows), boxes)
 
 
@@ -170,18 +172,18 @@ def view_kinds(count: int, image_views: int) -> list[int]:
 def mirror_mask(counts: Sequence[int], preprocess: Preprocess) -> torch.Tensor | None:
     """Which of the flat views (images of `counts` views each) the model also scores as their mirror image;
     None when it mirrors none."""
-    if not preprocess.mirror:
+    if not preprocess.scoring.mirror:
         return None
-    mirrored = {VIEW_KINDS.index(kind) for kind in preprocess.mirror}
-    kinds = [kind for count in counts for kind in view_kinds(count, preprocess.image_views)]
+    mirrored = {VIEW_KINDS.index(kind) for kind in preprocess.scoring.mirror}
+    kinds = [kind for count in counts for kind in view_kinds(count, preprocess.search.image_views)]
     return torch.tensor([kind in mirrored for kind in kinds], dtype=torch.bool)
 
 
 def in_mirror_band(plain: Sequence[float], counts: Sequence[int], preprocess: Preprocess) -> torch.Tensor:
     """Which of the flat views score, unmirrored and calibrated, inside the checkpoint's mirror band (absent: no)."""
-    low, high = preprocess.mirror_band
-    offsets = preprocess.view_offsets or (0.0,) * len(VIEW_KINDS)
-    kinds = [kind for count in counts for kind in view_kinds(count, preprocess.image_views)]
+    low, high = preprocess.scoring.mirror_band
+    offsets = preprocess.scoring.view_offsets or (0.0,) * len(VIEW_KINDS)
+    kinds = [kind for count in counts for kind in view_kinds(count, preprocess.search.image_views)]
     inside = [not math.isnan(s) and low <= logit(s) - offsets[k] <= high for s, k in zip(plain, kinds)]
     return torch.tensor(inside, dtype=torch.bool)
 
@@ -200,7 +202,7 @@ def score_flat_views(
     views of a mirrored kind averaged (logits) with their mirror image, in the same network call; with a mirror
     band, all views are scored plain first and only those inside the band are scored mirrored too."""
     mirror = mirror_mask(counts, preprocess)
-    if mirror is None or not preprocess.mirror_band:
+    if mirror is None or not preprocess.scoring.mirror_band:
         return predict_in_chunks(forward, views, mirror, step, device)
     plain = predict_in_chunks(forward, views, None, step, device)
     rows = (mirror & in_mirror_band(plain, counts, preprocess)).nonzero().flatten().tolist()

@@ -45,7 +45,7 @@ def colorize(heatmap: np.ndarray) -> np.ndarray:
 
 def overlay(model: nn.Module, view: Image.Image, preprocess: Preprocess, alpha: float = 0.45) -> Image.Image:
     """One model view with its Grad-CAM heatmap blended on top."""
-    heatmap = gradcam(model, to_tensor(view, preprocess))
+    heatmap = gradcam(model, to_tensor(view, preprocess.decoding))
     colours = Image.fromarray(colorize(heatmap), "RGB")
     mask = Image.fromarray((np.clip(heatmap, 0, 1) * 255 * alpha).astype(np.uint8), "L")
     return Image.composite(colours, view, mask)
@@ -57,10 +57,10 @@ def explain_image(
 ) -> Image.Image:  # fmt: skip
     """Heatmaps of every view the model scored (the whole image, then each face), side by side; `finder` (one is
     made if None) finds the faces again for models that turn faces, since they may have been found turned."""
-    if preprocess.turn_faces and boxes:  # the faces may have been found turned: find them again, as the scan did
-        part, part_boxes, _ = scored_part(image, preprocess, finder or FaceFinder(preprocess.faces))
+    if preprocess.search.turns and boxes:  # the faces may have been found turned: find them again, as the scan did
+        part, part_boxes, _ = scored_part(image, preprocess.search, finder or FaceFinder(preprocess.search.faces))
     else:  # the photo inside a page, for models that trim pages
-        part, _, placement = scored_part(image, preprocess)
+        part, _, placement = scored_part(image, preprocess.search)
         left, top = placement.region[:2] if placement.region else (0, 0)
         part_boxes = [Box(box.x - left, box.y - top, box.w, box.h) for box in boxes]
     panels = [overlay(model, view, preprocess) for view in view_images(part, preprocess, part_boxes)]
@@ -74,5 +74,5 @@ def explain_image(
 
 def explainer(loaded: Any) -> Any:
     """A callable (image, face boxes in that image's pixels) -> heatmap strip, bound to a loaded model."""
-    finder = FaceFinder(loaded.preprocess.faces)  # its cascade is loaded once per thread, not once per image
+    finder = FaceFinder(loaded.preprocess.search.faces)  # its cascade is loaded once per thread, not once per image
     return lambda image, boxes=(): explain_image(loaded.model, image, loaded.preprocess, boxes, finder)

@@ -117,7 +117,7 @@ def decode_item(
 ) -> LoadedItem:
     """Decode, find faces and build the model's views with the training package's path; a bad image fails alone."""
     try:
-        decoded = decode_image(data, preprocess.decode_side, max_pixels)
+        decoded = decode_image(data, preprocess.decoding.decode_side, max_pixels)
         loaded.format, loaded.width, loaded.height = decoded.format, decoded.width, decoded.height
         loaded.views = make_views(decoded.image, preprocess, finder)
         full_size = upright_size(decoded.image.size, decoded.width, decoded.height)  # boxes in the file's pixels

@@ -40,7 +40,7 @@ class ModelRunner:
                 torch.set_num_threads(cores)
             self._loaded = load_model(checkpoint_path(self.settings), self.settings.device)
             loaded = self._loaded
-            size, precision = loaded.preprocess.size, loaded.preprocess.precision
+            size, precision = loaded.preprocess.decoding.size, loaded.preprocess.scoring.precision
             self._forward = inference_forward(loaded.model, size, loaded.device, precision, jit=self.settings.jit)
         return self._loaded
 
@@ -48,10 +48,10 @@ class ModelRunner:
     def finder(self) -> FaceFinder | None:
         """The face finder for face-aware models (None for whole-image models)."""
         preprocess = self.loaded.preprocess
-        if not preprocess.uses_faces:
+        if not preprocess.search.uses_faces:
             return None
         if self._finder is None:
-            finder = FaceFinder(preprocess.faces)
+            finder = FaceFinder(preprocess.search.faces)
             try:
                 finder.check()
             except RuntimeError as exc:
@@ -71,7 +71,7 @@ class ModelRunner:
         counts = [len(image.tensors) for image in images]
         step = model_batch_size(loaded.device, self.settings.model_batch)
         flat = score_flat_views(forward, views, counts, preprocess, step, loaded.device)
-        scores = split_scores(flat, counts, preprocess.image_views, preprocess.view_offsets)
+        scores = split_scores(flat, counts, preprocess.search.image_views, preprocess.scoring.view_offsets)
         for result, image in zip(scores, images):
             result.boxes = image.boxes
         return scores

@@ -1,12 +1,13 @@
 """What each scoring rule adds: the model recalibrated without it, at the same per-source false-positive rule.
 
-    python -m training.probes.ablation runs/v10/default.pt [--variants "shipped,no page cut"]
+    python -m training.probes.ablation runs/v10/default.pt [--variants "shipped,no page cut"] [--edits all]
 
 For each rule (the page cut, the turns, the half-turn check, mirroring and its band, the native patch) a copy of
 the model is calibrated without it on the same validation split (`scanner model calibrate`, threshold rule
 `source-fpr:0.05`), then every copy scores the split as stored and under the edits the rule is for. Printed per
 copy and edit: mean recall over the fake sources, GAN faces caught, diffusion people caught and the highest share
-of a real source flagged.
+of a real source flagged. `--edits` scores every variant under the same edits instead (`all`: every everyday edit
+of `training.probes.benign_edits`), for rules that are for no edit in particular.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ VARIANTS: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
     "no mirroring": ({"mirror": (), "mirror_margin": 0.0}, ()),
     "mirroring every view (no band)": ({"mirror_margin": 0.0}, ()),
     "no native patch": ({"patch_min_side": 1_000_000}, ()),
+    "no mirroring nor native patch": ({"mirror": (), "mirror_margin": 0.0, "patch_min_side": 1_000_000}, ()),
 }
 GAN = ("hardfakevsrealfaces", "ffhq_stylegan_256", "generated_faces")
 
@@ -59,7 +61,11 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--edits", default=None, help="comma-separated edits for every variant, or all")
     args = parser.parse_args()
+    chosen = None if args.edits is None else tuple(EDITS) if args.edits == "all" else tuple(args.edits.split(","))
+    if unknown := [edit for edit in chosen or () if edit not in EDITS]:
+        parser.error(f"unknown edit(s): {', '.join(unknown)}")
     model = resolve_model(args.model)
     dirs = [str(args.data / Path(d).name) for d in read_checkpoint(model)["train_config"]["data_dirs"]]
     samples = select_samples(dirs, model, "val")
@@ -74,7 +80,7 @@ def main() -> None:
                 target = Path(folder) / "variant.pt"
                 calibrate_checkpoint(model, target, dirs, "cpu", workers=1, **changes)
             loaded = load_model(target, "cpu")
-            for edit in ("stored", *edits):
+            for edit in chosen or ("stored", *edits):
                 scores = score_samples(loaded, samples, EDITS[edit], 64, 1)
                 got = figures(samples, scores, loaded.threshold)
                 cells = [f"{got[key]:.3f}" for key in ("mean recall", "GAN caught", "diffusion caught")]

@@ -38,11 +38,11 @@ def featurised(model_name: str, folders: list[Path], cache: Path) -> list[Review
     if cache.exists():
         return [Reviewed(**row) for row in torch.load(cache, weights_only=False)]
     loaded = load_model(resolve_model(model_name), "cpu")
-    finder = FaceFinder(loaded.preprocess.faces)
+    finder = FaceFinder(loaded.preprocess.search.faces)
     images = []
     for folder in folders:
         for number, sample in enumerate(find_samples(folder)):
-            image = decode_image(sample.path.read_bytes(), loaded.preprocess.decode_side).image
+            image = decode_image(sample.path.read_bytes(), loaded.preprocess.decoding.decode_side).image
             features = image_features(loaded.model, image, loaded.preprocess, finder)
             images.append(Reviewed(number, number, sample.label, sample.dataset, str(sample.path), "file", features,
                                    len(features), difference_hash(image)))  # fmt: skip

@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     path = resolve_model(args.model)
     loaded = load_model(path, "cpu")
-    edits = Edits(FaceFinder(loaded.preprocess.faces))
+    edits = Edits(FaceFinder(loaded.preprocess.search.faces))
     samples = select_samples([str(args.data / name) for name in FAKES + REALS], path, args.split)
     labels = [s.label for s in samples]
     print(f"{args.model} ({loaded.version}), threshold {loaded.threshold:.4f}; {len(samples)} images ({args.split})")

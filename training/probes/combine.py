@@ -79,11 +79,12 @@ def reading(samples: list[Sample], scores: dict[int, float], held: list[int], th
 
 def zoomed_whole_logits(samples: list[Sample], loaded: LoadedModel, zooms: Sequence[float]) -> np.ndarray:
     """Per image, the whole-image view's logits at each zoom (1 first), plain then mirrored."""
-    config, finder = loaded.preprocess, FaceFinder(loaded.preprocess.faces)
-    forward = inference_forward(loaded.model, config.size, loaded.device, config.precision)
+    config, finder = loaded.preprocess.decoding, FaceFinder(loaded.preprocess.search.faces)
+    forward = inference_forward(loaded.model, config.size, loaded.device, loaded.preprocess.scoring.precision)
     rows = []
     for sample in samples:
-        part = scored_part(decode_image(sample.path.read_bytes(), config.decode_side).image, config, finder)[0]
+        image = decode_image(sample.path.read_bytes(), config.decode_side).image
+        part = scored_part(image, loaded.preprocess.search, finder)[0]
         views = []
         for zoom in (1.0, *zooms):
             scale = round(config.size * zoom) / min(part.size)
@@ -116,7 +117,7 @@ def main() -> None:
     samples = select_samples([str(args.data / name) for name in SETS], model, "val")
     loader = make_eval_loader(samples, loaded.preprocess, None, 64, 1)
     per_image = score_views(loaded.model, loader, loaded.device, preprocess=loaded.preprocess)[0]
-    image_views = loaded.preprocess.image_views
+    image_views = loaded.preprocess.search.image_views
     splits = [fitted_halves(samples, per_image, image_views, salt) for salt in range(args.splits)]
     print("| rule @ threshold rule | mean recall | worst real-source FPR (max) | GAN caught | GAN vs HQ AUC |")
     print("| --- | ---: | ---: | ---: | ---: |")

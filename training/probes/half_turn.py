@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--checks", nargs="+", default=["3,1", "4.5,1", "6,1", "8,1", "1000,1", "6,0"])
     args = parser.parse_args()
     model = resolve_model(args.model)
-    finder = FaceFinder(load_model(model, "cpu").preprocess.faces)
+    finder = FaceFinder(load_model(model, "cpu").preprocess.search.faces)
     samples = select_samples([str(args.data / name) for name in SETS], model, "val")
     rows: dict[str, list[tuple[str, int, bool, float, float]]] = {"stored": [], "upside down": []}
     for sample in samples:

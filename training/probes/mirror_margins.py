@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import replace
 from pathlib import Path
 
 from scanner.detector.checkpoint import load_model
@@ -48,21 +47,21 @@ def main() -> None:
     args = parser.parse_args()
     model = resolve_model(args.model)
     loaded = load_model(model, "cpu")
-    full = replace(loaded.preprocess, mirror_band=())
-    if not full.mirror or not full.view_offsets:
+    full = loaded.preprocess.changed(mirror_band=())
+    if not full.scoring.mirror or not full.scoring.view_offsets:
         parser.error(f"{model} has no calibrated, mirrored views")
     samples = select_samples([str(args.data / name) for name in SETS], model, "val")
-    plain_pp = replace(full, mirror=())
+    plain_pp = full.changed(mirror=())
     plain = score_views(loaded.model, make_eval_loader(samples, plain_pp, None, 64, 1), loaded.device, plain_pp)[0]
     mirrored = score_views(loaded.model, make_eval_loader(samples, full, None, 64, 1), loaded.device, full)[0]
-    mirror = {VIEW_KINDS.index(kind) for kind in full.mirror}
-    total = sum(kind in mirror for views in plain for kind in view_kinds(len(views), full.image_views))
+    mirror = {VIEW_KINDS.index(kind) for kind in full.scoring.mirror}
+    total = sum(kind in mirror for views in plain for kind in view_kinds(len(views), full.search.image_views))
     reference = [s >= loaded.threshold for s in image_scores(mirrored, full)]
-    print(f"{loaded.version}, threshold {loaded.threshold:.4f}, mirrored kinds {', '.join(full.mirror)}")
+    print(f"{loaded.version}, threshold {loaded.threshold:.4f}, mirrored kinds {', '.join(full.scoring.mirror)}")
     print("| margin | views mirrored | verdicts changed | " + " | ".join(SETS[:6]) + " | GAN vs HQ |")
     print("| --- |" + " ---: |" * 9)
     for margin in [math.inf, *args.margins]:
-        per_image, used = banded(plain, mirrored, replace(full, mirror_band=band_around(loaded.threshold, margin)))
+        per_image, used = banded(plain, mirrored, full.changed(mirror_band=band_around(loaded.threshold, margin)))
         scores = image_scores(per_image, full)
         changed = sum((s >= loaded.threshold) != r for s, r in zip(scores, reference))
         aucs = []

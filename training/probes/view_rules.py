@@ -161,7 +161,7 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, rule in RULES.items():
         print(rule_row(name, samples, [rule(views) for views in per_image]))
-    image_views = loaded.preprocess.image_views
+    image_views = loaded.preprocess.search.image_views
     halves = fitted_halves(samples, per_image, image_views)
     cross_fitted(samples, per_image, image_views, halves)
     held_out_threshold(samples, per_image, image_views, halves)
