@@ -17,7 +17,7 @@ from scanner.registry import resolve_model
 
 DEVICES = ("auto", "cpu", "cuda")
 POSITIVE = ("batch_size", "visibility_timeout", "task_time_limit", "max_file_bytes", "max_pixels", "http_timeout",
-            "lease_seconds", "max_deliveries", "stall_timeout")  # fmt: skip
+            "lease_seconds", "max_deliveries", "stall_timeout", "max_bytes_in_flight")  # fmt: skip
 NOT_NEGATIVE = ("http_max_redirects", "http_retries", "http_backoff", "torch_threads", "decode_threads", "task_retries",
                 "model_batch")  # fmt: skip
 
@@ -65,6 +65,7 @@ class Settings:
     task_time_limit: int = 600
     max_file_bytes: int = 50 * 1024 * 1024
     max_pixels: int = 64_000_000
+    max_bytes_in_flight: int = 256 * 1024 * 1024  # raw bytes a process holds between reading and decoding
     allow_private_urls: bool = False
     http_timeout: float = 10.0
     http_max_redirects: int = 5
@@ -170,6 +171,7 @@ ENV_NAMES = {
     "device": "SCANNER_DEVICE", "batch_size": "SCANNER_BATCH_SIZE", "queue": "SCANNER_QUEUE",
     "visibility_timeout": "SCANNER_VISIBILITY_TIMEOUT", "task_time_limit": "SCANNER_TASK_TIME_LIMIT",
     "max_file_bytes": "SCANNER_MAX_FILE_BYTES", "max_pixels": "SCANNER_MAX_PIXELS",
+    "max_bytes_in_flight": "SCANNER_MAX_BYTES_IN_FLIGHT",
     "allow_private_urls": "SCANNER_ALLOW_PRIVATE_URLS", "http_timeout": "SCANNER_HTTP_TIMEOUT",
     "http_retries": "SCANNER_HTTP_RETRIES", "http_backoff": "SCANNER_HTTP_BACKOFF",
     "torch_threads": "SCANNER_TORCH_THREADS", "decode_threads": "SCANNER_DECODE_THREADS", "jit": "SCANNER_JIT",

@@ -432,6 +432,44 @@ def _big_job(url: str, items: int) -> int:
     return int(job_id)
 
 
+def _peak_submit_kib(folder: Path, env: dict[str, str]) -> tuple[int, str]:
+    """Peak RSS (KiB) of one `scanner submit` of `folder` in a subprocess, with its summary line."""
+    measure = (
+        "import resource, subprocess, sys\n"
+        "done = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, done.stdout.strip())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", measure, SCANNER, "submit", str(folder)], capture_output=True, text=True, env=env,
+        timeout=300,
+    )  # fmt: skip
+    code, peak_kib, summary = done.stdout.split(maxsplit=2)
+    assert code == "0", done.stderr
+    return int(peak_kib), summary
+
+
+def test_the_raw_bytes_in_flight_stay_within_their_budget(tmp_path: Path, tiny_model: Path) -> None:
+    """128 files of 48 MB took 6.55 GB: a batch held all its bytes, plus the batch read ahead. Here 40 files of
+    16 MB (a small PNG, then padding) in batches of 20: with the budget at 48 MB the peak stays far below the peak
+    with the budget out of the way, which holds two batches' bytes."""
+    folder = tmp_path / "big"
+    folder.mkdir()
+    image = encode(noisy_image(3, 32))
+    for index in range(40):
+        with (folder / f"{index:02d}.png").open("wb") as handle:
+            handle.write(image + index.to_bytes(2, "big"))  # a distinct content each: every file is decoded
+            handle.truncate(16 * 1024 * 1024)  # sparse on disk, 16 MB once read
+    env = {**os.environ, "SCANNER_MODEL": str(tiny_model), "SCANNER_BATCH_SIZE": "20"}
+    peaks = {}
+    for budget in (48 * 1024 * 1024, 4 * 1024 * 1024 * 1024):
+        url = f"sqlite:///{tmp_path / f'{budget}.db'}"
+        environment = {**env, "SCANNER_DATABASE_URL": url, "SCANNER_MAX_BYTES_IN_FLIGHT": str(budget)}
+        peaks[budget], summary = _peak_submit_kib(folder, environment)
+        assert "40 scanned" in summary, summary
+    bounded, unbounded = peaks[48 * 1024 * 1024] / 1024, peaks[4 * 1024 * 1024 * 1024] / 1024
+    assert unbounded - bounded > 300, f"peak RSS {bounded:.0f} MiB with the budget, {unbounded:.0f} MiB without"
+
+
 def test_reports_of_a_large_job_are_streamed(tmp_path: Path) -> None:
     """A 1M-item job's JSON report took 4.8 GB (JSONL 3.1, CSV 1.9): every row was held, then the whole text."""
     url = f"sqlite:///{tmp_path / 'big.db'}"

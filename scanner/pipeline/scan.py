@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -21,15 +21,21 @@ from sqlalchemy import select
 from scanner.db import Batch, Item, Job, make_engine, session_factory
 from scanner.detector.views import ImageViews
 from scanner.pipeline.leases import Claim, Send, claim_batch, finish_batch, lease_holder, lease_kept, split_batch
-from scanner.pipeline.loader import LoadedItem, decode_item, probe_header, read_item
+from scanner.pipeline.loader import (
+    READ_THREADS,
+    ByteBudget,
+    LoadedItem,
+    ReadItem,
+    decode_item,
+    expected_size,
+    probe_header,
+    read_item,
+)
 from scanner.pipeline.model import ModelRunner
 from scanner.pipeline.sink import existing_verdicts, fail_queued_items, finish_job_if_complete, record_batch
 from scanner.settings import Settings
 
 LOG = logging.getLogger(__name__)
-# Reads wait on disks and servers, not the CPU: 16 at once keep a batch of 64 slow URLs (each bounded by its
-# deadline) well inside the task time limit.
-READ_THREADS = 16
 
 
 def decode_thread_setup() -> None:
@@ -45,13 +51,15 @@ def worker_name() -> str:
 
 @dataclass
 class ScanContext:
-    """Per-process resources: settings, sessions, the lazily loaded model, a decode pool and a read pool."""
+    """Per-process resources: settings, sessions, the lazily loaded model, a decode pool, a read pool and the
+    budget of raw bytes held between reading and decoding."""
 
     settings: Settings
     sessions: Any
     runner: ModelRunner
     pool: ThreadPoolExecutor
     reader: ThreadPoolExecutor
+    budget: ByteBudget
     worker: str = field(default_factory=worker_name)
 
     @classmethod
@@ -64,6 +72,7 @@ class ScanContext:
             runner=ModelRunner(settings),
             pool=ThreadPoolExecutor(threads, thread_name_prefix="decode", initializer=decode_thread_setup),
             reader=ThreadPoolExecutor(READ_THREADS, thread_name_prefix="read"),
+            budget=ByteBudget(settings.max_bytes_in_flight),
         )
 
     def close(self) -> None:
@@ -74,11 +83,15 @@ class ScanContext:
 
 @dataclass
 class ReadBatch:
-    """A batch after reading and hashing: each item's bytes (None on error) and the hashes with a verdict."""
+    """A batch after reading and hashing: items still holding their bytes (`read`), items already decoded because
+    the batch did not fit the byte budget at once (`done`), the hashes with a verdict, and the first item of each
+    content decoded so far."""
 
     job_id: int
-    read: list[tuple[LoadedItem, bytes | None]]
+    read: list[ReadItem]
     known: set[str]
+    done: list[LoadedItem] = field(default_factory=list)
+    first_of: dict[str, LoadedItem] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,14 +110,15 @@ def _guarded(item_id: int, work: Callable[[], LoadedItem]) -> LoadedItem:
         return LoadedItem(item_id).fail("internal_error", f"{type(exc).__name__}: {exc}")
 
 
-def _read_all(ctx: ScanContext, rows: list[Any]) -> list[tuple[LoadedItem, bytes | None]]:
-    def read(row: Any) -> tuple[LoadedItem, bytes | None]:
-        try:
-            return read_item(row.id, row.uri, row.kind, ctx.settings)
-        except Exception as exc:  # noqa: BLE001
-            return LoadedItem(row.id).fail("internal_error", f"{type(exc).__name__}: {exc}"), None
-
-    return list(ctx.reader.map(read, rows))
+def _read_one(ctx: ScanContext, row: Any, reserved: int) -> ReadItem:
+    """Read one item into its reservation, corrected to the bytes read; a failed read gives its reservation back."""
+    try:
+        loaded, data = read_item(row.id, row.uri, row.kind, ctx.settings)
+    except Exception as exc:  # noqa: BLE001
+        loaded, data = LoadedItem(row.id).fail("internal_error", f"{type(exc).__name__}: {exc}"), None
+    size = len(data) if data is not None else 0
+    ctx.budget.adjust(size - reserved)
+    return ReadItem(loaded, data, size)
 
 
 def _queued_rows(ctx: ScanContext, job_id: int, item_ids: list[int]) -> list[Any]:
@@ -119,39 +133,68 @@ def _queued_rows(ctx: ScanContext, job_id: int, item_ids: list[int]) -> list[Any
     return [row for row in rows if row.job_id == job_id and row.status == "queued"]
 
 
-def _decode_new_content(ctx: ScanContext, read: list[tuple[LoadedItem, bytes | None]], known: set[str]) -> None:
-    """Decode the first item of each content without a verdict; only read headers for the rest."""
+def _decode_new_content(ctx: ScanContext, batch: ReadBatch) -> None:
+    """Decode the first item of each content without a verdict, only read headers for the rest, and give the bytes
+    back to the budget as each finishes."""
     preprocess, limit, finder = ctx.runner.loaded.preprocess, ctx.settings.max_pixels, ctx.runner.finder
-    first_of: dict[str, LoadedItem] = {}
-    work: list[tuple[LoadedItem, Callable[[], LoadedItem]]] = []
-    for loaded, data in read:
+    work: list[tuple[ReadItem, Callable[[], LoadedItem]]] = []
+    for item in batch.read:
+        loaded, data = item.loaded, item.data
         if data is None or loaded.sha256 is None:
-            continue
-        if loaded.sha256 in known or loaded.sha256 in first_of:
-            work.append((loaded, partial(probe_header, loaded, data)))
+            item.drop(ctx.budget)
+        elif loaded.sha256 in batch.known or loaded.sha256 in batch.first_of:
+            work.append((item, partial(probe_header, loaded, data)))
         else:
-            first_of[loaded.sha256] = loaded
-            work.append((loaded, partial(decode_item, loaded, data, preprocess, limit, finder)))
-    list(ctx.pool.map(lambda job: _guarded(job[0].item_id, job[1]), work))
-    for loaded, _ in read:  # a copy of content that failed to decode fails the same way
-        first = first_of.get(loaded.sha256 or "")
-        if first is not None and first.error_code and loaded.error_code is None:
-            loaded.fail(first.error_code, first.error_message or "")
+            batch.first_of[loaded.sha256] = loaded
+            work.append((item, partial(decode_item, loaded, data, preprocess, limit, finder)))
+
+    def run(job: tuple[ReadItem, Callable[[], LoadedItem]]) -> None:
+        try:
+            _guarded(job[0].loaded.item_id, job[1])
+        finally:
+            job[0].drop(ctx.budget)
+
+    list(ctx.pool.map(run, work))
+    for item in batch.read:  # a copy of content that failed to decode fails the same way
+        first = batch.first_of.get(item.loaded.sha256 or "")
+        if first is not None and first.error_code and item.loaded.error_code is None:
+            item.loaded.fail(first.error_code, first.error_message or "")
+    batch.done.extend(item.loaded for item in batch.read)
+    batch.read = []
+
+
+def _look_up_verdicts(ctx: ScanContext, batch: ReadBatch) -> None:
+    """Add the read items' contents that already have a verdict of this model to `batch.known`."""
+    with ctx.sessions() as session:
+        hashes = [item.loaded.sha256 for item in batch.read if item.loaded.sha256]
+        batch.known.update(existing_verdicts(session, hashes, ctx.runner.loaded.version))
 
 
 def read_batch(ctx: ScanContext, job_id: int, item_ids: list[int]) -> ReadBatch:
-    """Read and hash the batch's still-queued items, and look up which contents already have a verdict."""
-    read = _read_all(ctx, _queued_rows(ctx, job_id, item_ids))
-    with ctx.sessions() as session:
-        hashes = [loaded.sha256 for loaded, _ in read if loaded.sha256]
-        known = set(existing_verdicts(session, hashes, ctx.runner.loaded.version))
-    return ReadBatch(job_id, read, known)
+    """Read and hash the batch's still-queued items, and look up which contents already have a verdict. The raw
+    bytes held stay within the process's byte budget: when the next item does not fit, the items read so far are
+    decoded (and their bytes let go) first."""
+    batch = ReadBatch(job_id, [], set())
+    reads: list[Future[ReadItem]] = []
+    for row in _queued_rows(ctx, job_id, item_ids):
+        size = expected_size(row.uri, row.kind, ctx.settings)
+        if not ctx.budget.try_reserve(size):
+            if reads:  # this batch holds bytes: decode them to make room
+                batch.read = [read.result() for read in reads]
+                reads = []
+                _look_up_verdicts(ctx, batch)
+                _decode_new_content(ctx, batch)
+            ctx.budget.reserve(size)  # waits for another batch's bytes, if any
+        reads.append(ctx.reader.submit(_read_one, ctx, row, size))
+    batch.read = [read.result() for read in reads]
+    _look_up_verdicts(ctx, batch)
+    return batch
 
 
 def decode_batch(ctx: ScanContext, batch: ReadBatch) -> PreparedBatch:
     """Decode the read batch's new contents into model views; reuse verdicts that already exist."""
-    _decode_new_content(ctx, batch.read, batch.known)
-    items = [loaded for loaded, _ in batch.read]
+    _decode_new_content(ctx, batch)
+    items = batch.done
     to_score = {i.sha256: i.views for i in items if i.sha256 is not None and i.views is not None}
     return PreparedBatch(batch.job_id, items, to_score)
 
