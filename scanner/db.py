@@ -42,7 +42,7 @@ NAMING_CONVENTION = {
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # The newest migration's revision, so that opening a database needs no Alembic import (a test checks it
 # against Alembic's own head).
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 
 
 def uri_key(uri: str) -> str:
@@ -190,7 +190,8 @@ class Hold(Base):
 
 
 class Decision(Base):
-    """A reviewer's decision on an item; never overwrites the model's verdict."""
+    """A reviewer's decision on an item; never overwrites the model's verdict. An undone decision is kept,
+    marked retracted, and no longer counts (the item's decision is its latest one not retracted)."""
 
     __tablename__ = "decisions"
     __table_args__ = (Index("ix_decisions_item_id_id", "item_id", "id"),)
@@ -200,6 +201,8 @@ class Decision(Base):
     reviewer: Mapped[str] = mapped_column(String(128))
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    retracted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    retracted_by: Mapped[str | None] = mapped_column(String(128))
 
 
 class StoredModel(Base):

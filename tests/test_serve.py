@@ -160,6 +160,47 @@ def test_second_reviewer_sees_the_first_decision_instead_of_overwriting_it(setti
     assert page.index("<b>fake</b>") < page.index("<b>real</b>")  # the history, oldest first
 
 
+def test_undo_retracts_a_reviewers_own_last_decision_and_keeps_it_in_the_history(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from scanner.moderation.reports import iter_decision_rows
+
+    job_id = review_job(settings, tmp_path / "in")
+    alice = client_for(settings, tmp_path)
+    bob_app = create_app(settings, open_database(settings), ServeConfig(reviewer="bob"), tmp_path / "cache-bob")
+    bob = TestClient(bob_app, base_url="http://127.0.0.1:8800")
+    item_id = queue_ids(alice.get(f"/jobs/{job_id}").text)[0]
+    for choice in ("real", "fake"):
+        csrf, seen = csrf_and_seen(alice.get(f"/items/{item_id}").text)
+        moved = alice.post(f"/items/{item_id}/decision", data={"csrf": csrf, "seen": seen, "decision": choice})
+    assert moved.status_code == 200 and f"Recorded fake on item {item_id}." in moved.text  # the toast, next page
+    fake_id = int(re.search(r'action="/decisions/(\d+)/undo', moved.text).group(1))  # type: ignore[union-attr]
+    refused = bob.post(f"/decisions/{fake_id}/undo", data={"csrf": csrf_and_seen(bob.get(f"/items/{item_id}").text)[0]})
+    assert refused.status_code == 409 and "not one of yours" in refused.text
+    undone = alice.post(f"/decisions/{fake_id}/undo", data={"csrf": csrf})
+    assert undone.status_code == 200 and f"/items/{item_id}" in str(undone.url)
+    assert "no longer counts" in undone.text and "(undone by alice" in undone.text
+    assert decisions(settings, item_id) == [("real", "alice"), ("fake", "alice")]  # nothing deleted
+    with open_database(settings)() as session:
+        rows = {row["decision"]: row for row in iter_decision_rows(session, job_id)}
+    assert rows["fake"]["retracted_by"] == "alice" and not rows["fake"]["latest"] and rows["real"]["latest"]
+    assert csrf_and_seen(undone.text)[1] == str(rows["real"]["decision_id"])  # the real counts again
+    again = alice.post(f"/decisions/{fake_id}/undo", data={"csrf": csrf})
+    assert again.status_code == 409 and "already undone" in again.text
+    real_id = rows["real"]["decision_id"]
+    csrf_bob, seen = csrf_and_seen(bob.get(f"/items/{item_id}").text)
+    bob.post(f"/items/{item_id}/decision", data={"csrf": csrf_bob, "seen": seen, "decision": "unsure"})
+    late = alice.post(f"/decisions/{real_id}/undo", data={"csrf": csrf})
+    assert late.status_code == 409 and "bob decided unsure on this item after you" in late.text
+    other = queue_ids(alice.get(f"/jobs/{job_id}").text)[1]
+    csrf, seen = csrf_and_seen(alice.get(f"/items/{other}").text)
+    alice.post(f"/items/{other}/decision", data={"csrf": csrf, "seen": seen, "decision": "fake"})
+    last = int(re.search(r'action="/decisions/(\d+)/undo', alice.get(f"/items/{item_id}").text).group(1))  # type: ignore[union-attr]
+    alice.post(f"/decisions/{last}/undo", data={"csrf": csrf})
+    unreviewed = queue_ids(alice.get(f"/jobs/{job_id}?reviewed=no").text)
+    assert other in unreviewed and item_id not in unreviewed  # all undone: unreviewed again
+
+
 def test_simultaneous_decisions_on_one_view_record_exactly_one(settings: Settings, tmp_path: Path) -> None:
     job_id = review_job(settings, tmp_path / "in")
     sessions = open_database(settings)
@@ -357,7 +398,7 @@ def test_review_with_the_keyboard_in_a_real_browser(
         assert not keys.is_displayed()
         driver.find_element(By.TAG_NAME, "body").send_keys("?")  # every key, listed
         WebDriverWait(driver, 5).until(lambda d: keys.is_displayed())
-        assert "record unsure" in keys.text and "Enter there records nothing" in keys.text
+        assert "record unsure" in keys.text and "Enter there records nothing" in keys.text and "undo" in keys.text
         driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
         WebDriverWait(driver, 5).until(lambda d: not keys.is_displayed())
         assert decisions(settings, first) == []
@@ -377,6 +418,14 @@ def test_review_with_the_keyboard_in_a_real_browser(
         assert decisions(settings, first) == [("real", "dana"), ("fake", "dana")], driver.page_source[:3000]
         moved_to = int(re.search(r"/items/(\d+)", driver.current_url).group(1))  # type: ignore[union-attr]
         assert moved_to != first
+        assert driver.find_element(By.ID, "toast").text == f"Recorded fake on item {first}."
+        driver.find_element(By.TAG_NAME, "body").send_keys("z")  # undo: the fake stays in the history, undone
+        WebDriverWait(driver, 20).until(lambda d: f"/items/{first}?" in d.current_url and "undone=" in d.current_url)
+        assert "(undone by dana" in driver.find_element(By.ID, "history").text
+        assert decisions(settings, first) == [("real", "dana"), ("fake", "dana")]  # kept, never deleted
+        with open_database(settings)() as session:
+            retracted = session.scalars(select(Decision.retracted_by).where(Decision.item_id == first)).all()
+        assert retracted == [None, "dana"]
         with open_database(settings)() as session:
             hostile = session.scalar(select(Item.id).where(Item.uri.like("%pwned%")))
         driver.get(f"{base}/items/{hostile}")

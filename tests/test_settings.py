@@ -55,7 +55,7 @@ def test_db_upgrade_command(pg_url: str) -> None:
     result = CliRunner().invoke(app, ["db", "upgrade"], env={"SCANNER_DATABASE_URL": pg_url})
     assert result.exit_code == 0, result.output
     engine = make_engine(pg_url)
-    assert current_revision(engine) == head_revision(pg_url) == SCHEMA_HEAD == "0008"  # the constant follows Alembic
+    assert current_revision(engine) == head_revision(pg_url) == SCHEMA_HEAD == "0009"  # the constant follows Alembic
     engine.dispose()
     dead = CliRunner().invoke(
         app, ["db", "upgrade"], env={"SCANNER_DATABASE_URL": "postgresql+psycopg://u:pw9@127.0.0.1:1/x"}
@@ -170,6 +170,49 @@ def test_migration_0005_copies_scores_and_labels_and_goes_back(backend: str, tmp
 
     command.downgrade(alembic_config(url), "0004")
     assert current_revision(engine) == "0004"
+    engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0009_lets_an_undone_decision_stop_counting_and_goes_back(
+    backend: str, tmp_path: Path, request: Any
+) -> None:
+    from alembic import command
+    from sqlalchemy import text
+
+    from scanner.db import alembic_config, upgrade
+
+    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    upgrade(url, "0004")
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text(
+            "INSERT INTO jobs (id, created_at, status, mode, sources, sources_key, model_version, threshold, "
+            "items_total, items_done, items_error, items_flagged, items_skipped) VALUES "
+            "(1, CURRENT_TIMESTAMP, 'finished', 'embedded', '[]', 'k', 'm', 0.5, 1, 1, 0, 1, 0)"
+        ))  # fmt: skip
+        connection.execute(text(
+            "INSERT INTO verdicts (id, sha256, model_version, score, label, threshold, created_at) "
+            "VALUES (7, 'abc', 'm', 0.75, 'fake', 0.5, CURRENT_TIMESTAMP)"
+        ))  # fmt: skip
+        connection.execute(text("INSERT INTO items (id, job_id, uri, kind, status, verdict_id) VALUES "
+                                "(1, 1, '/a.png', 'file', 'done', 7)"))  # fmt: skip
+        connection.execute(text(
+            "INSERT INTO decisions (id, item_id, decision, reviewer, created_at) VALUES "
+            "(1, 1, 'real', 'ann', CURRENT_TIMESTAMP), (2, 1, 'fake', 'ann', CURRENT_TIMESTAMP)"
+        ))  # fmt: skip
+    upgrade(url, "0009")
+    view = text("SELECT latest_decision FROM flagged_items WHERE item_id = 1")
+    with engine.begin() as connection:
+        assert connection.scalar(view) == "fake"
+        connection.execute(text("UPDATE decisions SET retracted_at = CURRENT_TIMESTAMP, retracted_by = 'ann' "
+                                "WHERE id = 2"))  # fmt: skip
+        assert connection.scalar(view) == "real"  # the undone fake no longer counts, and is still there
+        assert connection.scalar(text("SELECT count(*) FROM decisions")) == 2
+    command.downgrade(alembic_config(url), "0008")
+    with engine.connect() as connection:
+        assert connection.scalar(view) == "fake"  # the retraction is forgotten, the decision kept
+    assert current_revision(engine) == "0008"
     engine.dispose()
 
 

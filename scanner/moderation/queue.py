@@ -17,6 +17,7 @@ from scanner.moderation.review import DECISIONS, ReviewError, check_decision
 
 PER_PAGE = 50
 LABELS = ("fake", "real")
+STANDING = Decision.retracted_at.is_(None)  # a decision that counts: not undone
 REVIEWED = ("yes", "no")
 # The latest decision: one of the decisions, or "disagree": a reviewer said fake or real and the model the other.
 DECIDED = ("fake", "real", "unsure", "disagree")
@@ -79,7 +80,7 @@ class QueueFilter:
         if self.label:
             where.append(Item.label == self.label)
         if self.reviewed:
-            decided = exists().where(Decision.item_id == Item.id)
+            decided = exists().where(Decision.item_id == Item.id, STANDING)
             where.append(decided if self.reviewed == "yes" else ~decided)
         if self.error_code == "any":
             where.append(Item.status == "error")
@@ -92,7 +93,7 @@ class QueueFilter:
         if self.decided:
             where.append(exists().where(_latest_decision(), _decided_as(self.decided)))
         if self.reviewer:
-            where.append(exists().where(Decision.item_id == Item.id, Decision.reviewer == self.reviewer))
+            where.append(exists().where(Decision.item_id == Item.id, Decision.reviewer == self.reviewer, STANDING))
         if self.name:
             escaped = self.name.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             where.append(func.lower(Item.uri).like(f"%{escaped}%", escape="\\"))
@@ -102,7 +103,9 @@ class QueueFilter:
 def _latest_decision() -> Any:
     """The item's latest decision (walks ix_decisions_item_id_id)."""
     later = aliased(Decision)
-    newest = select(func.max(later.id)).where(later.item_id == Item.id).correlate(Item).scalar_subquery()
+    newest = (
+        select(func.max(later.id)).where(later.item_id == Item.id, later.retracted_at.is_(None)).correlate(Item)
+    ).scalar_subquery()
     return and_(Decision.item_id == Item.id, Decision.id == newest)
 
 
@@ -161,7 +164,7 @@ def queue_page(
 def latest_decisions(session: Session, item_ids: list[int]) -> dict[int, dict[str, Any]]:
     """Each listed item's most recent decision (decision, reviewer, when, id)."""
     latest: dict[int, dict[str, Any]] = {}
-    query = select(Decision).where(Decision.item_id.in_(item_ids)).order_by(Decision.id)
+    query = select(Decision).where(Decision.item_id.in_(item_ids), STANDING).order_by(Decision.id)
     for row in session.scalars(query) if item_ids else []:
         latest[row.item_id] = {"id": row.id, "decision": row.decision, "reviewer": row.reviewer,
                                "created_at": row.created_at}  # fmt: skip
@@ -218,7 +221,7 @@ def next_unreviewed(
     session: Session, job_id: int, filters: QueueFilter, item_id: int | None = None, busy: frozenset[int] = frozenset()
 ) -> int | None:
     """The first item with no decision after `item_id` (or from the start) in the filtered queue, not in `busy`."""
-    unreviewed = ~exists().where(Decision.item_id == Item.id)
+    unreviewed = ~exists().where(Decision.item_id == Item.id, STANDING)
     query = _base(job_id, filters).where(unreviewed)
     if busy:
         query = query.where(Item.id.not_in(sorted(busy)))
@@ -290,15 +293,52 @@ def decide(
     """
     check_decision(session, item_id, decision, reviewer, note)
     session.execute(select(Item.id).where(Item.id == item_id).with_for_update())
-    latest_id = select(func.coalesce(func.max(Decision.id), 0)).where(Decision.item_id == item_id).scalar_subquery()
+    latest_id = (
+        select(func.coalesce(func.max(Decision.id), 0)).where(Decision.item_id == item_id, STANDING).scalar_subquery()
+    )
     values = select(literal(item_id), literal(decision), literal(reviewer.strip()), literal(note), literal(utcnow()))
     statement = insert(Decision).from_select(
         ["item_id", "decision", "reviewer", "note", "created_at"], values.where(latest_id == seen)
     )
     recorded = session.execute(statement.returning(Decision.id)).scalar() is not None
-    latest = session.scalars(select(Decision).where(Decision.item_id == item_id).order_by(Decision.id.desc())).first()
-    return DecisionOutcome(recorded, latest)
+    return DecisionOutcome(recorded, standing_decision(session, item_id))
+
+
+def standing_decision(session: Session, item_id: int) -> Decision | None:
+    """The item's decision that counts: its latest one not retracted."""
+    query = select(Decision).where(Decision.item_id == item_id, STANDING).order_by(Decision.id.desc()).limit(1)
+    return session.scalars(query).first()
+
+
+def last_standing_by(session: Session, job_id: int, reviewer: str) -> Decision | None:
+    """The reviewer's latest decision in the job that still counts, or None."""
+    query = (
+        select(Decision).join(Item, Item.id == Decision.item_id)
+        .where(Item.job_id == job_id, Decision.reviewer == reviewer.strip(), STANDING)
+        .order_by(Decision.id.desc()).limit(1)
+    )  # fmt: skip
+    return session.scalars(query).first()
+
+
+def retract(session: Session, decision_id: int, reviewer: str) -> Decision:
+    """Undo a reviewer's own decision: it stays in the history, marked retracted, and stops counting; the item's
+    decision is again the one before it. Refused (ReviewError) for another reviewer's decision, one already
+    retracted, or one someone has decided after (undoing it would silently undo theirs)."""
+    row = session.get(Decision, decision_id, with_for_update=True)
+    if row is None or row.reviewer != reviewer.strip():
+        raise ReviewError(f"decision {decision_id} is not one of yours: only your own decisions can be undone")
+    if row.retracted_at is not None:
+        raise ReviewError(f"decision {decision_id} was already undone")
+    session.execute(select(Item.id).where(Item.id == row.item_id).with_for_update())
+    standing = standing_decision(session, row.item_id)
+    if standing is not None and standing.id != row.id:
+        raise ReviewError(
+            f"{standing.reviewer} decided {standing.decision} on this item after you: your decision was not undone"
+        )
+    row.retracted_at, row.retracted_by = utcnow(), reviewer.strip()
+    return row
 
 
 __all__ = ["DECISIONS", "DecisionOutcome", "FilterError", "QueueFilter", "ReviewError", "decide", "item_detail",
-           "neighbour", "next_unreviewed", "queue_page"]  # fmt: skip
+           "last_standing_by", "neighbour", "next_unreviewed", "queue_page", "retract",
+           "standing_decision"]  # fmt: skip

@@ -136,14 +136,18 @@ def recent_jobs(session: Session, limit: int = 20) -> list[dict[str, Any]]:
 
 
 def latest_decision_subquery() -> Any:
-    """Each item's most recent reviewer decision."""
-    ranked = select(
-        Decision.item_id,
-        Decision.id.label("decision_id"),
-        Decision.decision,
-        Decision.reviewer,
-        func.row_number().over(partition_by=Decision.item_id, order_by=Decision.id.desc()).label("rank"),
-    ).subquery()
+    """Each item's most recent reviewer decision that still counts (not retracted)."""
+    ranked = (
+        select(
+            Decision.item_id,
+            Decision.id.label("decision_id"),
+            Decision.decision,
+            Decision.reviewer,
+            func.row_number().over(partition_by=Decision.item_id, order_by=Decision.id.desc()).label("rank"),
+        )
+        .where(Decision.retracted_at.is_(None))
+        .subquery()
+    )
     latest = select(ranked.c.item_id, ranked.c.decision_id, ranked.c.decision, ranked.c.reviewer)
     return latest.where(ranked.c.rank == 1).subquery()
 
@@ -287,21 +291,23 @@ def render_jsonl(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
 
 DECISION_FIELDS = [
     "decision_id", "item_id", "uri", "sha256", "score", "label", "model_version", "decision", "reviewer", "note",
-    "decided_at", "latest",
+    "decided_at", "latest", "retracted_at", "retracted_by",
 ]  # fmt: skip
 
 
 def iter_decision_rows(session: Session, job_id: int, chunk: int = 1000) -> Iterator[dict[str, Any]]:
-    """Every decision ever recorded on the job's items, oldest first, with the model's verdict beside it and whether
-    it is the item's latest (the one that counts); read `chunk` rows at a time; JobNotFound at once."""
+    """Every decision ever recorded on the job's items, oldest first (undone ones too, with when and by whom), with
+    the model's verdict beside it and whether it is the one that counts; read `chunk` rows at a time; JobNotFound at
+    once."""
     job = get_job(session, job_id)
     latest = latest_decision_subquery()
     query = (
         select(Decision.id.label("decision_id"), Item.id.label("item_id"), Item.uri, Item.sha256, Item.score,
                Item.label, Decision.decision, Decision.reviewer, Decision.note,
-               Decision.created_at.label("decided_at"), (latest.c.decision_id == Decision.id).label("latest"))
+               Decision.created_at.label("decided_at"), (latest.c.decision_id == Decision.id).label("latest"),
+               Decision.retracted_at, Decision.retracted_by)
         .join(Item, Item.id == Decision.item_id)
-        .join(latest, latest.c.item_id == Item.id)
+        .outerjoin(latest, latest.c.item_id == Item.id)
         .where(Item.job_id == job_id)
         .order_by(Decision.id)
     )  # fmt: skip
@@ -309,7 +315,8 @@ def iter_decision_rows(session: Session, job_id: int, chunk: int = 1000) -> Iter
         for row in part:
             values = dict(row._mapping)
             values.update(uri=mask_passwords(values["uri"]), decided_at=utc_iso(values["decided_at"]),
-                          model_version=job.model_version, latest=bool(values["latest"]))  # fmt: skip
+                          model_version=job.model_version, latest=bool(values["latest"]),
+                          retracted_at=utc_iso(values["retracted_at"]) if values["retracted_at"] else None)  # fmt: skip
             yield values
 
 
@@ -318,6 +325,8 @@ def render_decisions_table(rows: Iterable[dict[str, Any]]) -> Iterator[str]:
     yield f"{'id':>7}  {'item':>7}  {'decision':8}  {'reviewer':16}  {'decided at (UTC)':25}  note\n"
     for row in rows:
         mark = "" if row["latest"] else "  (superseded)"
+        if row["retracted_at"]:
+            mark = f"  (undone by {printable(row['retracted_by'] or '', keep_newlines=False)})"
         note = printable(row["note"] or "", keep_newlines=False)
         reviewer = printable(row["reviewer"], keep_newlines=False)[:16]
         yield (f"{row['decision_id']:>7}  {row['item_id']:>7}  {row['decision']:8}  {reviewer:16}  "

@@ -274,7 +274,7 @@ class ReviewApp:
         reviewed = session.scalar(
             select(func.count(func.distinct(Decision.item_id)))
             .join(Item, Item.id == Decision.item_id)
-            .where(Item.job_id == job["job_id"])
+            .where(Item.job_id == job["job_id"], queue.STANDING)
         )
         rate = round(job["done"] / elapsed, 1) if elapsed > 0 and job["done"] else None
         return {**job, "model_version": row.model_version, "threshold": row.threshold,
@@ -339,12 +339,13 @@ class ReviewApp:
         if isinstance(filters, Response):
             return filters
         after = _int(request.query_params.get("after"), 0) or None
+        recorded = _int(request.query_params.get("recorded"), 0) or None  # the toast on the page it lands on
         with self.sessions() as session:
             busy = queue.held_by_others(session, _holder(request))
             item_id = queue.next_unreviewed(session, job_id, filters, after, busy)
         if item_id is None:
             return RedirectResponse(f"/jobs/{job_id}?{filters.query_string(done=1)}", status_code=303)
-        return RedirectResponse(f"/items/{item_id}?{filters.query_string()}", status_code=303)
+        return RedirectResponse(f"/items/{item_id}?{filters.query_string(recorded=recorded)}", status_code=303)
 
     def item(self, request: Request, conflict: queue.DecisionOutcome | None = None) -> Response:
         """One item: the image large, its heatmap, the verdict, and every decision so far."""
@@ -363,15 +364,33 @@ class ReviewApp:
             previous = queue.neighbour(session, job_id, filters, item_id, forward=False)
             following = queue.neighbour(session, job_id, filters, item_id, forward=True)
             skip_to = queue.next_unreviewed(session, job_id, filters, item_id, queue.held_by_others(session, holder))
-        seen = detail["history"][-1].id if detail["history"] else 0
+        standing = [decision for decision in detail["history"] if decision.retracted_at is None]
+        seen = standing[-1].id if standing else 0
         visitor: Visitor | None = getattr(request.state, "visitor", None)
+        toast, undoable = self._toast(request, job_id, visitor)
         draft_note = ""
         if visitor is not None and visitor.draft is not None and visitor.draft[0] == item_id:
             draft_note, visitor.draft = visitor.draft[1], None
         context = {**detail, "filters": filters, "previous": previous, "following": following, "skip_to": skip_to,
                    "seen": seen, "conflict": conflict, "heatmaps": self.config.heatmaps,
-                   "draft_note": draft_note}  # fmt: skip
+                   "draft_note": draft_note, "toast": toast, "undoable": undoable}  # fmt: skip
         return self._page(request, "item.html", context, status_code=409 if conflict else 200)
+
+    def _toast(self, request: Request, job_id: int, visitor: Visitor | None) -> tuple[str, Any]:
+        """What the page says the reviewer just did (a decision recorded, one undone), and their last decision in
+        the job that still counts, which the undo key retracts."""
+        if visitor is None or not visitor.reviewer:
+            return "", None
+        recorded = _int(request.query_params.get("recorded"), 0)
+        undone = _int(request.query_params.get("undone"), 0)
+        with self.sessions() as session:
+            undoable = queue.last_standing_by(session, job_id, visitor.reviewer)
+            shown = session.get(Decision, recorded or undone) if recorded or undone else None
+        if shown is None or shown.reviewer != visitor.reviewer:
+            return "", undoable
+        if undone:
+            return f"Undone: your {shown.decision} on item {shown.item_id} no longer counts.", undoable
+        return f"Recorded {shown.decision} on item {shown.item_id}.", undoable
 
     async def decide(self, request: Request) -> Response:
         """Record a decision (if nobody decided since the page was shown) and go to the next unreviewed item."""
@@ -395,7 +414,33 @@ class ReviewApp:
             return self._error(request, 503, "the database did not take the decision; nothing was recorded: try again")
         if not outcome.recorded:
             return self.item(request, conflict=outcome)
-        return RedirectResponse(f"/jobs/{job_id}/next?{filters.query_string(after=item_id)}", status_code=303)
+        recorded = outcome.latest.id if outcome.latest is not None else None
+        next_page = f"/jobs/{job_id}/next?{filters.query_string(after=item_id, recorded=recorded)}"
+        return RedirectResponse(next_page, status_code=303)
+
+    async def undo(self, request: Request) -> Response:
+        """Retract one of the reviewer's own decisions (kept in the history, marked) and open its item again."""
+        form = await self._verified_form(request)
+        if isinstance(form, Response):
+            return form
+        visitor: Visitor = request.state.visitor
+        filters = self._filters(request)
+        if isinstance(filters, Response):
+            return filters
+        decision_id = request.path_params["decision_id"]
+        if not 1 <= decision_id <= MAX_ID:
+            return self._error(request, 404, f"no decision with id {decision_id}")
+        try:
+            item_id = await run_in_threadpool(self._retract, decision_id, visitor.reviewer or "")
+        except queue.ReviewError as exc:
+            return self._error(request, 409, str(exc))
+        except SQLAlchemyError:
+            return self._error(request, 503, "the database did not take the undo; nothing changed: try again")
+        return RedirectResponse(f"/items/{item_id}?{filters.query_string(undone=decision_id)}", status_code=303)
+
+    def _retract(self, decision_id: int, reviewer: str) -> int:
+        with self.sessions.begin() as session:
+            return queue.retract(session, decision_id, reviewer).item_id
 
     def _decide(
         self, item_id: int, decision: str, reviewer: str, seen: int, note: str | None
@@ -592,6 +637,7 @@ def create_app(settings: Settings, sessions: Any, config: ServeConfig, cache_dir
         Route("/jobs/{job_id:int}/decisions.{fmt}", review.decisions_export),
         Route("/items/{item_id:int}", review.item),
         Route("/items/{item_id:int}/decision", review.decide, methods=["POST"]),
+        Route("/decisions/{decision_id:int}/undo", review.undo, methods=["POST"]),
         Route("/items/{item_id:int}/image/{kind}", review.image),
         Route("/login", review.login_page),
         Route("/login", review.login, methods=["POST"]),

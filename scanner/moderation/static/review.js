@@ -23,6 +23,11 @@ function onKey(event) {
     if (button) { event.preventDefault(); button.click(); }
     return;
   }
+  if (event.key === "z") {
+    const undo = document.getElementById("undo");
+    if (undo) { event.preventDefault(); undo.click(); }
+    return;
+  }
   const link = LINK_KEYS[event.key] && document.getElementById(LINK_KEYS[event.key]);
   if (link) { event.preventDefault(); window.location.assign(link.href); }
 }
