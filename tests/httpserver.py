@@ -74,6 +74,10 @@ class HostileHandler(BaseHTTPRequestHandler):
     def route_always_500(self) -> None:
         self._send(503, b"down", "text/plain")
 
+    def route_paced_png(self) -> None:
+        time.sleep(0.25)
+        self._send(200, GOOD_PNG)
+
     def route_slow(self) -> None:
         time.sleep(3)
         self._send(200, GOOD_PNG)

@@ -552,3 +552,36 @@ def test_simultaneous_records_of_one_submission_make_one_job(settings: Settings,
     with sessions() as session:
         assert session.scalar(select(func.count()).select_from(Job)) == 1
         assert session.scalar(select(func.count()).select_from(Item)) == 30
+
+
+def test_a_second_embedded_submit_of_a_running_job_takes_its_own_share(settings: Settings, tmp_path: Path) -> None:
+    """A second `scanner submit` of a job another process was scanning re-scored every item beside it (80 s of
+    duplicate work): now the two share the job's leased batches, and every URL is fetched once."""
+    import time
+
+    from scanner.db import Batch
+
+    with HostileServer() as server:
+        listed = tmp_path / "urls.txt"
+        listed.write_text("".join(server.url(f"paced.png?{n}") + "\n" for n in range(400)))
+        env = {**settings_env(settings), "SCANNER_BATCH_SIZE": "8"}
+        command = [SCANNER, "submit", "--from-file", str(listed)]
+        first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        sessions = open_database(settings)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # the first has scanned a batch: its job is running
+            with sessions() as session:
+                if session.scalar(select(func.count()).select_from(Item).where(Item.status == "done")):
+                    break
+            time.sleep(0.2)
+        second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        out, err = first.communicate(timeout=300)
+        hits = server.server.RequestHandlerClass.hits
+    assert first.returncode == 0 and second.returncode == 0, (err, second.stderr)
+    assert "resumed" in second.stdout and "400 scanned" in out + second.stdout
+    assert len(hits) == 400 and max(hits.values()) == 1, hits.most_common(3)  # no item was read twice
+    with sessions() as session:
+        assert set(session.scalars(select(Item.status))) == {"done"}
+        holders = set(session.scalars(select(Batch.claimed_by)))
+        assert session.scalar(select(func.count()).select_from(Job)) == 1
+    assert len(holders) == 2, holders  # the second process scanned batches of its own

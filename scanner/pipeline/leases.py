@@ -78,6 +78,63 @@ def claim_batch(sessions: Any, job_id: int, batch_id: int, worker: str, lease_se
     return Claim(batch_id, job_id, list(row.item_ids), int(row.lost_count))
 
 
+def claim_next(sessions: Any, job_id: int, worker: str, lease_seconds: float) -> Claim | None:
+    """Claim the job's first batch that is free (queued, its lease run out, or its holder a dead local process) and
+    not already held by `worker`, or None when every live batch is held by a live process (or none is left)."""
+    with sessions() as session:
+        candidates = session.scalars(
+            select(Batch.id)
+            .where(Batch.job_id == job_id, Batch.status.in_(("queued", "running")))
+            .where(or_(Batch.claimed_by.is_(None), Batch.claimed_by != worker))  # not one this process holds
+            .order_by(case((Batch.status == "queued", 0), else_=1), Batch.id)
+            .limit(64)
+        ).all()
+    for batch_id in candidates:
+        if claim := claim_batch(sessions, job_id, batch_id, worker, lease_seconds):
+            return claim
+    return None
+
+
+class LeaseKeeper:
+    """Renews the leases of every batch this process holds, from one heartbeat thread, while it is entered."""
+
+    def __init__(self, sessions: Any, worker: str, lease_seconds: float) -> None:
+        self.sessions, self.worker, self.lease_seconds = sessions, worker, lease_seconds
+        self.held: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="leases", daemon=True)
+
+    def hold(self, batch_id: int) -> None:
+        """Keep renewing this batch's lease."""
+        with self._lock:
+            self.held.add(batch_id)
+
+    def done(self, batch_id: int) -> None:
+        """Mark the batch done and stop renewing its lease."""
+        with self._lock:
+            self.held.discard(batch_id)
+        finish_batch(self.sessions, batch_id)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            with self._lock:
+                held = sorted(self.held)
+            for batch_id in held:
+                try:
+                    renew_lease(self.sessions, batch_id, self.worker, self.lease_seconds)
+                except Exception:  # noqa: BLE001 - a missed beat only shortens the lease; the next one may succeed
+                    continue
+
+    def __enter__(self) -> LeaseKeeper:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 def _holder(sessions: Any, batch_id: int) -> str | None:
     with sessions() as session:
         return session.scalar(select(Batch.claimed_by).where(Batch.id == batch_id, Batch.status == "running"))
