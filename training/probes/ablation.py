@@ -13,6 +13,7 @@ of `training.probes.benign_edits`), for rules that are for no edit in particular
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--edits", default=None, help="comma-separated edits for every variant, or all")
+    parser.add_argument("--out", type=Path, default=None, help="write every score here (JSON), to compare offline")
     args = parser.parse_args()
     chosen = None if args.edits is None else tuple(EDITS) if args.edits == "all" else tuple(args.edits.split(","))
     if unknown := [edit for edit in chosen or () if edit not in EDITS]:
@@ -72,6 +74,7 @@ def main() -> None:
     print(f"{model}: {len(samples)} validation images; threshold rule source-fpr:0.05 refitted for each variant")
     print("| variant | edit | threshold | mean recall, fakes | GAN caught | diffusion caught | worst real flagged |")
     print("| --- | --- | ---: | ---: | ---: | ---: | --- |")
+    saved: dict[str, Any] = {"samples": [[s.dataset, s.label] for s in samples], "variants": {}}
     with tempfile.TemporaryDirectory() as folder:
         for name in args.variants.split(","):
             changes, edits = VARIANTS[name]
@@ -80,12 +83,16 @@ def main() -> None:
                 target = Path(folder) / "variant.pt"
                 calibrate_checkpoint(model, target, dirs, "cpu", workers=1, **changes)
             loaded = load_model(target, "cpu")
+            saved["variants"][name] = {"threshold": loaded.threshold, "scores": {}}
             for edit in chosen or ("stored", *edits):
                 scores = score_samples(loaded, samples, EDITS[edit], 64, 1)
+                saved["variants"][name]["scores"][edit] = scores
                 got = figures(samples, scores, loaded.threshold)
                 cells = [f"{got[key]:.3f}" for key in ("mean recall", "GAN caught", "diffusion caught")]
                 worst = f"{got['worst real flagged']:.3f} ({got['worst real']})"
                 print(f"| {name} | {edit} | {loaded.threshold:.4f} | {' | '.join(cells)} | {worst} |", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(saved) + "\n")
 
 
 if __name__ == "__main__":
