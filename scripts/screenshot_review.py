@@ -1,5 +1,5 @@
 """Make the README's screenshots of `scanner serve`: scan samples/ into a fresh SQLite database, serve it, and
-photograph the queue page and one item page with Debian's headless Chromium (Selenium, system chromedriver).
+photograph the queue page, one item page and the grid with Debian's headless Chromium (Selenium, system chromedriver).
 
     .venv/bin/python scripts/screenshot_review.py [--out docs]
 """
@@ -69,11 +69,19 @@ def main() -> None:
         driver.find_element(By.ID, "start").click()
         time.sleep(6)  # the heatmap loads the model once
         driver.save_screenshot(str(args.out / "review-item.png"))
+        driver.get(f"http://127.0.0.1:{port}/jobs/1/grid?reviewed=no")
+        time.sleep(2)
+        tiles = driver.find_elements(By.CSS_SELECTOR, "#grid .tile")
+        for tile in tiles[:3]:  # three selected, the fourth focused
+            tile.find_element(By.CSS_SELECTOR, "input[type=checkbox]").click()
+        if len(tiles) > 3:
+            driver.execute_script("arguments[0].focus()", tiles[3])
+        driver.save_screenshot(str(args.out / "review-grid.png"))
     finally:
         driver.quit()
         server.terminate()
         server.wait(timeout=20)
-    print(f"wrote {args.out / 'review-queue.png'} and {args.out / 'review-item.png'}")
+    print(f"wrote review-queue.png, review-item.png and review-grid.png in {args.out}")
 
 
 if __name__ == "__main__":

@@ -201,6 +201,35 @@ def test_undo_retracts_a_reviewers_own_last_decision_and_keeps_it_in_the_history
     assert other in unreviewed and item_id not in unreviewed  # all undone: unreviewed again
 
 
+def test_the_grid_records_one_decision_on_many_items_and_names_the_conflicts(
+    settings: Settings, tmp_path: Path
+) -> None:
+    job_id = review_job(settings, tmp_path / "in")
+    alice = client_for(settings, tmp_path)
+    grid = alice.get(f"/jobs/{job_id}/grid?label=fake")
+    assert grid.status_code == 200
+    tiles = re.findall(r'name="item" value="(\d+):(\d+)"', grid.text)
+    flagged = queue_ids(alice.get(f"/jobs/{job_id}?label=fake").text)
+    assert [int(item) for item, _ in tiles] == flagged and all(seen == "0" for _, seen in tiles)  # the queue's order
+    csrf = re.search(r'name="csrf" value="([^"]+)"', grid.text).group(1)  # type: ignore[union-attr]
+    taken = int(tiles[1][0])
+    with open_database(settings).begin() as session:  # someone decides on one of them meanwhile
+        assert decide(session, taken, "real", "bob", seen=0).recorded
+    chosen = [f"{item}:{seen}" for item, seen in tiles[:3]]
+    done = alice.post(f"/jobs/{job_id}/bulk?label=fake", data={"csrf": csrf, "decision": "fake", "item": chosen,
+                                                               "note": "same generator"})  # fmt: skip
+    assert done.status_code == 200 and "/grid?" in str(done.url)
+    assert "Recorded fake on 2 items." in done.text and f"Not recorded on item {taken}: someone decided" in done.text
+    assert decisions(settings, int(tiles[0][0])) == [("fake", "alice")]
+    assert decisions(settings, taken) == [("real", "bob")]  # not overwritten
+    other_job = review_job(settings, tmp_path / "other")
+    stray = queue_ids(alice.get(f"/jobs/{other_job}").text)[0]
+    refused = alice.post(f"/jobs/{job_id}/bulk", data={"csrf": csrf, "decision": "fake", "item": [f"{stray}:0"]})
+    assert refused.status_code == 400 and f"not in job {job_id}" in refused.text and decisions(settings, stray) == []
+    empty = alice.post(f"/jobs/{job_id}/bulk", data={"csrf": csrf, "decision": "fake"})
+    assert empty.status_code == 400 and "no item selected" in empty.text
+
+
 def test_simultaneous_decisions_on_one_view_record_exactly_one(settings: Settings, tmp_path: Path) -> None:
     job_id = review_job(settings, tmp_path / "in")
     sessions = open_database(settings)
@@ -441,6 +470,19 @@ def test_review_with_the_keyboard_in_a_real_browser(
         )
         WebDriverWait(driver, 10).until(lambda d: d.execute_script("return window.blocked") > 0)
         assert driver.execute_script("return window.pwned === undefined")
+        driver.get(f"{base}/jobs/{job_id}/grid?label=fake&reviewed=no")  # the grid: select the page, decide
+        tiles = driver.find_elements(By.CSS_SELECTOR, "#grid .tile")
+        chosen = [int(box.get_attribute("value").split(":")[0]) for box in
+                  driver.find_elements(By.CSS_SELECTOR, "#grid input[type=checkbox]")]  # fmt: skip
+        assert tiles and first not in chosen
+        tiles[0].click()
+        body = driver.find_element(By.TAG_NAME, "body")
+        body.send_keys("a")
+        assert driver.find_element(By.ID, "selected-count").text == f"{len(chosen)} selected"
+        body.send_keys("f")
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.ID, "toast"))
+        assert driver.find_element(By.ID, "toast").text == f"Recorded fake on {len(chosen)} items."
+        assert all(decisions(settings, item) == [("fake", "dana")] for item in chosen)
         driver.get(f"{base}/jobs/{job_id}")
         screenshot = tmp_path / "queue.png"
         driver.save_screenshot(str(screenshot))

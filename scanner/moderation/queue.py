@@ -304,6 +304,37 @@ def decide(
     return DecisionOutcome(recorded, standing_decision(session, item_id))
 
 
+@dataclass
+class BulkOutcome:
+    """What a decision on many items did: the items recorded, and those someone decided on meanwhile."""
+
+    recorded: list[int] = field(default_factory=list)
+    conflicts: list[int] = field(default_factory=list)
+
+
+BULK_LIMIT = 200  # items one bulk decision may name
+
+
+def decide_many(
+    sessions: Any, job_id: int, seen_by_item: dict[int, int], decision: str, reviewer: str, note: str | None = None
+) -> BulkOutcome:
+    """Record one decision on each of the job's items that nobody decided on since the page showed it (`seen`, as
+    for one item), each in its own transaction; the rest are reported as conflicts. Items of other jobs are refused
+    (ReviewError) before anything is recorded."""
+    if len(seen_by_item) > BULK_LIMIT:
+        raise ReviewError(f"at most {BULK_LIMIT} items at once, not {len(seen_by_item)}")
+    with sessions() as session:
+        known = set(session.scalars(select(Item.id).where(Item.job_id == job_id, Item.id.in_(list(seen_by_item)))))
+    if stray := sorted(set(seen_by_item) - known):
+        raise ReviewError(f"items {', '.join(map(str, stray[:10]))} are not in job {job_id}; nothing was recorded")
+    outcome = BulkOutcome()
+    for item_id, seen in sorted(seen_by_item.items()):
+        with sessions.begin() as session:
+            recorded = decide(session, item_id, decision, reviewer, seen, note).recorded
+        (outcome.recorded if recorded else outcome.conflicts).append(item_id)
+    return outcome
+
+
 def standing_decision(session: Session, item_id: int) -> Decision | None:
     """The item's decision that counts: its latest one not retracted."""
     query = select(Decision).where(Decision.item_id == item_id, STANDING).order_by(Decision.id.desc()).limit(1)
@@ -340,5 +371,5 @@ def retract(session: Session, decision_id: int, reviewer: str) -> Decision:
 
 
 __all__ = ["DECISIONS", "DecisionOutcome", "FilterError", "QueueFilter", "ReviewError", "decide", "item_detail",
-           "last_standing_by", "neighbour", "next_unreviewed", "queue_page", "retract",
+           "decide_many", "last_standing_by", "neighbour", "next_unreviewed", "queue_page", "retract",
            "standing_decision"]  # fmt: skip

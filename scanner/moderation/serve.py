@@ -71,6 +71,7 @@ CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; script-src 'self';
 COOKIE = "fauxscan_session"
 MAX_SESSIONS = 10_000
 MAX_FORM_BYTES = 64_000
+GRID_PAGE = 48  # thumbnails per grid page
 
 
 @dataclass
@@ -299,6 +300,53 @@ class ReviewApp:
                    "problem": problem}  # fmt: skip
         return self._page(request, "queue.html", context, 400 if problem else 200)
 
+    def job_grid(self, request: Request) -> Response:
+        """A job's queue as a grid of thumbnails, to select many and decide on them at once."""
+        job_id = request.path_params["job_id"]
+        filters = self._filters(request)
+        if isinstance(filters, Response):
+            return filters
+        with self.sessions() as session:
+            try:
+                page = queue.queue_page(session, job_id, filters, _int(request.query_params.get("page"), 1), GRID_PAGE)
+                status = job_overview(session, job_id)
+            except JobNotFound as exc:
+                return self._error(request, 404, str(exc))
+        context = {"job": status, "page": page, "filters": filters, "toast": _bulk_toast(request.query_params)}
+        return self._page(request, "grid.html", context)
+
+    async def bulk_decide(self, request: Request) -> Response:
+        """Record one decision on every selected item of a grid page that nobody decided on since it was shown."""
+        form = await self._verified_form(request, max_fields=queue.BULK_LIMIT + 10)
+        if isinstance(form, Response):
+            return form
+        visitor: Visitor = request.state.visitor
+        job_id = request.path_params["job_id"]
+        filters = self._filters(request)
+        if isinstance(filters, Response):
+            return filters
+        seen_by_item = {}
+        for value in form.getlist("item"):
+            item_id, _, seen = str(value).partition(":")
+            if not (item_id.isdigit() and seen.isdigit()) or not 1 <= int(item_id) <= MAX_ID:
+                return self._error(request, 400, f"unusable item selection {str(value)[:40]!r}")
+            seen_by_item[int(item_id)] = int(seen)
+        decision, note = str(form.get("decision", "")), (form.get("note") or "").strip() or None
+        if not seen_by_item:
+            return self._error(request, 400, "no item selected: select items (x, or a for the whole page) first")
+        try:
+            outcome = await run_in_threadpool(
+                queue.decide_many, self.sessions, job_id, seen_by_item, decision, visitor.reviewer or "", note
+            )
+        except queue.ReviewError as exc:
+            return self._error(request, 400, str(exc))
+        except SQLAlchemyError:
+            return self._error(request, 503, "the database did not answer; reload the grid to see what was recorded")
+        missed = ",".join(map(str, outcome.conflicts[:50]))
+        page = _int(request.query_params.get("page"), 1)
+        back = filters.query_string(page=page, bulk=decision, recorded=len(outcome.recorded), missed=missed)
+        return RedirectResponse(f"/jobs/{job_id}/grid?{back}", status_code=303)
+
     def job_errors(self, request: Request) -> Response:
         """A job's errors by code, and the skipped files."""
         job_id = request.path_params["job_id"]
@@ -522,7 +570,7 @@ class ReviewApp:
         return None
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
-    async def _verified_form(self, request: Request) -> Any:
+    async def _verified_form(self, request: Request, max_fields: int = 20) -> Any:
         """The posted form, once its size, origin and CSRF token are checked; else a 403/413 response."""
         length = request.headers.get("content-length")
         if length is None or not length.isdigit():
@@ -532,7 +580,7 @@ class ReviewApp:
         origin = request.headers.get("origin")
         if origin and origin not in (f"{request.url.scheme}://{request.url.netloc}", self.config.origin):
             return PlainTextResponse("cross-site request refused", status_code=403)
-        form = await request.form(max_files=0, max_fields=20)
+        form = await request.form(max_files=0, max_fields=max_fields)
         visitor: Visitor | None = getattr(request.state, "visitor", None)
         sent = str(form.get("csrf", ""))
         if visitor is None or not hmac.compare_digest(visitor.csrf.encode(), sent.encode()):
@@ -633,6 +681,8 @@ def create_app(settings: Settings, sessions: Any, config: ServeConfig, cache_dir
         Route("/api/jobs", review.jobs_json),
         Route("/jobs/{job_id:int}", review.job_queue),
         Route("/jobs/{job_id:int}/errors", review.job_errors),
+        Route("/jobs/{job_id:int}/grid", review.job_grid),
+        Route("/jobs/{job_id:int}/bulk", review.bulk_decide, methods=["POST"]),
         Route("/jobs/{job_id:int}/next", review.next_item),
         Route("/jobs/{job_id:int}/decisions.{fmt}", review.decisions_export),
         Route("/items/{item_id:int}", review.item),
@@ -667,3 +717,16 @@ def serve(settings: Settings, sessions: Any, config: ServeConfig) -> None:
     check_binding(config)
     app = create_app(settings, sessions, config)
     uvicorn.run(app, host=config.host, port=config.port, log_level="info", server_header=False)
+
+
+def _bulk_toast(params: Any) -> str:
+    """What the last bulk decision did, from the grid's query parameters (numbers and a decision name only)."""
+    decision, recorded, missed = params.get("bulk", ""), params.get("recorded", ""), params.get("missed", "")
+    if decision not in queue.DECISIONS or not recorded.isdigit():
+        return ""
+    said = f"Recorded {decision} on {recorded} item{'' if recorded == '1' else 's'}."
+    conflicts = [part for part in missed.split(",") if part.isdigit()]
+    if conflicts:
+        said += f" Not recorded on item{'' if len(conflicts) == 1 else 's'} {', '.join(conflicts)}: someone decided"
+        said += " on them since the page was shown; open them to decide again."
+    return said
