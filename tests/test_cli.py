@@ -87,6 +87,46 @@ def test_from_file_and_stdin(settings: Settings, tmp_path: Path) -> None:
     assert json.loads(from_stdin.stdout)["done"] == 1
 
 
+def test_a_listed_job_records_its_list_once_and_finishes_recording_from_it(settings: Settings, tmp_path: Path) -> None:
+    """A 1M-line --from-file took 1.05 GB: every line was held, and stored in the job row. The list is now copied
+    line by line under the cache folder, the job records that copy, and a cut recording resumes from it."""
+    import hashlib
+
+    from sqlalchemy import delete, select, update
+
+    from scanner.db import Item, Job
+    from scanner.pipeline.jobs import sources_key
+    from scanner.pipeline.submit import open_database
+
+    folder = image_folder(tmp_path / "in")
+    lines = [str(folder / "a.png"), str(folder / "b.png"), str(folder / "a.png"), str(folder / "gone.png")]
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(lines) + "\n")
+    env = settings_env(settings)
+    first = CliRunner().invoke(app, ["submit", "--from-file", str(listing), "--json"], env=env)
+    assert first.exit_code == 0, first.stderr
+    assert (json.loads(first.stdout)["items"], json.loads(first.stdout)["errors"]) == (3, 1)  # one URI once
+    sessions = open_database(settings)
+    with sessions() as session:
+        job = session.scalars(select(Job)).one()
+        (source,) = job.sources
+        assert source.startswith("list:") and Path(source[5:]).read_text().splitlines() == lines
+        expected = hashlib.sha256(json.dumps([lines, job.model_version]).encode()).hexdigest()
+        assert job.sources_key == sources_key(job.sources, job.model_version) == expected  # as before: lines
+    with sessions.begin() as session:  # as if the recording had been cut after the first item
+        session.execute(delete(Item).where(Item.uri != str(folder / "a.png")))
+        session.execute(update(Job).values(status="creating", finished_at=None))
+    again = CliRunner().invoke(app, ["submit", "--from-file", str(listing), "--json"], env=env)
+    assert again.exit_code == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert (summary["job_id"], summary["items"], summary["done"], summary["errors"]) == (job.id, 3, 2, 1)
+    Path(source[5:]).unlink()  # the copy gone: a cut recording says what to do
+    with sessions.begin() as session:
+        session.execute(update(Job).values(status="creating", finished_at=None))
+    lost = CliRunner().invoke(app, ["resume", str(job.id)], env=env)
+    assert lost.exit_code == 1 and "its list is gone" in lost.stderr and "Traceback" not in lost.output
+
+
 def test_a_list_with_non_utf8_names_is_read_and_a_binary_file_is_refused(settings: Settings, tmp_path: Path) -> None:
     """A path list from `find` may hold Latin-1 names: they name their files. NUL bytes mean it is no list."""
     folder = image_folder(tmp_path / "in")

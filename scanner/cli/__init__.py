@@ -40,18 +40,26 @@ def load_settings(**overrides: Any) -> Settings:
         fail(str(exc), code=2)
 
 
-def _read_from_file(source: str) -> list[str]:
-    from scanner.pipeline.sources import read_source_list
+def _spool_from_file(source: str, settings: Settings) -> list[str]:
+    """The job source standing for a --from-file list ('-': stdin), copied line by line under the cache folder;
+    no source for an empty list."""
+    from scanner.pipeline.jobs import spool_list
+    from scanner.pipeline.sources import iter_source_list
 
+    folder = settings.cache_dir / "lists"
     try:
         if source == "-":
-            return read_source_list(sys.stdin.buffer)
-        with open(source, "rb") as handle:
-            return read_source_list(handle)
+            listed, count = spool_list(iter_source_list(sys.stdin.buffer), folder)
+        else:
+            with open(source, "rb") as handle:
+                listed, count = spool_list(iter_source_list(handle), folder)
     except OSError as exc:
-        fail(f"cannot read --from-file {source}: {exc.strerror}")
+        if exc.filename in (source, None):
+            fail(f"cannot read --from-file {source}: {exc.strerror}")
+        fail(f"cannot keep a copy of --from-file {source} in {folder}: {exc.strerror} (set SCANNER_CACHE_DIR)")
     except ValueError as exc:
         fail(f"--from-file {source}: {exc}")
+    return [listed] if count else []
 
 
 def name_values(items: list[str]) -> dict[str, int | float]:
@@ -79,10 +87,10 @@ def submit(
     device: Device = None,
 ) -> None:
     """Scan images: record a job, scan it, print a summary."""
-    arguments = list(paths or []) + (_read_from_file(from_file) if from_file else [])
+    settings = load_settings(batch_size=batch_size, model_path=model, device=device)
+    arguments = list(paths or []) + (_spool_from_file(from_file, settings) if from_file else [])
     if not arguments:
         fail("nothing to scan: give paths or URLs, or --from-file")
-    settings = load_settings(batch_size=batch_size, model_path=model, device=device)
     from scanner.pipeline.submit import submit as run_submit
 
     _run_and_print(settings, lambda progress: run_submit(settings, arguments, wait, progress), as_json)

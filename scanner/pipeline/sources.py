@@ -35,10 +35,19 @@ class SkippedFile:
 
 @dataclass
 class Expansion:
-    """Everything found under the submitted arguments."""
+    """Everything found under the submitted arguments (held whole: `iter_sources` streams the same)."""
 
     items: list[ItemSpec]
     skipped: list[SkippedFile]
+
+    def __iter__(self) -> Iterator[ItemSpec | SkippedFile]:
+        yield from self.items
+        yield from self.skipped
+
+
+# A job's source that stands for the lines of a URL/path list kept on disk (`scanner submit --from-file`), one
+# canonical source a line: jobs record the list's file, not each of its lines.
+LIST_PREFIX = "list:"
 
 
 def looks_like_image(path: Path) -> bool:
@@ -141,44 +150,86 @@ def _unlistable(error: OSError) -> SkippedFile:
     return SkippedFile(path_uri(Path(error.filename or "?"))[0], reason)
 
 
+def iter_sources(arguments: Iterable[str]) -> Iterator[ItemSpec | SkippedFile]:
+    """Expand arguments in order, streamed (a list entry line by line, a directory file by file); a path named
+    explicitly always becomes an item. The same URI may come twice: whoever records them keeps the first."""
+    for argument in arguments:
+        if argument.startswith(LIST_PREFIX):
+            yield from iter_sources(listed_lines(Path(argument[len(LIST_PREFIX) :])))
+        elif is_url(argument):
+            yield url_spec(argument)
+        else:
+            yield from _path_sources(argument)
+
+
+def _path_sources(argument: str) -> Iterator[ItemSpec | SkippedFile]:
+    path = local_path(argument[len(RAW_PREFIX) :], "rawpath") if argument.startswith(RAW_PREFIX) else Path(argument)
+    path = path.expanduser()
+    if path.is_dir():
+        for found in walk_directory(path):
+            if isinstance(found, SkippedFile):
+                yield found
+            elif looks_like_image(found):
+                yield ItemSpec(*path_uri(found))
+            else:
+                yield SkippedFile(path_uri(found)[0], "not_an_image")
+        return
+    uri, kind = path_uri(path)
+    if reason := special_file_reason(path):
+        yield SkippedFile(uri, reason)
+    elif not path.exists():
+        yield ItemSpec(uri, kind, "not_found", f"no such file: {decodable(argument)}")
+    else:
+        yield ItemSpec(uri, kind)
+
+
 def expand_sources(arguments: Iterable[str]) -> Expansion:
-    """Expand arguments in order; a path named explicitly always becomes an item."""
+    """Everything `iter_sources` finds, held whole, each URI once (the first), skipped files that are not items."""
     items: dict[str, ItemSpec] = {}
     skipped: list[SkippedFile] = []
-    for argument in arguments:
-        if is_url(argument):
-            spec = url_spec(argument)
-            items.setdefault(spec.uri, spec)
-            continue
-        path = local_path(argument[len(RAW_PREFIX) :], "rawpath") if argument.startswith(RAW_PREFIX) else Path(argument)
-        path = path.expanduser()
-        if path.is_dir():
-            for found in walk_directory(path):
-                if isinstance(found, SkippedFile):
-                    skipped.append(found)
-                elif looks_like_image(found):
-                    uri, kind = path_uri(found)
-                    items.setdefault(uri, ItemSpec(uri, kind))
-                else:
-                    skipped.append(SkippedFile(path_uri(found)[0], "not_an_image"))
-            continue
-        uri, kind = path_uri(path)
-        reason = special_file_reason(path)
-        if reason:
-            skipped.append(SkippedFile(uri, reason))
-        elif not path.exists():
-            items.setdefault(uri, ItemSpec(uri, kind, "not_found", f"no such file: {decodable(argument)}"))
+    for found in iter_sources(arguments):
+        if isinstance(found, SkippedFile):
+            skipped.append(found)
         else:
-            items.setdefault(uri, ItemSpec(uri, kind))
+            items.setdefault(found.uri, found)
     return Expansion(list(items.values()), [s for s in skipped if s.path not in items])
 
 
-def read_source_list(handle: BinaryIO) -> list[str]:
-    """Lines of a --from-file list: blank lines and # comments ignored. Bytes that are not UTF-8 are kept as
-    the shell keeps them in arguments (a path from `find` with a Latin-1 name still names its file); a file
-    with NUL bytes is not a list and is refused with ValueError."""
-    data = handle.read()
-    if b"\0" in data:
-        raise ValueError("it holds NUL bytes, so it is not a text list of paths and URLs (one per line)")
-    lines = data.decode("utf-8", "surrogateescape").splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+def listed_lines(path: Path) -> Iterator[str]:
+    """The sources of a list file a job refers to, one per line (written by `scanner.pipeline.jobs.spool_list`)."""
+    with path.open("rb") as handle:
+        for line in handle:
+            yield line.rstrip(b"\n").decode("utf-8", "surrogateescape")
+
+
+def listed_sources(sources: Iterable[str]) -> Iterator[str]:
+    """A job's sources with each list entry replaced by its lines: what identifies the submission."""
+    for source in sources:
+        if source.startswith(LIST_PREFIX):
+            yield from listed_lines(Path(source[len(LIST_PREFIX) :]))
+        else:
+            yield source
+
+
+def iter_source_list(handle: BinaryIO, block: int = 1 << 20) -> Iterator[str]:
+    """Lines of a --from-file list, read a block at a time: blank lines and # comments ignored. Bytes that are not
+    UTF-8 are kept as the shell keeps them in arguments (a path from `find` with a Latin-1 name still names its
+    file); a file with NUL bytes is not a list and is refused with ValueError."""
+    rest = b""
+    while True:
+        data = handle.read(block)
+        if b"\0" in data:
+            raise ValueError("it holds NUL bytes, so it is not a text list of paths and URLs (one per line)")
+        text, rest = (rest + data, b"") if not data else _whole_lines(rest + data)
+        for line in text.decode("utf-8", "surrogateescape").splitlines():
+            if (stripped := line.strip()) and not stripped.startswith("#"):
+                yield stripped
+        if not data:
+            return
+
+
+def _whole_lines(data: bytes) -> tuple[bytes, bytes]:
+    """`data` cut after its last newline: the complete lines, and the start of the next (no UTF-8 sequence holds
+    a newline byte, and a CR LF pair stays together)."""
+    cut = data.rfind(b"\n") + 1
+    return data[:cut], data[cut:]

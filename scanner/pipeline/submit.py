@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -23,7 +24,7 @@ from scanner.pipeline.jobs import (
     sources_key,
 )
 from scanner.pipeline.model import model_identity
-from scanner.pipeline.sources import expand_sources
+from scanner.pipeline.sources import LIST_PREFIX, iter_sources
 from scanner.settings import Settings
 
 __all__ = ["SetupError", "describe_db_error", "open_database", "resume", "safe_url", "submit"]
@@ -40,7 +41,8 @@ class SubmitResult:
 def submit(
     settings: Settings, arguments: Sequence[str], wait: bool, progress: ProgressFactory | None = None
 ) -> SubmitResult:
-    """Record a job for the arguments (or resume the same unfinished one) and scan it, here or through the broker."""
+    """Record a job for the arguments (or resume the same unfinished one) and scan it, here or through the broker.
+    An argument may stand for a list's lines (`spool_list`): they are read a chunk at a time, never held whole."""
     started = time.perf_counter()
     engine = open_engine(settings)
     model_version, threshold = _model(settings, engine)
@@ -49,8 +51,8 @@ def submit(
     job_id = find_resumable_job(sessions, sources_key(sources, model_version))
     resumed = job_id is not None
     if job_id is None:  # another process may record the same job meanwhile: then that one is resumed
-        expansion = expand_sources(sources)
-        job_id, created = create_job(sessions, sources, expansion, model_version, threshold, engine.mode)
+        found = iter_sources(sources)
+        job_id, created = create_job(sessions, sources, found, model_version, threshold, engine.mode)
         resumed = not created
     return SubmitResult(_run_job(engine, sessions, job_id, wait, progress, started), resumed)
 
@@ -88,7 +90,10 @@ def _run_job(
     if not job_is_ready(sessions, job_id):  # an interrupted creation: record the missing items first
         with sessions() as session:
             sources = list(session.scalar(select(Job.sources).where(Job.id == job_id)) or [])
-        complete_creation(sessions, job_id, expand_sources(sources))
+        if missing := [s for s in sources if s.startswith(LIST_PREFIX) and not Path(s[len(LIST_PREFIX) :]).is_file()]:
+            raise SetupError(f"job {job_id} was cut short while its items were recorded, and its list is gone "
+                             f"({missing[0][len(LIST_PREFIX) :]}): submit the list again as a new job")  # fmt: skip
+        complete_creation(sessions, job_id, iter_sources(sources))
     queued = _queued_count(sessions, job_id)
     engine.run(sessions, job_id, queued, wait, progress)
     summary = _summary(sessions, job_id, time.perf_counter() - started, queued)
