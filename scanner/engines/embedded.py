@@ -68,7 +68,7 @@ def run_embedded(
         with LeaseKeeper(ctx.sessions, ctx.worker, settings.lease_seconds) as leases:
 
             def take() -> tuple[int, ReadBatch | PreparedBatch] | None:
-                claim = claim_next(ctx.sessions, job_id, ctx.worker, settings.lease_seconds)
+                claim = claim_next(ctx.sessions, job_id, ctx.worker, settings.lease_seconds, leases.holding())
                 if claim is None:
                     return None
                 leases.hold(claim.batch_id)
@@ -87,9 +87,10 @@ def run_embedded(
                     while current is not None:
                         pending = reader.submit(take)
                         batch_id, batch = current
-                        complete_batch(ctx, batch if isinstance(batch, PreparedBatch) else decode_batch(ctx, batch))
+                        prepared = batch if isinstance(batch, PreparedBatch) else decode_batch(ctx, batch)
+                        complete_batch(ctx, prepared)
                         leases.done(batch_id)
-                        counter.update()
+                        counter.scanned(len(prepared.items))
                         current = pending.result()
         with ctx.sessions.begin() as session:
             finish_job_if_complete(session, job_id)
@@ -99,7 +100,8 @@ def run_embedded(
 
 
 class QueuedCounter:
-    """Advances the progress bar by the job's items scanned, by this process or any other."""
+    """Advances the progress bar by the items this process scans and, while it waits (a count in SQL, not once a
+    batch: that is a range scan of the job's index), by those others scan."""
 
     def __init__(self, sessions: Any, job_id: int, advance: Advance | None) -> None:
         self.sessions, self.job_id, self.advance = sessions, job_id, advance
@@ -109,8 +111,14 @@ class QueuedCounter:
         with self.sessions() as session:
             return int(session.scalar(select(func.count()).where(Item.job_id == self.job_id, Item.status == "queued")))
 
+    def scanned(self, count: int) -> None:
+        """Advance by `count` items this process has just recorded."""
+        if self.advance is not None and count:
+            self.advance(min(count, self.queued))
+            self.queued = max(0, self.queued - count)
+
     def update(self) -> None:
-        """Advance by the items scanned since the last update."""
+        """Advance by the items scanned (by anyone) since the last count."""
         if self.advance is None:
             return
         queued = self._queued()

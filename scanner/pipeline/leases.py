@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -78,14 +78,17 @@ def claim_batch(sessions: Any, job_id: int, batch_id: int, worker: str, lease_se
     return Claim(batch_id, job_id, list(row.item_ids), int(row.lost_count))
 
 
-def claim_next(sessions: Any, job_id: int, worker: str, lease_seconds: float) -> Claim | None:
-    """Claim the job's first batch that is free (queued, its lease run out, or its holder a dead local process) and
-    not already held by `worker`, or None when every live batch is held by a live process (or none is left)."""
+def claim_next(
+    sessions: Any, job_id: int, worker: str, lease_seconds: float, holding: Iterable[int] = ()
+) -> Claim | None:
+    """Claim the job's first batch that is free (queued, its lease run out, its holder a dead local process, or
+    `worker` itself from an earlier run) and not among those this run is `holding`, or None when every live batch is
+    held by a live process (or none is left)."""
+    held = sorted(holding)
     with sessions() as session:
         candidates = session.scalars(
             select(Batch.id)
-            .where(Batch.job_id == job_id, Batch.status.in_(("queued", "running")))
-            .where(or_(Batch.claimed_by.is_(None), Batch.claimed_by != worker))  # not one this process holds
+            .where(Batch.job_id == job_id, Batch.status.in_(("queued", "running")), Batch.id.not_in(held))
             .order_by(case((Batch.status == "queued", 0), else_=1), Batch.id)
             .limit(64)
         ).all()
@@ -110,6 +113,11 @@ class LeaseKeeper:
         with self._lock:
             self.held.add(batch_id)
 
+    def holding(self) -> set[int]:
+        """The batches held now (a copy)."""
+        with self._lock:
+            return set(self.held)
+
     def done(self, batch_id: int) -> None:
         """Mark the batch done and stop renewing its lease."""
         with self._lock:
@@ -131,8 +139,21 @@ class LeaseKeeper:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop renewing; batches still held (the run stopped early: an error, Ctrl-C) are queued again at once."""
         self._stop.set()
         self._thread.join(timeout=5)
+        with self._lock:
+            held, self.held = sorted(self.held), set()
+        if held:
+            try:
+                with self.sessions.begin() as session:
+                    session.execute(
+                        update(Batch)
+                        .where(Batch.id.in_(held), Batch.claimed_by == self.worker, Batch.status == "running")
+                        .values(status="queued", claimed_by=None, lease_until=None, updated_at=utcnow())
+                    )
+            except Exception:  # noqa: BLE001 - the database is away: the leases run out by themselves
+                pass
 
 
 def _holder(sessions: Any, batch_id: int) -> str | None:
