@@ -317,14 +317,11 @@ class ReviewApp:
 
     async def bulk_decide(self, request: Request) -> Response:
         """Record one decision on every selected item of a grid page that nobody decided on since it was shown."""
-        form = await self._verified_form(request, max_fields=queue.BULK_LIMIT + 10)
-        if isinstance(form, Response):
-            return form
-        visitor: Visitor = request.state.visitor
+        posted = await self._posted(request, max_fields=queue.BULK_LIMIT + 10)
+        if isinstance(posted, Response):
+            return posted
+        form, visitor, filters = posted
         job_id = request.path_params["job_id"]
-        filters = self._filters(request)
-        if isinstance(filters, Response):
-            return filters
         seen_by_item = {}
         for value in form.getlist("item"):
             item_id, _, seen = str(value).partition(":")
@@ -442,14 +439,11 @@ class ReviewApp:
 
     async def decide(self, request: Request) -> Response:
         """Record a decision (if nobody decided since the page was shown) and go to the next unreviewed item."""
-        form = await self._verified_form(request)
-        if isinstance(form, Response):
-            return form
-        visitor: Visitor = request.state.visitor
+        posted = await self._posted(request)
+        if isinstance(posted, Response):
+            return posted
+        form, visitor, filters = posted
         item_id = request.path_params["item_id"]
-        filters = self._filters(request)
-        if isinstance(filters, Response):
-            return filters
         note = (form.get("note") or "").strip() or None
         decision, seen = str(form.get("decision", "")), _int(form.get("seen"), 0)
         try:
@@ -468,13 +462,10 @@ class ReviewApp:
 
     async def undo(self, request: Request) -> Response:
         """Retract one of the reviewer's own decisions (kept in the history, marked) and open its item again."""
-        form = await self._verified_form(request)
-        if isinstance(form, Response):
-            return form
-        visitor: Visitor = request.state.visitor
-        filters = self._filters(request)
-        if isinstance(filters, Response):
-            return filters
+        posted = await self._posted(request)
+        if isinstance(posted, Response):
+            return posted
+        _, visitor, filters = posted
         decision_id = request.path_params["decision_id"]
         if not 1 <= decision_id <= MAX_ID:
             return self._error(request, 404, f"no decision with id {decision_id}")
@@ -586,6 +577,18 @@ class ReviewApp:
         if visitor is None or not hmac.compare_digest(visitor.csrf.encode(), sent.encode()):
             return PlainTextResponse("missing or stale CSRF token: reload the page and try again", status_code=403)
         return form
+
+    async def _posted(
+        self, request: Request, max_fields: int = 20
+    ) -> tuple[Any, Visitor, queue.QueueFilter] | Response:
+        """A decision request's verified form, who sent it and the queue filters it carries; else the refusal."""
+        form = await self._verified_form(request, max_fields)
+        if isinstance(form, Response):
+            return form
+        filters = self._filters(request)
+        if isinstance(filters, Response):
+            return filters
+        return form, request.state.visitor, filters
 
     def _filters(self, request: Request) -> queue.QueueFilter | Response:
         try:
