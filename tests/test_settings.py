@@ -137,13 +137,12 @@ def test_readme_lists_every_setting() -> None:
     assert set(ENV_NAMES) == {f.name for f in __import__("dataclasses").fields(Settings)} - {"http_max_redirects"}
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
-def test_migration_0005_copies_scores_and_labels_and_goes_back(backend: str, tmp_path: Path, request: Any) -> None:
+def _job_at_0004(url: str) -> Any:
+    """A database at revision 0004 holding job 1 and verdict 7 (fake, 0.75); its engine."""
     from sqlalchemy import text
 
     from scanner.db import upgrade
 
-    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
     upgrade(url, "0004")
     engine = make_engine(url)
     with engine.begin() as connection:
@@ -156,6 +155,18 @@ def test_migration_0005_copies_scores_and_labels_and_goes_back(backend: str, tmp
             "INSERT INTO verdicts (id, sha256, model_version, score, label, threshold, created_at) "
             "VALUES (7, 'abc', 'm', 0.75, 'fake', 0.5, CURRENT_TIMESTAMP)"
         ))  # fmt: skip
+    return engine
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_migration_0005_copies_scores_and_labels_and_goes_back(backend: str, tmp_path: Path, request: Any) -> None:
+    from sqlalchemy import text
+
+    from scanner.db import upgrade
+
+    url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
+    engine = _job_at_0004(url)
+    with engine.begin() as connection:
         connection.execute(text(
             "INSERT INTO items (id, job_id, uri, kind, status, verdict_id) VALUES "
             "(1, 1, '/a.png', 'file', 'done', 7), (2, 1, '/b.png', 'file', 'error', NULL)"
@@ -183,18 +194,8 @@ def test_migration_0009_lets_an_undone_decision_stop_counting_and_goes_back(
     from scanner.db import alembic_config, upgrade
 
     url = f"sqlite:///{tmp_path / 'm.db'}" if backend == "sqlite" else request.getfixturevalue("pg_url")
-    upgrade(url, "0004")
-    engine = make_engine(url)
+    engine = _job_at_0004(url)
     with engine.begin() as connection:
-        connection.execute(text(
-            "INSERT INTO jobs (id, created_at, status, mode, sources, sources_key, model_version, threshold, "
-            "items_total, items_done, items_error, items_flagged, items_skipped) VALUES "
-            "(1, CURRENT_TIMESTAMP, 'finished', 'embedded', '[]', 'k', 'm', 0.5, 1, 1, 0, 1, 0)"
-        ))  # fmt: skip
-        connection.execute(text(
-            "INSERT INTO verdicts (id, sha256, model_version, score, label, threshold, created_at) "
-            "VALUES (7, 'abc', 'm', 0.75, 'fake', 0.5, CURRENT_TIMESTAMP)"
-        ))  # fmt: skip
         connection.execute(text("INSERT INTO items (id, job_id, uri, kind, status, verdict_id) VALUES "
                                 "(1, 1, '/a.png', 'file', 'done', 7)"))  # fmt: skip
         connection.execute(text(
