@@ -88,8 +88,8 @@ def run_embedded(
                         pending = reader.submit(take)
                         batch_id, batch = current
                         prepared = batch if isinstance(batch, PreparedBatch) else decode_batch(ctx, batch)
-                        complete_batch(ctx, prepared)
-                        leases.done(batch_id)
+                        complete_batch(ctx, prepared, leased=batch_id)
+                        leases.release(batch_id)
                         counter.scanned(len(prepared.items))
                         current = pending.result()
         with ctx.sessions.begin() as session:

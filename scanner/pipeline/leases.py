@@ -118,11 +118,10 @@ class LeaseKeeper:
         with self._lock:
             return set(self.held)
 
-    def done(self, batch_id: int) -> None:
-        """Mark the batch done and stop renewing its lease."""
+    def release(self, batch_id: int) -> None:
+        """Stop renewing the batch's lease (it was marked done with its verdicts)."""
         with self._lock:
             self.held.discard(batch_id)
-        finish_batch(self.sessions, batch_id)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.lease_seconds / 3):
@@ -196,9 +195,14 @@ def renew_lease(sessions: Any, batch_id: int, worker: str, lease_seconds: float)
 def finish_batch(sessions: Any, batch_id: int, status: str = "done") -> None:
     """Mark the batch finished (done, split or failed); it is never reaped again."""
     with sessions.begin() as session:
-        session.execute(
-            update(Batch).where(Batch.id == batch_id).values(status=status, lease_until=None, updated_at=utcnow())
-        )
+        mark_finished(session, batch_id, status)
+
+
+def mark_finished(session: Any, batch_id: int, status: str = "done") -> None:
+    """In an open transaction (the one recording the batch's verdicts): mark the batch finished."""
+    session.execute(
+        update(Batch).where(Batch.id == batch_id).values(status=status, lease_until=None, updated_at=utcnow())
+    )
 
 
 @contextmanager

@@ -20,7 +20,16 @@ from sqlalchemy import select
 
 from scanner.db import Batch, Item, Job, make_engine, session_factory
 from scanner.detector.views import ImageViews
-from scanner.pipeline.leases import Claim, Send, claim_batch, finish_batch, lease_holder, lease_kept, split_batch
+from scanner.pipeline.leases import (
+    Claim,
+    Send,
+    claim_batch,
+    finish_batch,
+    lease_holder,
+    lease_kept,
+    mark_finished,
+    split_batch,
+)
 from scanner.pipeline.loader import (
     READ_THREADS,
     ByteBudget,
@@ -204,13 +213,16 @@ def prepare_batch(ctx: ScanContext, job_id: int, item_ids: list[int]) -> Prepare
     return decode_batch(ctx, read_batch(ctx, job_id, item_ids))
 
 
-def complete_batch(ctx: ScanContext, batch: PreparedBatch) -> None:
-    """Score the decoded images in one model batch and record everything in one transaction."""
+def complete_batch(ctx: ScanContext, batch: PreparedBatch, leased: int | None = None) -> None:
+    """Score the decoded images in one model batch and record everything in one transaction (with the leased
+    batch they came in marked done)."""
     hashes = list(batch.to_score)
     scores = ctx.runner.score([batch.to_score[h] for h in hashes]) if hashes else []
     loaded = ctx.runner.loaded
     with ctx.sessions.begin() as session:
         record_batch(session, batch.items, dict(zip(hashes, scores)), loaded.version, loaded.threshold, ctx.worker)
+        if leased is not None:
+            mark_finished(session, leased)
     with ctx.sessions.begin() as session:
         finish_job_if_complete(session, batch.job_id)
 
