@@ -9,6 +9,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from scanner.cli import app
@@ -125,6 +126,22 @@ def test_a_listed_job_records_its_list_once_and_finishes_recording_from_it(setti
         session.execute(update(Job).values(status="creating", finished_at=None))
     lost = CliRunner().invoke(app, ["resume", str(job.id)], env=env)
     assert lost.exit_code == 1 and "its list is gone" in lost.stderr and "Traceback" not in lost.output
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7, 64, 1 << 20])
+def test_a_list_read_in_blocks_gives_the_lines_of_one_whole_read(block: int) -> None:
+    """Lines cut at any block boundary (inside CR LF, inside a UTF-8 character, inside a Latin-1 byte run) come out
+    as splitting the whole text would."""
+    import io
+
+    from scanner.pipeline.sources import iter_source_list
+
+    data = "  /a/caf\u00e9.png\r\n# note\n\n\u00fcber/\u65e5\u672c.jpg\rhttp://x.test/y z.jpg\n".encode()
+    data += b"/lat\xe9in.png\n  \n/last-without-newline.png"
+    whole = data.decode("utf-8", "surrogateescape").splitlines()
+    expected = [line.strip() for line in whole if line.strip() and not line.strip().startswith("#")]
+    assert list(iter_source_list(io.BytesIO(data), block)) == expected
+    assert expected[0] == "/a/caf\u00e9.png" and expected[-1] == "/last-without-newline.png"
 
 
 def test_a_list_with_non_utf8_names_is_read_and_a_binary_file_is_refused(settings: Settings, tmp_path: Path) -> None:
