@@ -146,22 +146,24 @@ def _decode_new_content(ctx: ScanContext, batch: ReadBatch) -> None:
     """Decode the first item of each content without a verdict, only read headers for the rest, and give the bytes
     back to the budget as each finishes."""
     preprocess, limit, finder = ctx.runner.loaded.preprocess, ctx.settings.max_pixels, ctx.runner.finder
-    work: list[tuple[ReadItem, Callable[[], LoadedItem]]] = []
+    # Each job reads the item's bytes when it runs, so once the item drops them nothing else keeps them alive.
+    work: list[tuple[ReadItem, Callable[[LoadedItem, bytes], LoadedItem]]] = []
     for item in batch.read:
-        loaded, data = item.loaded, item.data
-        if data is None or loaded.sha256 is None:
+        sha256 = item.loaded.sha256
+        if item.data is None or sha256 is None:
             item.drop(ctx.budget)
-        elif loaded.sha256 in batch.known or loaded.sha256 in batch.first_of:
-            work.append((item, partial(probe_header, loaded, data)))
+        elif sha256 in batch.known or sha256 in batch.first_of:
+            work.append((item, probe_header))
         else:
-            batch.first_of[loaded.sha256] = loaded
-            work.append((item, partial(decode_item, loaded, data, preprocess, limit, finder)))
+            batch.first_of[sha256] = item.loaded
+            work.append((item, partial(decode_item, preprocess=preprocess, max_pixels=limit, finder=finder)))
 
-    def run(job: tuple[ReadItem, Callable[[], LoadedItem]]) -> None:
+    def run(job: tuple[ReadItem, Callable[[LoadedItem, bytes], LoadedItem]]) -> None:
+        item, step = job
         try:
-            _guarded(job[0].loaded.item_id, job[1])
+            _guarded(item.loaded.item_id, lambda: step(item.loaded, item.data or b""))
         finally:
-            job[0].drop(ctx.budget)
+            item.drop(ctx.budget)
 
     list(ctx.pool.map(run, work))
     for item in batch.read:  # a copy of content that failed to decode fails the same way
