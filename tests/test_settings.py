@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -234,3 +238,72 @@ def test_threads_follow_a_containers_cpu_quota(tmp_path: Path) -> None:
     assert available_cores(tmp_path) == 1
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text(f"{400000 * host}\n")
     assert available_cores(tmp_path) == host  # a quota above the affinity: the affinity
+
+
+def _scoring_process(folder: Path) -> subprocess.Popen[str]:
+    """Another process that scores on this host: it marks itself busy once, then waits for its stdin to close."""
+    code = (
+        f"import sys; from pathlib import Path; from scanner.pipeline.cpu_share import CoreShare; "
+        f"print(CoreShare(4, Path({str(folder)!r})).threads(), flush=True); sys.stdin.read()"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip()  # its marker is written
+    return child
+
+
+def test_processes_scoring_on_one_host_share_its_cores(tmp_path: Path) -> None:
+    """Two `scanner worker` processes on one host each took every core; now each takes cores / busy processes,
+    and gets them back when the other stops or goes idle."""
+    from scanner.pipeline.cpu_share import CoreShare
+
+    folder = tmp_path / "scoring"
+    share = CoreShare(4, folder, recent_seconds=2.0)
+    assert share.threads() == 4
+    first, second = _scoring_process(folder), _scoring_process(folder)
+    try:
+        assert share.threads() == 1  # three busy processes on four cores
+        second.kill()
+        second.wait()
+        assert share.threads() == 2  # a dead process's marker is dropped at once
+        time.sleep(2.2)
+        assert share.threads() == 4  # alive but idle for longer than recent_seconds
+    finally:
+        for child in (first, second):
+            child.kill()
+            child.wait()
+    assert share.threads() == 4
+    share.leave()
+    assert not list(folder.iterdir())  # the dead processes' markers went at that count, this one's on leaving
+
+
+def test_the_model_scores_with_its_share_of_the_cores(tiny_model: Path, tmp_path: Path) -> None:
+    """Without SCANNER_TORCH_THREADS, each network call takes the process's current share; with it, the setting."""
+    import torch
+
+    from scanner.detector.views import ImageViews
+    from scanner.pipeline.cpu_share import CoreShare
+    from scanner.pipeline.model import ModelRunner
+    from tests.conftest import make_settings
+
+    before = torch.get_num_threads()
+    settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", tiny_model)
+    runner = ModelRunner(replace(settings, torch_threads=0))
+    runner.share = CoreShare(2, tmp_path / "scoring")
+    size = runner.loaded.preprocess.decoding.size
+    views = [ImageViews(torch.zeros(1, 3, size, size))]
+    other = _scoring_process(tmp_path / "scoring")
+    try:
+        runner.score(views)
+        assert torch.get_num_threads() == 1
+        other.kill()
+        other.wait()
+        runner.score(views)
+        assert torch.get_num_threads() == 2
+        pinned = ModelRunner(replace(settings, torch_threads=1))
+        pinned.score(views)
+        assert pinned.share is None and torch.get_num_threads() == 1
+    finally:
+        other.kill()
+        other.wait()
+        runner.close()
+        torch.set_num_threads(before)

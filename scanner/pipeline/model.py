@@ -12,6 +12,7 @@ from scanner.detector.faces import FaceFinder
 from scanner.detector.networks import inference_forward, model_batch_size
 from scanner.detector.views import ImageViews, ViewScores, score_flat_views, split_scores
 from scanner.model_store import checkpoint_path
+from scanner.pipeline.cpu_share import CoreShare
 from scanner.settings import Settings, available_cores
 
 
@@ -29,6 +30,7 @@ class ModelRunner:
         self._loaded: LoadedModel | None = None
         self._forward: Callable[[torch.Tensor], torch.Tensor] | None = None
         self._finder: FaceFinder | None = None
+        self.share = CoreShare(available_cores()) if settings.torch_threads <= 0 else None
 
     @property
     def loaded(self) -> LoadedModel:
@@ -36,8 +38,6 @@ class ModelRunner:
         if self._loaded is None:
             if self.settings.torch_threads > 0:
                 torch.set_num_threads(self.settings.torch_threads)
-            elif torch.get_num_threads() > (cores := available_cores()):  # torch counts the host's, not the quota's
-                torch.set_num_threads(cores)
             self._loaded = load_model(checkpoint_path(self.settings), self.settings.device)
             loaded = self._loaded
             size, precision = loaded.preprocess.decoding.size, loaded.preprocess.scoring.precision
@@ -59,6 +59,18 @@ class ModelRunner:
             self._finder = finder
         return self._finder
 
+    def take_share(self) -> None:
+        """On a CPU without SCANNER_TORCH_THREADS: score with this process's share of the host's cores now."""
+        if self.share is None or self.loaded.device.type != "cpu":
+            return
+        if (threads := self.share.threads()) != torch.get_num_threads():
+            torch.set_num_threads(threads)
+
+    def close(self) -> None:
+        """Give this process's cores back to the others scoring on the host."""
+        if self.share is not None:
+            self.share.leave()
+
     @torch.inference_mode()
     def score(self, images: list[ImageViews]) -> list[ViewScores]:
         """Score every view of every image in network calls of `model_batch` views; one ViewScores per image."""
@@ -66,6 +78,7 @@ class ModelRunner:
         forward = self._forward or loaded.model
         if not images:
             return []
+        self.take_share()
         preprocess = loaded.preprocess
         views = torch.cat([image.tensors for image in images])
         counts = [len(image.tensors) for image in images]

@@ -85,9 +85,10 @@ class ScanContext:
         )
 
     def close(self) -> None:
-        """Stop the decode threads."""
+        """Stop the decode threads and give this process's cores back."""
         self.pool.shutdown(wait=True)
         self.reader.shutdown(wait=True)
+        self.runner.close()
 
 
 @dataclass
