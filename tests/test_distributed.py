@@ -204,6 +204,32 @@ def test_workers_retry_while_the_database_is_down(pg_settings: Settings, workers
     purge_queue(pg_settings)
 
 
+def test_a_database_blip_does_not_end_the_submitter(pg_settings: Settings, workers: list, tmp_path: Path) -> None:
+    """`scanner submit` exited 1 with a traceback when the database dropped its connection for a moment, while the
+    workers went on to finish the job: it must say so in one line, keep following and exit 0."""
+    import subprocess
+
+    from tests.workers import SCANNER
+
+    make_images(tmp_path / "in", distinct=12, duplicates=0)
+    job_id = submit(pg_settings, [str(tmp_path / "in")], wait=False).summary["job_id"]
+    env = {**os.environ, **settings_env(pg_settings)}
+    follower = subprocess.Popen([SCANNER, "resume", str(job_id), "--json"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(4)  # following: reading the job's counts twice a second
+    with database_down(pg_settings):
+        time.sleep(2)
+    assert follower.poll() is None, follower.communicate()[1][-3000:]
+    worker = WorkerProcess(pg_settings, tmp_path, "after-blip")
+    workers.append(worker)
+    worker.wait_ready()
+    out, err = follower.communicate(timeout=120)
+    assert follower.returncode == 0, err[-3000:]
+    assert "Traceback" not in err and err.count("the database does not answer") == 1, err
+    assert_exactly_once(pg_settings, job_id, 12, 12)
+    purge_queue(pg_settings)
+
+
 def test_exhausted_retries_become_error_rows(pg_settings: Settings, workers: list, tmp_path: Path) -> None:
     settings = pg_settings.with_overrides(task_retries=1)
     make_images(tmp_path / "in", distinct=6, duplicates=0)

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from celery import Celery
 from kombu.exceptions import ChannelError, OperationalError
 from redis.exceptions import RedisError
+from sqlalchemy import exc as sql_errors
 from sqlalchemy import select, update
 
 from scanner.connect import SetupError, safe_url
@@ -29,6 +30,7 @@ from scanner.settings import Settings
 
 TASK_NAME = "fauxscan.scan_batch"
 BROKER_ERRORS = (OperationalError, RedisError, ConnectionError, TimeoutError, OSError)
+DATABASE_ERRORS = (sql_errors.OperationalError, sql_errors.InterfaceError, sql_errors.DisconnectionError)
 
 
 class CeleryEngine:
@@ -146,14 +148,22 @@ def follow_job(
     queue_empty: Callable[[], bool],
     poll: float = 0.5,
 ) -> None:
-    """Poll SQL until the job is finished, re-sending batches of dead workers; give up after a stall."""
+    """Poll SQL until the job is finished, re-sending batches of dead workers; give up after a stall.
+
+    The broker or the database being away for a while is said once a minute and waited out (workers keep
+    working meanwhile); only the stall timeout ends the wait.
+    """
     advance = progress("scanning", queued) if progress and queued else None
-    remaining, last_change, next_reap, told_at = queued, time.monotonic(), 0.0, -math.inf
+    remaining, last_change, next_reap = queued, time.monotonic(), 0.0
+    told_at: dict[str, float] = {}
     while True:
-        with sessions() as session:
-            counts = job_counts(session, job_id)
-            finished = session.scalar(select(Job.finished_at).where(Job.id == job_id)) is not None
         now = time.monotonic()
+        try:
+            counts, finished = _job_state(sessions, job_id)
+        except DATABASE_ERRORS as exc:
+            _tell_once_a_minute(told_at, "database", now, f"job {job_id}: the database does not answer "
+                                f"({type(exc).__name__}); still following the job")  # fmt: skip
+            counts, finished = {"queued": remaining}, False
         if counts["queued"] < remaining:
             if advance:
                 advance(remaining - counts["queued"])
@@ -161,22 +171,51 @@ def follow_job(
         if finished:
             return
         if now >= next_reap:
-            try:
-                reap_expired(sessions, send, queue_empty=queue_empty, stale=2 * settings.lease_seconds)
-            except BROKER_ERRORS as exc:  # the broker is away: workers finish what they hold; keep following
-                if now - told_at >= 60:
-                    print(f"job {job_id}: the broker does not answer ({type(exc).__name__}); still following the job, "
-                          "lost batches are sent again once it is back", file=sys.stderr, flush=True)  # fmt: skip
-                    told_at = now
+            _reap(settings, sessions, job_id, send, queue_empty, told_at, now)
             next_reap = now + max(1.0, settings.lease_seconds / 2)
         if now - last_change > settings.stall_timeout:
             raise SetupError(stall_message(sessions, job_id, counts["queued"], settings.stall_timeout))
         time.sleep(poll)
 
 
+def _job_state(sessions: Any, job_id: int) -> tuple[dict[str, int], bool]:
+    """The job's counts and whether it is finished, in one read."""
+    with sessions() as session:
+        counts = job_counts(session, job_id)
+        finished = session.scalar(select(Job.finished_at).where(Job.id == job_id)) is not None
+    return counts, finished
+
+
+def _reap(
+    settings: Settings, sessions: Any, job_id: int, send: Send, queue_empty: Callable[[], bool],
+    told_at: dict[str, float], now: float,
+) -> None:  # fmt: skip
+    """Re-send dead workers' batches; a broker or database away is said once a minute, not raised."""
+    try:
+        reap_expired(sessions, send, queue_empty=queue_empty, stale=2 * settings.lease_seconds)
+    except DATABASE_ERRORS as exc:
+        _tell_once_a_minute(told_at, "database", now, f"job {job_id}: the database does not answer "
+                            f"({type(exc).__name__}); still following the job")  # fmt: skip
+    except BROKER_ERRORS as exc:  # the broker is away: workers finish what they hold; keep following
+        _tell_once_a_minute(told_at, "broker", now, f"job {job_id}: the broker does not answer "
+                            f"({type(exc).__name__}); still following the job, lost batches are sent again "
+                            "once it is back")  # fmt: skip
+
+
+def _tell_once_a_minute(told_at: dict[str, float], what: str, now: float, line: str) -> None:
+    """Print `line` to stderr unless the same kind of trouble was told less than a minute ago."""
+    if now - told_at.get(what, -math.inf) >= 60:
+        print(line, file=sys.stderr, flush=True)
+        told_at[what] = now
+
+
 def stall_message(sessions: Any, job_id: int, queued: int, waited: float) -> str:
     """Why `submit` stopped following: the job, what remains, and who worked on it last."""
-    seen = last_seen_workers(sessions, job_id)
+    try:
+        seen = last_seen_workers(sessions, job_id)
+    except DATABASE_ERRORS:
+        return (f"job {job_id} made no progress for {waited:.0f} s and the database does not answer; once it is "
+                f"back, `scanner resume {job_id}` (nothing done is lost)")  # fmt: skip
     workers = ", ".join(f"{w['worker']} at {w['seen']}" for w in seen[:5]) or "none ever claimed a batch"
     return (
         f"job {job_id} made no progress for {waited:.0f} s: {queued} items still queued; workers last seen: "
