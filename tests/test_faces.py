@@ -420,10 +420,15 @@ def test_heatmaps_cover_the_whole_image_and_each_face(face_model: Path) -> None:
     loaded = load_model(face_model, "cpu")
     image = drawn_face(5, size=200)
     boxes = FaceFinder(loaded.preprocess.search.faces).find(image)
-    strip = explainer(loaded)(image, boxes)
-    size = loaded.preprocess.decoding.size
-    assert strip.size == (2 * size + 4, size)
-    assert explainer(loaded)(image, []).size == (size, size)
+    assert boxes
+    shown = explainer(loaded)(image, boxes)
+    assert shown.size == image.size  # one heatmap over the image, each view's map where the view came from
+    plain = np.asarray(image.convert("RGB"), dtype=np.int16)
+    left, top, right, bottom = face_region(boxes[0], image.width, image.height, loaded.preprocess.search.faces.widen)
+    middle = slice((top + bottom) // 2 - 5, (top + bottom) // 2 + 5)
+    outline = np.asarray(shown, dtype=np.int16)[middle, right - 1]  # the face view, outlined in white
+    assert (outline > 240).all() and not (plain[middle, right - 1] > 240).all()
+    assert explainer(loaded)(image, []).size == image.size
 
 
 def test_evaluate_takes_several_folders_including_one_class_ones(

@@ -109,6 +109,22 @@ def test_gradcam_points_at_the_manipulated_region(tiny_model: Path) -> None:
     assert heatmap[:, 16:].mean() > heatmap[:, :16].mean()
 
 
+def test_each_views_heat_lands_where_the_view_came_from_on_one_scale() -> None:
+    """The review app painted each view's map in a panel of its own, each scaled to its own peak (a face that scored
+    real looked as hot as the view that flagged the image); now one map over the image, weighted by view scores."""
+    from scanner.moderation.explain import place_maps
+
+    whole = np.full((4, 4), 0.2, dtype=np.float32)  # the whole image: a weak view, evenly warm
+    face = np.zeros((4, 4), dtype=np.float32)
+    face[1, 2] = 0.9  # the face view: one hot spot
+    heat = place_maps([whole, face], [(0, 0, 100, 80), (40, 20, 80, 60)], (100, 80))
+    assert heat.shape == (80, 80 + 20)
+    y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    assert 40 <= x < 80 and 20 <= y < 60 and heat.max() == pytest.approx(0.9, abs=0.05)
+    assert heat[5, 5] == pytest.approx(0.2) and heat[75, 95] == pytest.approx(0.2)  # outside the face: the whole's
+    assert place_maps([whole], [(10, 10, 10, 30)], (20, 40)).max() == 0  # an empty region paints nothing
+
+
 def _image(array: np.ndarray):  # type: ignore[no-untyped-def]
     from PIL import Image
 

@@ -423,6 +423,15 @@ def test_review_with_the_keyboard_in_a_real_browser(
         WebDriverWait(driver, 30).until(
             lambda d: d.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)")
         )
+        original, heat = (driver.find_element(By.CSS_SELECTOR, f"#{name} img") for name in ("original", "heat"))
+        assert original.location["y"] == heat.location["y"] and heat.location["x"] > original.location["x"]
+        original.click()  # zoom: the original at its own pixels
+        at_full_size = ("const i = document.querySelector('#original img'); return i.src.endsWith('/image/full') "
+                        "&& i.complete && i.naturalWidth > 0 && i.width === i.naturalWidth")  # fmt: skip
+        WebDriverWait(driver, 20).until(lambda d: d.execute_script(at_full_size))
+        assert "zoomed" in (driver.find_element(By.ID, "original").get_attribute("class") or "")
+        original.click()
+        assert "zoomed" not in (driver.find_element(By.ID, "original").get_attribute("class") or "")
         keys = driver.find_element(By.ID, "keys")
         assert not keys.is_displayed()
         driver.find_element(By.TAG_NAME, "body").send_keys("?")  # every key, listed
@@ -829,6 +838,13 @@ def test_search_by_name_jump_to_a_page_and_a_bad_filter_keeps_the_form(settings:
     bad = client.get(f"/jobs/{job_id}?min=0,5&label=fake")
     assert bad.status_code == 400 and 'id="filter-problem"' in bad.text and "min must be a score" in bad.text
     assert 'class="filters"' in bad.text and 'id="queue"' not in bad.text  # the form, cleared; no unfiltered list
+
+
+def test_the_heatmap_legend_shows_the_palette_the_heatmaps_are_painted_with() -> None:
+    from scanner.moderation.explain import legend_stops
+
+    css = (Path(__file__).parents[1] / "scanner" / "moderation" / "static" / "app.css").read_text()
+    assert f"linear-gradient(to right, {', '.join(legend_stops())})" in css
 
 
 def test_face_boxes_are_labelled_in_words_not_only_in_colour() -> None:

@@ -80,6 +80,24 @@ def view_images(image: Image.Image, config: Preprocess, boxes: list[Box]) -> lis
     return [whole_view(image, config), *patch, *(face_view(image, box, config) for box in boxes)]
 
 
+def crop_region(width: int, height: int, size: int, max_side: int = 0) -> tuple[int, int, int, int]:
+    """The region of a `width` x `height` image that `resize_center_crop` keeps (in the image's pixels)."""
+    shorter = min(width, height)
+    scale = min(max(shorter, size), max(size, max_side)) / shorter
+    side = min(size / scale, width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    return round(left), round(top), round(left + side), round(top + side)
+
+
+def view_regions(image: Image.Image, config: Preprocess, boxes: list[Box]) -> list[tuple[int, int, int, int]]:
+    """The region of `image` each of `view_images`' views shows, in the same order (for heatmaps in image space)."""
+    width, height, size = image.width, image.height, config.decoding.size
+    whole = crop_region(width, height, size, config.decoding.max_side if not config.search.uses_faces else 0)
+    patch = [crop_region(width, height, size, config.decoding.max_side)] if has_patch(image, config.search) else []
+    faces = [face_region(box, width, height, config.search.faces.widen) for box in boxes] if boxes else []
+    return [whole, *patch, *faces]
+
+
 def absent_view(config: Decoding) -> torch.Tensor:
     """The placeholder row of a view kind an image does not have (a small image's native patch): all NaN, so
     `predict_in_chunks` skips it without a network pass and its score, NaN, is left out of every maximum."""

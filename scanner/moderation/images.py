@@ -19,7 +19,7 @@ from scanner.detector.preprocess import ImageRejected, decode_image
 from scanner.pipeline.loader import read_item
 from scanner.settings import Settings
 
-SIDES = {"thumb": 160, "large": 1024}  # the only sizes served: one cache file per image and size
+SIDES = {"thumb": 160, "large": 1024, "full": 4096}  # the only sizes served: one cache file per image and size
 HEATMAP = "heatmap"
 SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 

@@ -104,7 +104,19 @@ async function refreshJobs(table) {
   }
 }
 
+function zoom(event) {
+  const figure = event.target.closest("figure.zoomable");
+  if (!figure || event.target.tagName !== "IMG") return;
+  const image = event.target;
+  if (image.dataset.full && !image.dataset.shown) { // the original at its own pixels, fetched on first zoom
+    image.dataset.shown = image.src;
+    image.src = image.dataset.full;
+  }
+  figure.classList.toggle("zoomed");
+}
+
 document.addEventListener("keydown", onKey);
+document.addEventListener("click", zoom);
 document.addEventListener("DOMContentLoaded", () => {
   const grid = document.getElementById("grid");
   if (grid) grid.addEventListener("change", () => countSelected(grid));
