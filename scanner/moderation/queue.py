@@ -101,12 +101,11 @@ class QueueFilter:
 
 
 def _latest_decision() -> Any:
-    """The item's latest decision (walks ix_decisions_item_id_id)."""
+    """The item's latest standing decision: one no later standing decision follows (an anti-join the database can
+    hash over the job's decisions, where a per-item max() subquery ran once for each of the job's items)."""
     later = aliased(Decision)
-    newest = (
-        select(func.max(later.id)).where(later.item_id == Item.id, later.retracted_at.is_(None)).correlate(Item)
-    ).scalar_subquery()
-    return and_(Decision.item_id == Item.id, Decision.id == newest)
+    superseded = exists().where(later.item_id == Decision.item_id, later.id > Decision.id, later.retracted_at.is_(None))
+    return and_(Decision.item_id == Item.id, STANDING, ~superseded)
 
 
 def _decided_as(decided: str) -> Any:
