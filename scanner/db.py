@@ -42,7 +42,7 @@ NAMING_CONVENTION = {
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 # The newest migration's revision, so that opening a database needs no Alembic import (a test checks it
 # against Alembic's own head).
-SCHEMA_HEAD = "0009"
+SCHEMA_HEAD = "0010"
 
 
 def uri_key(uri: str) -> str:
@@ -130,7 +130,8 @@ class Verdict(Base):
     label: Mapped[str] = mapped_column(String(8))
     threshold: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    whole_score: Mapped[float | None] = mapped_column(Float)
+    whole_score: Mapped[float | None] = mapped_column(Float)  # the whole image, scaled (see patch_score)
+    patch_score: Mapped[float | None] = mapped_column(Float)  # the native patch; before 0010 folded into whole_score
     face_count: Mapped[int | None] = mapped_column(Integer)
 
 

@@ -548,14 +548,15 @@ def test_native_patch_view_fine_tuned_from_a_released_model(
     assert loaded.preprocess.search.image_views == 2 and loaded.preprocess.search.uses_faces
     samples = find_samples(face_data)[:4]
     finder = FaceFinder(loaded.preprocess.search.faces)
-    direct, wholes = [], []
+    direct, wholes, pairs = [], [], []
     for sample in samples:
         views = make_views(Image.open(sample.path).convert("RGB"), loaded.preprocess, finder)
         assert len(views.tensors) == 2 + len(views.boxes) and views.boxes  # whole, native patch, the face
         with torch.inference_mode():
             scores = predict_scores(loaded.model, views.tensors).tolist()
         direct.append(combined(scores, loaded.preprocess))
-        wholes.append(combined(scores[:2], loaded.preprocess))
+        wholes.append(combined(scores[:1], loaded.preprocess))
+        pairs.append(combined(scores[:2], loaded.preprocess))  # the higher of the whole image and its native patch
     assert score_samples(loaded, samples, batch_size=4, workers=0) == pytest.approx(direct, abs=1e-5)
     settings = make_settings(f"sqlite:///{tmp_path / 'scan.db'}", patch_model)
     job_id = submit(settings, [str(s.path) for s in samples], wait=True).summary["job_id"]
@@ -563,6 +564,8 @@ def test_native_patch_view_fine_tuned_from_a_released_model(
         rows = {row["uri"]: row for row in report_rows(session, job_id)}
     assert [rows[str(s.path)]["score"] for s in samples] == pytest.approx(direct, abs=1e-4)
     assert [rows[str(s.path)]["whole_score"] for s in samples] == pytest.approx(wholes, abs=1e-4)
+    both = [max(rows[str(s.path)]["whole_score"], rows[str(s.path)]["patch_score"]) for s in samples]
+    assert both == pytest.approx(pairs, abs=1e-4)  # the native patch's own score, stored beside the whole image's
     other = TrainConfig(**{**config.__dict__, "out": str(tmp_path / "other.pt"),
                            "arch_args": {"widths": [4, 4], "dropout": 0.0}})  # fmt: skip
     with pytest.raises(ValueError, match="--init"):

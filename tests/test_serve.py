@@ -695,24 +695,28 @@ def test_an_unreachable_database_is_one_line_and_a_page_that_says_so(
 
 
 @pytest.mark.parametrize(
-    ("label", "score", "whole", "faces", "says"),
+    ("label", "score", "whole", "patch", "faces", "says"),
     [
-        ("fake", 0.9997, 0.9997, [0.18], ["Flagged by the whole image (1.00)", "no face alone does (face 1: 0.18)"]),
-        ("fake", 0.93, 0.41, [0.2, 0.93], ["Flagged by face 2 (0.93)", "the whole image (0.41) does not"]),
-        ("fake", 0.95, 0.9, [0.95], ["Flagged by the whole image (0.90) and by face 1 (0.95)"]),
-        ("fake", 0.71, 0.71, [], ["no face was found to judge alone", "Borderline: 0.030 over the threshold"]),
-        ("real", 0.66, 0.66, [0.1], ["Not flagged: the whole image (0.66) is under", "Borderline: 0.020 under"]),
-        ("real", 0.12, 0.12, [], ["and no face was found"]),
+        ("fake", 0.9997, 0.9997, None, [0.18], ["Flagged by the whole image (1.00)", "no face alone does"]),
+        ("fake", 0.93, 0.41, None, [0.2, 0.93], ["Flagged by face 2 (0.93)", "the whole image (0.41) does not"]),
+        ("fake", 0.95, 0.9, None, [0.95], ["Flagged by the whole image (0.90) and by face 1 (0.95)"]),
+        ("fake", 0.71, 0.71, None, [], ["no face was found to judge alone", "Borderline: 0.030 over the threshold"]),
+        ("real", 0.66, 0.66, None, [0.1], ["Not flagged: the whole image (0.66) is under", "Borderline: 0.020 under"]),
+        ("real", 0.12, 0.12, None, [], ["and no face was found"]),
+        ("fake", 0.97, 0.05, 0.97, [0.02], ["Flagged by the native patch (0.97)", "no face alone does (face 1: 0.02)"]),
+        ("fake", 0.9, 0.1, 0.2, [0.9], ["Flagged by face 1 (0.90)", "the native patch (0.20) do not"]),
+        ("real", 0.3, 0.3, 0.1, [], ["Not flagged: the whole image (0.30) and the native patch (0.10) are under"]),
     ],
 )
 def test_the_verdict_is_explained_by_the_view_that_drove_it(
-    label: str, score: float, whole: float, faces: list[float], says: list[str]
+    label: str, score: float, whole: float, patch: float | None, faces: list[float], says: list[str]
 ) -> None:
-    """A flagged image whose face scored low says the whole image drove it; 0.66 against 0.68 is borderline."""
+    """A flagged image whose face scored low says the whole image (or its native patch) drove it; 0.66 against 0.68
+    is borderline."""
     from scanner.db import Face
     from scanner.moderation.queue import verdict_sentences
 
-    verdict = Verdict(label=label, score=score, whole_score=whole, threshold=0.68)
+    verdict = Verdict(label=label, score=score, whole_score=whole, patch_score=patch, threshold=0.68)
     rows = [Face(rank=rank, score=face_score) for rank, face_score in enumerate(faces)]
     text = " ".join(verdict_sentences(verdict, rows))
     assert all(part in text for part in says), text

@@ -31,16 +31,18 @@ class ImageViews:
 
 @dataclass
 class ViewScores:
-    """Scores of one image's views, combined into the image's score; `boxes` pairs with `faces`."""
+    """Scores of one image's views, combined into the image's score: the whole image scaled down, the native patch
+    (None where there is none) and each face; `boxes` pairs with `faces`."""
 
     whole: float
     faces: list[float]
     boxes: list[Box] = field(default_factory=list)
+    patch: float | None = None
 
     @property
     def score(self) -> float:
         """The image's score: its most suspicious view."""
-        return max([self.whole, *self.faces])
+        return max([self.whole, *([] if self.patch is None else [self.patch]), *self.faces])
 
 
 def whole_view(image: Image.Image, config: Preprocess) -> Image.Image:
@@ -244,8 +246,8 @@ def combine_views(chunk: Sequence[float], image_views: int = 1, offsets: Sequenc
     """One image's raw view scores -> its ViewScores, each view first calibrated by its kind's offset (if any)."""
     if offsets:
         chunk = [calibrated(s, offsets[k]) for s, k in zip(chunk, view_kinds(len(chunk), image_views))]
-    whole = max(s for s in chunk[:image_views] if not math.isnan(s))  # an absent patch scores NaN
-    return ViewScores(whole=whole, faces=list(chunk[image_views:]))
+    patch = chunk[1] if image_views == 2 and not math.isnan(chunk[1]) else None  # an absent patch scores NaN
+    return ViewScores(whole=chunk[0], faces=list(chunk[image_views:]), patch=patch)
 
 
 def chunk_views(flat_scores: list[float], counts: Sequence[int]) -> list[list[float]]:
@@ -256,5 +258,5 @@ def chunk_views(flat_scores: list[float], counts: Sequence[int]) -> list[list[fl
 def split_scores(
     flat_scores: list[float], counts: list[int], image_views: int = 1, offsets: Sequence[float] = ()
 ) -> list[ViewScores]:
-    """Regroup a flat list of view scores into one ViewScores per image (`whole`: the highest whole-image view)."""
+    """Regroup a flat list of view scores into one ViewScores per image."""
     return [combine_views(chunk, image_views, offsets) for chunk in chunk_views(flat_scores, counts)]

@@ -86,8 +86,8 @@ def _summary_html(status: dict[str, Any]) -> str:
 
 def render_html(status: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     """The whole report as one HTML document with no external assets."""
-    keep = ("item_id", "uri", "status", "score", "label", "error_code", "error_message", "size_bytes",
-            "width", "height", "decision", "reviewer", "thumb", "heat", "whole_score", "faces")  # fmt: skip
+    keep = ("item_id", "uri", "status", "score", "label", "error_code", "error_message", "size_bytes", "width",
+            "height", "decision", "reviewer", "thumb", "heat", "whole_score", "patch_score", "faces")  # fmt: skip
     items = [redact_row({k: row.get(k) for k in keep}) for row in rows]
     template = (resources.files("scanner.moderation") / "templates" / "report.html").read_text(encoding="utf-8")
     return (

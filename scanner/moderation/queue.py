@@ -249,29 +249,37 @@ BORDERLINE = 0.05  # a score this close to the threshold, either side, is called
 def verdict_sentences(verdict: Verdict, faces: list[Face]) -> list[str]:
     """The verdict in plain words: which view drove it (each view is scored against the same threshold and the
     image takes the most suspicious), and whether it is borderline."""
-    threshold, whole = verdict.threshold, verdict.whole_score
-    over = [face for face in faces if face.score >= threshold]
+    threshold = verdict.threshold
+    wholes = _whole_image_views(verdict)
+    whole_over = [f"{name} ({score:.2f})" for name, score in wholes if score >= threshold]
+    faces_over = [f"face {face.rank + 1} ({face.score:.2f})" for face in faces if face.score >= threshold]
     face_words = ", ".join(f"face {face.rank + 1}: {face.score:.2f}" for face in faces)
-    whole_over = whole is not None and whole >= threshold
-    named = ", ".join(f"face {face.rank + 1} ({face.score:.2f})" for face in over)
-    if verdict.label == "fake" and whole_over and over:
-        sentences = [f"Flagged by the whole image ({whole:.2f}) and by {named}: both look generated or edited."]
+    whole_words = " and ".join(f"{name} ({score:.2f})" for name, score in wholes) or "the whole image"
+    if verdict.label == "fake" and whole_over and faces_over:
+        named = f"{' and '.join(whole_over)} and by {', '.join(faces_over)}"
+        sentences = [f"Flagged by {named}: both look generated or edited."]
     elif verdict.label == "fake" and whole_over:
         found = f"no face alone does ({face_words})" if faces else "no face was found to judge alone"
-        sentences = [f"Flagged by the whole image ({whole:.2f}): it looks generated or edited; {found}."]
-    elif verdict.label == "fake" and over:
-        whole_words = f" ({whole:.2f})" if whole is not None else ""
-        sentences = [f"Flagged by {named}: the face looks generated or swapped; the whole image{whole_words} does not."]
+        sentences = [f"Flagged by {' and '.join(whole_over)}: it looks generated or edited; {found}."]
+    elif verdict.label == "fake" and faces_over:
+        sentences = [f"Flagged by {', '.join(faces_over)}: the face looks generated or swapped; {whole_words} "
+                     f"{'do' if len(wholes) > 1 else 'does'} not."]  # fmt: skip
     elif verdict.label == "fake":
         sentences = [f"Flagged: its score {verdict.score:.2f} is at or over the threshold ({threshold:.2f})."]
     else:
-        whole_words = f"the whole image ({whole:.2f})" if whole is not None else "the whole image"
         faces_words = f"nor any face ({face_words})" if faces else "and no face was found"
-        sentences = [f"Not flagged: {whole_words} is under the threshold ({threshold:.2f}), {faces_words}."]
+        verb = "are" if len(wholes) > 1 else "is"
+        sentences = [f"Not flagged: {whole_words} {verb} under the threshold ({threshold:.2f}), {faces_words}."]
     if abs(verdict.score - threshold) < BORDERLINE:
         side = "over" if verdict.score >= threshold else "under"
         sentences.append(f"Borderline: {abs(verdict.score - threshold):.3f} {side} the threshold; look closely.")
     return sentences
+
+
+def _whole_image_views(verdict: Verdict) -> list[tuple[str, float]]:
+    """The whole image's views with their scores: the image scaled down and, where scored, its native patch."""
+    views = [("the whole image", verdict.whole_score), ("the native patch", verdict.patch_score)]
+    return [(name, score) for name, score in views if score is not None]
 
 
 @dataclass

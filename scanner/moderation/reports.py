@@ -18,7 +18,7 @@ from scanner.safe_text import mask_passwords, printable
 REPORT_FIELDS = [
     "item_id", "uri", "kind", "status", "score", "label", "threshold", "model_version", "error_code",
     "error_message", "sha256", "size_bytes", "format", "width", "height", "final_url", "http_status",
-    "decision", "reviewer", "whole_score", "face_count", "faces",
+    "decision", "reviewer", "whole_score", "patch_score", "face_count", "faces",
 ]  # fmt: skip
 
 
@@ -177,6 +177,7 @@ def report_query(job_id: int, flagged_only: bool = False) -> Select[Any]:  # typ
             latest.c.decision,
             latest.c.reviewer,
             Verdict.whole_score,
+            Verdict.patch_score,
             Verdict.face_count,
             Item.verdict_id,
         )  # fmt: skip

@@ -69,7 +69,7 @@ def _verdict_values(sha: str, scored: ViewScores, model_version: str, threshold:
     return {
         "sha256": sha, "model_version": model_version, "score": score,
         "label": "fake" if score >= threshold else "real", "threshold": threshold, "created_at": utcnow(),
-        "whole_score": scored.whole, "face_count": len(scored.faces),
+        "whole_score": scored.whole, "patch_score": scored.patch, "face_count": len(scored.faces),
     }  # fmt: skip
 
 
