@@ -233,9 +233,9 @@ def report(
                 "jsonl": lambda: reports.render_jsonl(history),
             }[fmt](), output)  # fmt: skip
             return
-        if fmt == "html":  # thumbnails and heatmaps need every row at once; bounded by --max-thumbnails
-            rows = reports.report_rows(session, job_id, flagged_only, redact=False)
-            _write_report([_html_report(settings, status, rows, explain, max_thumbnails)], output)
+        if fmt == "html":  # streamed too; the rows keep their URL passwords until written, to fetch thumbnails
+            rows = reports.iter_report_rows(session, job_id, flagged_only, redact=False)
+            _write_report(_html_report(settings, status, rows, explain, max_thumbnails), output)
             return
         streamed = reports.iter_report_rows(session, job_id, flagged_only)  # a chunk of rows in memory at a time
         chunks = {
@@ -265,8 +265,10 @@ def _write_report(chunks: Iterable[str], output: Path | None) -> None:
     say_error(f"wrote {output}")
 
 
-def _html_report(settings: Settings, status: dict, rows: list, explain: bool, max_thumbnails: int) -> str:
-    from scanner.moderation.html_report import attach_visuals, render_html
+def _html_report(
+    settings: Settings, status: dict, rows: Iterable[dict], explain: bool, max_thumbnails: int
+) -> Iterable[str]:
+    from scanner.moderation.html_report import render_html_chunks, with_visuals
 
     explain_fn = None
     if explain:
@@ -278,7 +280,7 @@ def _html_report(settings: Settings, status: dict, rows: list, explain: bool, ma
             explain_fn = explainer(load_model(checkpoint_path(settings), settings.device))
         except CheckpointError as exc:
             fail(str(exc))
-    return render_html(status, attach_visuals(rows, settings, explain_fn, max_thumbnails))
+    return render_html_chunks(status, with_visuals(rows, settings, explain_fn, max_thumbnails))
 
 
 @app.command()

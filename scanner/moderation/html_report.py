@@ -6,7 +6,7 @@ import base64
 import html
 import io
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from typing import Any
@@ -20,6 +20,9 @@ from scanner.settings import Settings
 
 THUMB_SIDE = 112
 PAGE_SIZE = 100
+VISUAL_CHUNK = 64
+HTML_FIELDS = ("item_id", "uri", "status", "score", "label", "error_code", "error_message", "size_bytes", "width",
+               "height", "decision", "reviewer", "thumb", "heat", "whole_score", "patch_score", "faces")  # fmt: skip
 Explain = Callable[[Image.Image, list[Box]], Image.Image]
 
 
@@ -48,17 +51,37 @@ def _visuals(row: dict[str, Any], settings: Settings, explain: Explain | None) -
     return jpeg_data_uri(draw_boxes(image, boxes, scores, row["threshold"] or 0.5)), heat
 
 
+def with_visuals(
+    rows: Iterable[dict[str, Any]], settings: Settings, explain: Explain | None, max_thumbnails: int
+) -> Iterator[dict[str, Any]]:
+    """The rows as they come, the first `max_thumbnails` scanned ones given `thumb` (and `heat` for flagged items
+    when explaining), made VISUAL_CHUNK at a time: a chunk of rows and their pictures in memory, not the job."""
+    left, pending, scanned = max_thumbnails, [], []
+    workers = 1 if explain is not None else 4  # Grad-CAM shares one model: keep it on one thread
+    with ThreadPoolExecutor(workers) as pool:
+        for row in rows:
+            pending.append(row)
+            if left > 0 and row["status"] == "done":
+                scanned.append(row)
+                left -= 1
+            if len(scanned) >= VISUAL_CHUNK or left <= 0 or (not scanned and len(pending) >= VISUAL_CHUNK):
+                _attach(pool, scanned, settings, explain)
+                yield from pending
+                pending, scanned = [], []
+        _attach(pool, scanned, settings, explain)
+        yield from pending
+
+
+def _attach(pool: ThreadPoolExecutor, rows: list[dict[str, Any]], settings: Settings, explain: Explain | None) -> None:
+    for row, (thumb, heat) in zip(rows, pool.map(lambda row: _visuals(row, settings, explain), rows)):
+        row["thumb"], row["heat"] = thumb, heat
+
+
 def attach_visuals(
     rows: list[dict[str, Any]], settings: Settings, explain: Explain | None, max_thumbnails: int
 ) -> list[dict[str, Any]]:
     """Add `thumb` (and `heat` for flagged items when explaining) to the first scanned rows."""
-    scanned = [row for row in rows if row["status"] == "done"][:max_thumbnails]
-    workers = 1 if explain is not None else 4  # Grad-CAM shares one model: keep it on one thread
-    with ThreadPoolExecutor(workers) as pool:
-        visuals = list(pool.map(lambda row: _visuals(row, settings, explain), scanned))
-    for row, (thumb, heat) in zip(scanned, visuals):
-        row["thumb"], row["heat"] = thumb, heat
-    return rows
+    return list(with_visuals(rows, settings, explain, max_thumbnails))
 
 
 def _json_for_script(value: Any) -> str:
@@ -84,14 +107,20 @@ def _summary_html(status: dict[str, Any]) -> str:
     )
 
 
-def render_html(status: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+def render_html(status: dict[str, Any], rows: Iterable[dict[str, Any]]) -> str:
     """The whole report as one HTML document with no external assets."""
-    keep = ("item_id", "uri", "status", "score", "label", "error_code", "error_message", "size_bytes", "width",
-            "height", "decision", "reviewer", "thumb", "heat", "whole_score", "patch_score", "faces")  # fmt: skip
-    items = [redact_row({k: row.get(k) for k in keep}) for row in rows]
+    return "".join(render_html_chunks(status, rows))
+
+
+def render_html_chunks(status: dict[str, Any], rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """The report's HTML a row at a time: the page up to its data, the rows as a JSON array, the rest."""
     template = (resources.files("scanner.moderation") / "templates" / "report.html").read_text(encoding="utf-8")
-    return (
-        template.replace("{{summary}}", _summary_html(status))
-        .replace("{{page_size}}", str(PAGE_SIZE))
-        .replace("{{data}}", _json_for_script(items))
+    head, tail = (
+        part.replace("{{summary}}", _summary_html(status)).replace("{{page_size}}", str(PAGE_SIZE))
+        for part in template.split("{{data}}")
     )
+    yield head + "["
+    for number, row in enumerate(rows):
+        kept = redact_row({k: row.get(k) for k in HTML_FIELDS})
+        yield ("," if number else "") + _json_for_script(kept)
+    yield "]" + tail
