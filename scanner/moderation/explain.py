@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
 from scanner.detector.faces import Box, FaceFinder
+from scanner.detector.networks import inference_forward
 from scanner.detector.preprocess import VIEW_KINDS, Preprocess, to_tensor
 from scanner.detector.views import (
     calibrated,
@@ -59,7 +60,8 @@ def view_scores(model: nn.Module, image: Image.Image, preprocess: Preprocess, bo
     """Each view's calibrated score as the scan scores it (mirroring included), in `view_images`' order."""
     views = views_from_boxes(image, preprocess, boxes)
     device = next(model.parameters()).device
-    flat = score_flat_views(model, views.tensors, [len(views.tensors)], preprocess, len(views.tensors), device)
+    forward = inference_forward(model, preprocess.decoding.size, device, preprocess.scoring.precision, jit=False)
+    flat = score_flat_views(forward, views.tensors, [len(views.tensors)], preprocess, len(views.tensors), device)
     offsets = preprocess.scoring.view_offsets or (0.0,) * len(VIEW_KINDS)
     kinds = view_kinds(len(flat), preprocess.search.image_views)
     return [calibrated(score, offsets[kind]) for score, kind in zip(flat, kinds) if not math.isnan(score)]

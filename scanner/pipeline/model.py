@@ -38,6 +38,8 @@ class ModelRunner:
         if self._loaded is None:
             if self.settings.torch_threads > 0:
                 torch.set_num_threads(self.settings.torch_threads)
+            elif self.share is not None:  # torch counts the host's cores, not the quota's nor the other processes'
+                torch.set_num_threads(self.share.threads())
             self._loaded = load_model(checkpoint_path(self.settings), self.settings.device)
             loaded = self._loaded
             size, precision = loaded.preprocess.decoding.size, loaded.preprocess.scoring.precision

@@ -3,6 +3,9 @@
     python -m training.probes.adapt_curve effnet-faces --fakes ../shared/data/generated_faces \
         --reals ../shared/data/unsplash_people_real --sizes 25 50 100 200
 
+The model may be a path: a leave-one-source-out run's release (training.probes.leave_one_out), whose check set
+sits beside it, is a base that never saw the new source.
+
 The reviewed images are the first N fakes of the new source and N reals of the real source (seeded); the
 adapted model (scanner.adapt's fitting, evaluation and threshold) scores the rest of both, and the check set
 without either source says whether every other real source stays at or under 5% flagged.
@@ -70,8 +73,10 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("runs/adapt-features.pt"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    loaded = load_model(resolve_model(args.model), "cpu")
-    shipped = read_checkset(checkset_path(loaded.version, WEIGHTS_DIR))
+    path = resolve_model(args.model)
+    loaded = load_model(path, "cpu")
+    beside = checkset_path(loaded.version, path.parent)  # a recipe's run writes its check set beside its model
+    shipped = read_checkset(beside if beside.exists() else checkset_path(loaded.version, WEIGHTS_DIR))
     checkset = without_sources(shipped, {args.fakes.name, args.reals.name})
     images = featurised(args.model, [args.fakes, args.reals], args.cache)
     fakes = [i for i in images if i.label == 1 and i.sha256 == args.fakes.name]
