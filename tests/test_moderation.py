@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from scanner.cli import app
 from scanner.db import make_engine
 from scanner.detector.checkpoint import load_model
+from scanner.detector.evidence import gradcam
 from scanner.detector.preprocess import preprocess_bytes
-from scanner.moderation.explain import gradcam
 from scanner.moderation.html_report import render_html
 from scanner.moderation.queue import item_detail
 from scanner.moderation.reports import job_status, render_jsonl, report_rows
@@ -112,7 +112,7 @@ def test_gradcam_points_at_the_manipulated_region(tiny_model: Path) -> None:
 def test_each_views_heat_lands_where_the_view_came_from_on_one_scale() -> None:
     """The review app painted each view's map in a panel of its own, each scaled to its own peak (a face that scored
     real looked as hot as the view that flagged the image); now one map over the image, weighted by view scores."""
-    from scanner.moderation.explain import place_maps
+    from scanner.detector.evidence import place_maps
 
     whole = np.full((4, 4), 0.2, dtype=np.float32)  # the whole image: a weak view, evenly warm
     face = np.zeros((4, 4), dtype=np.float32)

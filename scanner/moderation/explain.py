@@ -1,51 +1,19 @@
-"""Explanations: Grad-CAM heatmaps of what drove a fake score, each view's placed where it came from, on one scale."""
+"""Explanations drawn for people: the detector's evidence map (scanner/detector/evidence.py) over the image, on one
+colour scale with its legend, each view outlined and labelled with its score."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
+from scanner.detector.evidence import Region, view_evidence
 from scanner.detector.faces import Box, FaceFinder
-from scanner.detector.networks import inference_forward
-from scanner.detector.preprocess import VIEW_KINDS, Preprocess, to_tensor
-from scanner.detector.views import (
-    calibrated,
-    has_patch,
-    score_flat_views,
-    scored_part,
-    view_images,
-    view_kinds,
-    view_regions,
-    views_from_boxes,
-)
-
-Region = tuple[int, int, int, int]
-
-
-def gradcam(model: nn.Module, tensor: torch.Tensor) -> np.ndarray:
-    """A [0, 1] heatmap (input size) of the regions that raise the fake-class logit."""
-    layer: nn.Module = model.cam_layer()  # type: ignore[operator]
-    captured: dict[str, torch.Tensor] = {}
-    hook = layer.register_forward_hook(lambda _m, _i, output: captured.__setitem__("a", output))
-    try:
-        with torch.enable_grad():
-            batch = tensor.unsqueeze(0).to(next(model.parameters()).device)
-            logit = model(batch)[0, 1]
-            (grads,) = torch.autograd.grad(logit, captured["a"])
-    finally:
-        hook.remove()
-    activations = captured["a"].detach()
-    weights = grads.mean(dim=(2, 3), keepdim=True)
-    cam = torch.relu((weights * activations).sum(dim=1, keepdim=True))
-    cam = nn.functional.interpolate(cam, size=tensor.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
-    peak = float(cam.max())
-    return (cam / peak).cpu().numpy() if peak > 0 else np.zeros(tuple(tensor.shape[-2:]), dtype=np.float32)
+from scanner.detector.preprocess import Preprocess
+from scanner.detector.views import has_patch, scored_part
 
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:
@@ -54,27 +22,6 @@ def colorize(heatmap: np.ndarray) -> np.ndarray:
     green = np.clip(2 - heatmap * 2, 0, 1) * np.clip(heatmap * 2, 0, 1)
     blue = np.clip(1 - heatmap * 3, 0, 1) * 0.4
     return (np.stack([red, green, blue], axis=-1) * 255).astype(np.uint8)
-
-
-def view_scores(model: nn.Module, image: Image.Image, preprocess: Preprocess, boxes: list[Box]) -> list[float]:
-    """Each view's calibrated score as the scan scores it (mirroring included), in `view_images`' order."""
-    views = views_from_boxes(image, preprocess, boxes)
-    device = next(model.parameters()).device
-    forward = inference_forward(model, preprocess.decoding.size, device, preprocess.scoring.precision, jit=False)
-    flat = score_flat_views(forward, views.tensors, [len(views.tensors)], preprocess, len(views.tensors), device)
-    offsets = preprocess.scoring.view_offsets or (0.0,) * len(VIEW_KINDS)
-    kinds = view_kinds(len(flat), preprocess.search.image_views)
-    return [calibrated(score, offsets[kind]) for score, kind in zip(flat, kinds) if not math.isnan(score)]
-
-
-def place_maps(maps: Sequence[np.ndarray], regions: Sequence[Region], size: tuple[int, int]) -> np.ndarray:
-    """Each view's map resized into the region of the image it came from; the highest where views overlap."""
-    canvas = np.zeros((size[1], size[0]), dtype=np.float32)
-    for heat, (left, top, right, bottom) in zip(maps, regions):
-        if right > left and bottom > top:
-            placed = np.asarray(Image.fromarray(heat.astype(np.float32), "F").resize((right - left, bottom - top)))
-            canvas[top:bottom, left:right] = np.maximum(canvas[top:bottom, left:right], placed)
-    return canvas
 
 
 def blend(image: Image.Image, heat: np.ndarray, alpha: float = 0.55) -> Image.Image:
@@ -120,12 +67,9 @@ def explain_image(
         part, _, placement = scored_part(image, preprocess.search)
         left, top = placement.region[:2] if placement.region else (0, 0)
         part_boxes = [Box(box.x - left, box.y - top, box.w, box.h) for box in boxes]
-    views = view_images(part, preprocess, part_boxes)
-    regions = view_regions(part, preprocess, part_boxes)
-    scores = view_scores(model, part, preprocess, part_boxes)
-    maps = [gradcam(model, to_tensor(view, preprocess.decoding)) * score for view, score in zip(views, scores)]
-    shown = blend(part, place_maps(maps, regions, part.size))
-    label_views(shown, view_names(len(views), has_patch(part, preprocess.search)), regions, scores)
+    heat, regions, scores = view_evidence(model, part, preprocess, part_boxes)
+    shown = blend(part, heat)
+    label_views(shown, view_names(len(scores), has_patch(part, preprocess.search)), regions, scores)
     return shown
 
 

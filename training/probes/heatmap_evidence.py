@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from scanner.detector.checkpoint import load_model
+from scanner.detector.evidence import gradcam, place_maps, view_scores
 from scanner.detector.faces import Box, FaceFinder
 from scanner.detector.preprocess import decode_image, to_tensor
 from scanner.detector.views import scored_part, view_images, view_regions
-from scanner.moderation.explain import gradcam, place_maps, view_scores
 from scanner.registry import resolve_model
 from training.data import find_samples
 

@@ -1,0 +1,82 @@
+"""Where a model saw evidence of a fake: Grad-CAM per view, weighted by the view's score, placed in the image.
+
+Each view's map ([0, 1], from the layer the network names in `cam_layer`) times that view's calibrated score, put
+back where the view came from, the highest where views overlap: the hottest point lies in the view that drove the
+verdict, and a view that scored real stays cool. The review app and the HTML report draw it
+(scanner/moderation/explain.py); training/probes/heatmap_evidence.py measures whether it points at the edit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from scanner.detector.faces import Box
+from scanner.detector.networks import inference_forward
+from scanner.detector.preprocess import VIEW_KINDS, Preprocess, to_tensor
+from scanner.detector.views import (
+    calibrated,
+    score_flat_views,
+    view_images,
+    view_kinds,
+    view_regions,
+    views_from_boxes,
+)
+
+Region = tuple[int, int, int, int]
+
+
+def gradcam(model: nn.Module, tensor: torch.Tensor) -> np.ndarray:
+    """A [0, 1] heatmap (input size) of the regions that raise the fake-class logit."""
+    layer: nn.Module = model.cam_layer()  # type: ignore[operator]
+    captured: dict[str, torch.Tensor] = {}
+    hook = layer.register_forward_hook(lambda _m, _i, output: captured.__setitem__("a", output))
+    try:
+        with torch.enable_grad():
+            batch = tensor.unsqueeze(0).to(next(model.parameters()).device)
+            logit = model(batch)[0, 1]
+            (grads,) = torch.autograd.grad(logit, captured["a"])
+    finally:
+        hook.remove()
+    activations = captured["a"].detach()
+    weights = grads.mean(dim=(2, 3), keepdim=True)
+    cam = torch.relu((weights * activations).sum(dim=1, keepdim=True))
+    cam = nn.functional.interpolate(cam, size=tensor.shape[-2:], mode="bilinear", align_corners=False)[0, 0]
+    peak = float(cam.max())
+    return (cam / peak).cpu().numpy() if peak > 0 else np.zeros(tuple(tensor.shape[-2:]), dtype=np.float32)
+
+
+def view_scores(model: nn.Module, image: Image.Image, preprocess: Preprocess, boxes: list[Box]) -> list[float]:
+    """Each view's calibrated score as the scan scores it (mirroring included), in `view_images`' order."""
+    views = views_from_boxes(image, preprocess, boxes)
+    device = next(model.parameters()).device
+    forward = inference_forward(model, preprocess.decoding.size, device, preprocess.scoring.precision, jit=False)
+    flat = score_flat_views(forward, views.tensors, [len(views.tensors)], preprocess, len(views.tensors), device)
+    offsets = preprocess.scoring.view_offsets or (0.0,) * len(VIEW_KINDS)
+    kinds = view_kinds(len(flat), preprocess.search.image_views)
+    return [calibrated(score, offsets[kind]) for score, kind in zip(flat, kinds) if not math.isnan(score)]
+
+
+def place_maps(maps: Sequence[np.ndarray], regions: Sequence[Region], size: tuple[int, int]) -> np.ndarray:
+    """Each view's map resized into the region of the image it came from; the highest where views overlap."""
+    canvas = np.zeros((size[1], size[0]), dtype=np.float32)
+    for heat, (left, top, right, bottom) in zip(maps, regions):
+        if right > left and bottom > top:
+            placed = np.asarray(Image.fromarray(heat.astype(np.float32), "F").resize((right - left, bottom - top)))
+            canvas[top:bottom, left:right] = np.maximum(canvas[top:bottom, left:right], placed)
+    return canvas
+
+
+def view_evidence(
+    model: nn.Module, image: Image.Image, preprocess: Preprocess, boxes: list[Box]
+) -> tuple[np.ndarray, list[Region], list[float]]:  # fmt: skip
+    """The image's evidence map (image-sized, [0, 1]), each view's region and each view's calibrated score."""
+    views, regions = view_images(image, preprocess, boxes), view_regions(image, preprocess, boxes)
+    scores = view_scores(model, image, preprocess, boxes)
+    maps = [gradcam(model, to_tensor(view, preprocess.decoding)) * score for view, score in zip(views, scores)]
+    return place_maps(maps, regions, image.size), regions, scores
