@@ -101,7 +101,7 @@ def combined(raw: list[float], preprocess: Preprocess) -> float:
     if not preprocess.scoring.view_offsets:
         return max(raw)
     image_views, offsets = preprocess.search.image_views, preprocess.scoring.view_offsets
-    kinds = [0, 1][:image_views] + [2] * (len(raw) - image_views)
+    kinds = ["whole", "patch"][:image_views] + ["face"] * (len(raw) - image_views)
     return max(1 / (1 + math.exp(offsets[k] - math.log(s / (1 - s)))) for s, k in zip(raw, kinds))
 
 
@@ -114,15 +114,16 @@ def test_view_offsets_put_each_view_kind_at_its_own_threshold() -> None:
     labels = [0] * 40 + [1] * 20
     offsets = fit_view_offsets(per_image, labels, ["s"] * 60, 2, "source-fpr:0.05")
     whole_t = choose_threshold([0] * 40 + [1] * 20, [v[0] for v in per_image], "fpr:0.05")
-    assert offsets[0] == pytest.approx(math.log(whole_t / (1 - whole_t)))
-    assert calibrated(whole_t, offsets[0]) == pytest.approx(0.5)
+    assert set(offsets) == {"whole", "patch", "face"}  # by kind, not by position
+    assert offsets["whole"] == pytest.approx(math.log(whole_t / (1 - whole_t)))
+    assert calibrated(whole_t, offsets["whole"]) == pytest.approx(0.5)
     raw = [max(v) for v in per_image]
     fitted = [combine_views(v, 2, offsets).score for v in per_image]
     raw_t = choose_threshold(labels, raw, "fpr:0.05")
     fitted_t = choose_threshold(labels, fitted, "fpr:0.05")
     assert sum(s >= raw_t for s in raw[40:]) == 10  # the raw maximum misses every patch-only fake
     assert sum(s >= fitted_t for s in fitted[40:]) == 20 and sum(s >= fitted_t for s in fitted[:40]) <= 2
-    assert combine_views([0.4, 0.2], 2, ()).score == 0.4  # no offsets: the raw maximum, as before
+    assert combine_views([0.4, 0.2], 2, {}).score == 0.4  # no offsets: the raw maximum, as before
 
 
 def test_uncalibrated_and_calibrated_checkpoints(face_model: Path, face_data: Path, tmp_path: Path) -> None:
@@ -267,7 +268,7 @@ def test_a_mirror_band_mirrors_only_views_near_the_threshold_on_every_path(
     offsets = loaded.preprocess.scoring.view_offsets
     with torch.inference_mode():
         plain = [predict_scores(loaded.model, views).tolist() for views in stacks]
-    wholes = sorted(math.log(p[0] / (1 - p[0])) - offsets[0] for p in plain)
+    wholes = sorted(math.log(p[0] / (1 - p[0])) - offsets["whole"] for p in plain)
     low, high = wholes[2] - 1e-4, wholes[5] + 1e-4  # a band that holds some whole-image views and not others
     crafted = dict(banded, preprocess={**banded["preprocess"], "mirror_band": [low, high]})
     save_checkpoint(crafted, tmp_path / "crafted.pt")
@@ -275,7 +276,7 @@ def test_a_mirror_band_mirrors_only_views_near_the_threshold_on_every_path(
     direct, inside = [], 0
     for views, scores in zip(stacks, plain):
         logit = math.log(scores[0] / (1 - scores[0]))
-        if low <= logit - offsets[0] <= high:  # only the whole image is a mirrored kind here
+        if low <= logit - offsets["whole"] <= high:  # only the whole image is a mirrored kind here
             inside += 1
             with torch.inference_mode():
                 mirrored = predict_scores(loaded.model, views[:1].flip(-1))[0].item()
@@ -621,7 +622,7 @@ def test_small_images_are_scored_without_the_native_patch_on_every_path(
             kept = [v for v in raw if not math.isnan(v)]
             assert kept == pytest.approx(predict_scores(loaded.model, views[present]).tolist(), abs=1e-6)
         assert network_rows.pop() == len(views) - small and math.isnan(raw[1]) is small
-        kinds = [0, 1] + [2] * (len(raw) - 2)
+        kinds = ["whole", "patch"] + ["face"] * (len(raw) - 2)
         offsets = loaded.preprocess.scoring.view_offsets
         direct.append(max(calibrated(v, offsets[k]) for v, k in zip(raw, kinds) if not math.isnan(v)))
     labelled = [replace(sample, path=folder / sample.path.name) for sample in find_samples(face_data)[:6]]

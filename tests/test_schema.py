@@ -64,3 +64,18 @@ def test_the_version_hash_reads_only_settings_that_differ_from_their_defaults() 
     changed = Preprocess.from_dict(checkpoint["preprocess"]).changed(precision="bfloat16").to_dict()
     assert changed["precision"] == "bfloat16"
     assert renew_version({**checkpoint, "preprocess": changed}) != renew_version(dict(bare))
+
+
+def test_view_offsets_are_read_by_kind_and_stored_as_they_always_were() -> None:
+    """A view kind's offset is looked up by its name; the file keeps the list in VIEW_KINDS order, so the shipped
+    models' versions (which hash it) are unchanged, and a kind a model does not name counts as 0."""
+    checkpoint = read_checkpoint(resolve_model("effnet-faces"))
+    stored = checkpoint["preprocess"]["view_offsets"]
+    preprocess = Preprocess.from_dict(checkpoint["preprocess"])
+    assert preprocess.scoring.view_offsets == dict(zip(("whole", "patch", "face"), stored))
+    assert preprocess.to_dict()["view_offsets"] == stored
+    assert renew_version(dict(checkpoint)) == checkpoint["model_version"]
+    fewer = Preprocess().changed(view_offsets={"whole": 1.5, "patch": 0.5})
+    assert fewer.to_dict()["view_offsets"] == [1.5, 0.5] and fewer.scoring.offset("face") == 0.0
+    assert Preprocess.from_dict({"view_offsets": [1.5, 0.5]}).scoring.view_offsets == {"whole": 1.5, "patch": 0.5}
+    assert Preprocess().changed(view_offsets={"face": 2.0}).to_dict()["view_offsets"] == [0.0, 0.0, 2.0]

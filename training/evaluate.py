@@ -126,7 +126,7 @@ def calibrate_checkpoint(
         raise ValueError(f"{source} has no native patch view ({loaded.preprocess.search.views}): nothing to limit")
     samples = select_samples(data_dirs, source, "val")
     raw = loaded.preprocess.changed(
-        view_offsets=(), mirror=loaded.preprocess.scoring.mirror if mirror is None else mirror,
+        view_offsets={}, mirror=loaded.preprocess.scoring.mirror if mirror is None else mirror,
         precision=precision or loaded.preprocess.scoring.precision,
         patch_min_side=loaded.preprocess.search.patch_min_side if patch_min_side is None else patch_min_side,
         mirror_band=(), page=page, turns=chosen_turns, half_turn=check,

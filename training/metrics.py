@@ -115,11 +115,11 @@ def per_stratum_accuracy(
 
 def fit_view_offsets(
     per_image: Sequence[Sequence[float]], labels: Sequence[int], sources: Sequence[str], image_views: int, rule: str
-) -> tuple[float, ...]:
+) -> dict[str, float]:
     """Per view kind, the logit of the threshold that `rule` would choose for that kind alone (its most
     suspicious view of each image), so a view at its own operating point scores 0.5 after `calibrated`."""
-    offsets = []
-    for kind in range(len(VIEW_KINDS)):
+    offsets = {}
+    for kind in VIEW_KINDS:
         kept: list[tuple[float, int, str]] = []
         for views, label, source in zip(per_image, labels, sources):
             kinds = view_kinds(len(views), image_views)
@@ -127,8 +127,8 @@ def fit_view_offsets(
             if scores:
                 kept.append((max(scores), label, source))
         if not any(label == 0 for _, label, _ in kept):
-            offsets.append(0.0)
+            offsets[kind] = 0.0
             continue
         threshold = choose_threshold([k[1] for k in kept], [k[0] for k in kept], rule, [k[2] for k in kept])
-        offsets.append(logit(threshold))
-    return tuple(offsets)
+        offsets[kind] = logit(threshold)
+    return offsets

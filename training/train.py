@@ -229,7 +229,7 @@ def score_views(
 def image_scores(per_image: list[list[float]], preprocess: Preprocess | None = None) -> list[float]:
     """Each image's score as the scanner combines its views (calibrated by the model's view offsets, if any)."""
     image_views = preprocess.search.image_views if preprocess else 1
-    offsets = preprocess.scoring.view_offsets if preprocess else ()
+    offsets = preprocess.scoring.view_offsets if preprocess else None
     return [combine_views(views, image_views, offsets).score for views in per_image]
 
 
@@ -400,7 +400,7 @@ def metrics_at(
     """Pooled and per-dataset metrics of these image scores at `threshold`."""
     metrics = summarize(labels, scores, threshold, [s.stratum for s in val])
     metrics["per_dataset"] = per_dataset_metrics(val, scores, threshold)
-    metrics["view_offsets"] = list(preprocess.scoring.view_offsets)
+    metrics["view_offsets"] = dict(preprocess.scoring.view_offsets)
     return metrics
 
 

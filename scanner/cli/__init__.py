@@ -493,7 +493,7 @@ def model_calibrate(
         )  # fmt: skip
     except (FileNotFoundError, ValueError, CheckpointError) as exc:
         fail(str(exc))
-    offsets = ", ".join(f"{v:.3f}" for v in metrics["view_offsets"])
+    offsets = ", ".join(f"{kind} {value:.3f}" for kind, value in metrics["view_offsets"].items()) or "none"
     echo(f"wrote {target} ({metrics['model_version']}): view offsets {offsets}, threshold {metrics['threshold']:.4f}")
 
 

@@ -20,7 +20,7 @@ from torch import nn
 from scanner.detector.checkpoint import LoadedModel
 from scanner.detector.checkset import CheckSet
 from scanner.detector.features import final_layer, score_features
-from scanner.detector.preprocess import VIEW_KINDS, Preprocess
+from scanner.detector.preprocess import Preprocess
 from scanner.detector.rates import lowest_threshold, roc_auc, share_at_or_above
 from scanner.detector.views import view_kinds
 
@@ -119,13 +119,12 @@ def as_examples(
     features = torch.zeros(len(per_image), most, width)
     present = torch.zeros(len(per_image), most, dtype=torch.bool)
     offsets = torch.zeros(len(per_image), most)
-    kind_offsets = preprocess.scoring.view_offsets or (0.0,) * len(VIEW_KINDS)
     for row, image in enumerate(per_image):
         usable = ~torch.isnan(image[:, 0])
         features[row, : len(image)] = torch.nan_to_num(image)
         present[row, : len(image)] = usable
         kinds = view_kinds(len(image), preprocess.search.image_views)
-        offsets[row, : len(image)] = torch.tensor([kind_offsets[k] for k in kinds])
+        offsets[row, : len(image)] = torch.tensor([preprocess.scoring.offset(kind) for kind in kinds])
     label_tensor = torch.tensor(list(labels), dtype=torch.float32)
     weights = torch.zeros(len(per_image))
     for value in (0.0, 1.0):

@@ -18,7 +18,7 @@ from torch import nn
 
 from scanner.detector.faces import Box
 from scanner.detector.networks import inference_forward
-from scanner.detector.preprocess import VIEW_KINDS, Preprocess, to_tensor
+from scanner.detector.preprocess import Preprocess, to_tensor
 from scanner.detector.views import (
     calibrated,
     score_flat_views,
@@ -51,15 +51,17 @@ def gradcam(model: nn.Module, tensor: torch.Tensor) -> np.ndarray:
     return (cam / peak).cpu().numpy() if peak > 0 else np.zeros(tuple(tensor.shape[-2:]), dtype=np.float32)
 
 
-def view_scores(model: nn.Module, image: Image.Image, preprocess: Preprocess, boxes: list[Box]) -> list[float]:
-    """Each view's calibrated score as the scan scores it (mirroring included), in `view_images`' order."""
+def view_scores(
+    model: nn.Module, image: Image.Image, preprocess: Preprocess, boxes: list[Box]
+) -> list[tuple[str, float]]:  # fmt: skip
+    """Each view's kind and calibrated score as the scan scores it (mirroring included), in `view_images`' order."""
     views = views_from_boxes(image, preprocess, boxes)
     device = next(model.parameters()).device
     forward = inference_forward(model, preprocess.decoding.size, device, preprocess.scoring.precision, jit=False)
     flat = score_flat_views(forward, views.tensors, [len(views.tensors)], preprocess, len(views.tensors), device)
-    offsets = preprocess.scoring.view_offsets or (0.0,) * len(VIEW_KINDS)
     kinds = view_kinds(len(flat), preprocess.search.image_views)
-    return [calibrated(score, offsets[kind]) for score, kind in zip(flat, kinds) if not math.isnan(score)]
+    offset = preprocess.scoring.offset
+    return [(kind, calibrated(score, offset(kind))) for score, kind in zip(flat, kinds) if not math.isnan(score)]
 
 
 def place_maps(maps: Sequence[np.ndarray], regions: Sequence[Region], size: tuple[int, int]) -> np.ndarray:
@@ -74,9 +76,9 @@ def place_maps(maps: Sequence[np.ndarray], regions: Sequence[Region], size: tupl
 
 def view_evidence(
     model: nn.Module, image: Image.Image, preprocess: Preprocess, boxes: list[Box]
-) -> tuple[np.ndarray, list[Region], list[float]]:  # fmt: skip
-    """The image's evidence map (image-sized, [0, 1]), each view's region and each view's calibrated score."""
+) -> tuple[np.ndarray, list[Region], list[tuple[str, float]]]:  # fmt: skip
+    """The image's evidence map (image-sized, [0, 1]), each view's region, and each view's kind and score."""
     views, regions = view_images(image, preprocess, boxes), view_regions(image, preprocess, boxes)
-    scores = view_scores(model, image, preprocess, boxes)
-    maps = [gradcam(model, to_tensor(view, preprocess.decoding)) * score for view, score in zip(views, scores)]
-    return place_maps(maps, regions, image.size), regions, scores
+    scored = view_scores(model, image, preprocess, boxes)
+    maps = [gradcam(model, to_tensor(view, preprocess.decoding)) * score for view, (_, score) in zip(views, scored)]
+    return place_maps(maps, regions, image.size), regions, scored

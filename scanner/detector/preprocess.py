@@ -63,7 +63,10 @@ class ImageRejected(Exception):
 VIEW_POLICIES = ("center", "faces", "faces+patch")
 
 
-VIEW_KINDS = ("whole", "patch", "face")  # the order of Scoring.view_offsets
+# The kinds of view a model scores, with the words pages use for them, in the order an image's views come and the
+# order a checkpoint stores their offsets in.
+VIEW_WORDS = {"whole": "whole image", "patch": "native patch", "face": "face"}
+VIEW_KINDS = tuple(VIEW_WORDS)
 # The number format the network runs in at inference (bfloat16: faster where the device has bf16 kernels).
 PRECISIONS = ("float32", "bfloat16")
 # Turns (degrees counter-clockwise) an image with no upright face may be searched at for faces; `--turn-faces` alone
@@ -94,7 +97,7 @@ def _changed_settings(part: Any) -> dict[str, Any]:
         value = getattr(part, item.name)
         default = item.default if item.default is not MISSING else item.default_factory()  # type: ignore[misc,operator]
         if value != default:
-            data[item.name] = _plain(value)
+            data[item.name] = _WRITERS.get(item.name, _plain)(value)
     return data
 
 
@@ -140,12 +143,29 @@ class ViewSearch:
 class Scoring:
     """How view scores become the image's score: offsets per view kind, mirroring and its band, the precision."""
 
-    view_offsets: tuple[float, ...] = ()  # logit offsets per view kind (whole, patch, face); () = raw scores
+    view_offsets: dict[str, float] = field(default_factory=dict)  # logit offset per view kind; {} = raw scores
     mirror: tuple[str, ...] = ()  # view kinds also scored as their mirror image, the two logits averaged
     precision: str = "float32"  # the number format the offsets and threshold were fitted in (PRECISIONS)
     # (low, high) in calibrated logits: only views of a mirrored kind whose plain score lies inside are scored mirrored
     # too (the others are far from the threshold, where the average changes no verdict); () = every such view
     mirror_band: tuple[float, ...] = ()
+
+    def offset(self, kind: str) -> float:
+        """The logit offset of a view kind (0 where the model has none)."""
+        return self.view_offsets.get(kind, 0.0)
+
+
+def offsets_by_kind(stored: Any) -> dict[str, float]:
+    """Stored view offsets (a list in VIEW_KINDS order, or a mapping) -> {kind: offset}."""
+    pairs = stored.items() if isinstance(stored, dict) else zip(VIEW_KINDS, stored)
+    return {str(kind): float(value) for kind, value in pairs}
+
+
+def stored_offsets(offsets: dict[str, float]) -> list[float]:
+    """{kind: offset} -> the stored list in VIEW_KINDS order, as far as the last kind given (the version hash reads
+    this list, so a kind registered later leaves older models' versions unchanged)."""
+    given = [number for number, kind in enumerate(VIEW_KINDS) if kind in offsets]
+    return [offsets.get(kind, 0.0) for kind in VIEW_KINDS[: given[-1] + 1]] if given else []
 
 
 # Each stored setting's reader (checkpoints hold lists and mappings), by the part that holds it.
@@ -156,12 +176,14 @@ _READERS: dict[str, dict[str, Callable[[Any], Any]]] = {
         "page": PageSettings.from_dict, "turns": check_turns, "half_turn": HalfTurnCheck.from_dict,
     },
     "scoring": {
-        "view_offsets": lambda offsets: tuple(float(v) for v in offsets),
+        "view_offsets": offsets_by_kind,
         "mirror": lambda kinds: tuple(str(kind) for kind in kinds), "precision": str,
         "mirror_band": lambda band: tuple(float(v) for v in band),
     },
 }  # fmt: skip
 SETTING_NAMES = frozenset(name for readers in _READERS.values() for name in readers)
+# Settings stored in another shape than their plain form (the rest: `_plain`).
+_WRITERS: dict[str, Callable[[Any], Any]] = {"view_offsets": stored_offsets}
 
 
 @dataclass(frozen=True)

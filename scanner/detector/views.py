@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -184,9 +184,11 @@ def views_from_boxes(image: Image.Image, config: Preprocess, boxes: list[Box]) -
     return ImageViews(torch.stack(rows), boxes)
 
 
-def view_kinds(count: int, image_views: int) -> list[int]:
-    """Index into VIEW_KINDS of each of an image's `count` views (whole image, any native patch, then faces)."""
-    return [0, 1][:image_views][:count] + [2] * max(0, count - image_views)
+def view_kinds(count: int, image_views: int) -> list[str]:
+    """The kind (from VIEW_KINDS) of each of an image's `count` views: the whole image, the native patch where the
+    model scores one (a placeholder row where the image is too small for it), then faces. The one place that reads
+    the rows' order."""
+    return list(VIEW_KINDS[:image_views][:count]) + ["face"] * max(0, count - image_views)
 
 
 def mirror_mask(counts: Sequence[int], preprocess: Preprocess) -> torch.Tensor | None:
@@ -194,17 +196,16 @@ def mirror_mask(counts: Sequence[int], preprocess: Preprocess) -> torch.Tensor |
     None when it mirrors none."""
     if not preprocess.scoring.mirror:
         return None
-    mirrored = {VIEW_KINDS.index(kind) for kind in preprocess.scoring.mirror}
     kinds = [kind for count in counts for kind in view_kinds(count, preprocess.search.image_views)]
-    return torch.tensor([kind in mirrored for kind in kinds], dtype=torch.bool)
+    return torch.tensor([kind in preprocess.scoring.mirror for kind in kinds], dtype=torch.bool)
 
 
 def in_mirror_band(plain: Sequence[float], counts: Sequence[int], preprocess: Preprocess) -> torch.Tensor:
     """Which of the flat views score, unmirrored and calibrated, inside the checkpoint's mirror band (absent: no)."""
     low, high = preprocess.scoring.mirror_band
-    offsets = preprocess.scoring.view_offsets or (0.0,) * len(VIEW_KINDS)
     kinds = [kind for count in counts for kind in view_kinds(count, preprocess.search.image_views)]
-    inside = [not math.isnan(s) and low <= logit(s) - offsets[k] <= high for s, k in zip(plain, kinds)]
+    offset = preprocess.scoring.offset
+    inside = [not math.isnan(s) and low <= logit(s) - offset(k) <= high for s, k in zip(plain, kinds)]
     return torch.tensor(inside, dtype=torch.bool)
 
 
@@ -242,12 +243,15 @@ def calibrated(score: float, offset: float) -> float:
     return score if not offset else 1 / (1 + math.exp(offset - logit(score)))
 
 
-def combine_views(chunk: Sequence[float], image_views: int = 1, offsets: Sequence[float] = ()) -> ViewScores:
+def combine_views(
+    chunk: Sequence[float], image_views: int = 1, offsets: Mapping[str, float] | None = None
+) -> ViewScores:  # fmt: skip
     """One image's raw view scores -> its ViewScores, each view first calibrated by its kind's offset (if any)."""
-    if offsets:
-        chunk = [calibrated(s, offsets[k]) for s, k in zip(chunk, view_kinds(len(chunk), image_views))]
-    patch = chunk[1] if image_views == 2 and not math.isnan(chunk[1]) else None  # an absent patch scores NaN
-    return ViewScores(whole=chunk[0], faces=list(chunk[image_views:]), patch=patch)
+    kinds = view_kinds(len(chunk), image_views)
+    scores = [calibrated(s, (offsets or {}).get(kind, 0.0)) for s, kind in zip(chunk, kinds)]
+    of_kind = {kind: [s for s, k in zip(scores, kinds) if k == kind and not math.isnan(s)] for kind in VIEW_KINDS}
+    patch = of_kind["patch"][0] if of_kind["patch"] else None  # an absent patch scores NaN
+    return ViewScores(whole=of_kind["whole"][0], faces=of_kind["face"], patch=patch)
 
 
 def chunk_views(flat_scores: list[float], counts: Sequence[int]) -> list[list[float]]:
@@ -256,7 +260,7 @@ def chunk_views(flat_scores: list[float], counts: Sequence[int]) -> list[list[fl
 
 
 def split_scores(
-    flat_scores: list[float], counts: list[int], image_views: int = 1, offsets: Sequence[float] = ()
+    flat_scores: list[float], counts: list[int], image_views: int = 1, offsets: Mapping[str, float] | None = None
 ) -> list[ViewScores]:
     """Regroup a flat list of view scores into one ViewScores per image."""
     return [combine_views(chunk, image_views, offsets) for chunk in chunk_views(flat_scores, counts)]

@@ -12,8 +12,8 @@ from torch import nn
 
 from scanner.detector.evidence import Region, view_evidence
 from scanner.detector.faces import Box, FaceFinder
-from scanner.detector.preprocess import Preprocess
-from scanner.detector.views import has_patch, scored_part
+from scanner.detector.preprocess import VIEW_WORDS, Preprocess
+from scanner.detector.views import scored_part
 
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:
@@ -31,26 +31,21 @@ def blend(image: Image.Image, heat: np.ndarray, alpha: float = 0.55) -> Image.Im
     return Image.composite(colours, image.convert("RGB"), mask)
 
 
-def label_views(image: Image.Image, names: Sequence[str], regions: Sequence[Region], scores: Sequence[float]) -> None:
+def label_views(image: Image.Image, regions: Sequence[Region], scored: Sequence[tuple[str, float]]) -> None:
     """Outline each view but the whole image and label every view with its name and score, in words."""
     pen = ImageDraw.Draw(image)
     font = ImageFont.load_default(size=max(11, round(max(image.size) / 40)))
-    for name, (left, top, right, bottom), score in zip(names, regions, scores):
-        whole = name == "whole image"
-        if not whole:
+    faces = 0
+    for (left, top, right, bottom), (kind, score) in zip(regions, scored):
+        faces += kind == "face"
+        if kind != "whole":
             pen.rectangle([left, top, right - 1, bottom - 1], outline=(255, 255, 255), width=2)
-        text = f"{name} · {score:.2f}"
+        text = f"{VIEW_WORDS[kind]}{f' {faces}' if kind == 'face' else ''} · {score:.2f}"
         x0, y0, x1, y1 = pen.textbbox((0, 0), text, font=font)
         height = y1 - y0 + 4
-        y = bottom - height if whole else top if top < height else top - height  # the whole image's at its foot
+        y = bottom - height if kind == "whole" else top if top < height else top - height  # the whole's at its foot
         pen.rectangle([left, y, left + x1 - x0 + 6, y + height], fill=(20, 20, 20))
         pen.text((left + 3, y + 2 - y0), text, fill=(255, 255, 255), font=font)
-
-
-def view_names(count: int, has_patch_view: bool) -> list[str]:
-    """Words for each view, in `view_images`' order."""
-    patch = ["native patch"] if has_patch_view else []
-    return ["whole image", *patch, *(f"face {n}" for n in range(1, count - len(patch)))]
 
 
 def explain_image(
@@ -67,9 +62,9 @@ def explain_image(
         part, _, placement = scored_part(image, preprocess.search)
         left, top = placement.region[:2] if placement.region else (0, 0)
         part_boxes = [Box(box.x - left, box.y - top, box.w, box.h) for box in boxes]
-    heat, regions, scores = view_evidence(model, part, preprocess, part_boxes)
+    heat, regions, scored = view_evidence(model, part, preprocess, part_boxes)
     shown = blend(part, heat)
-    label_views(shown, view_names(len(scores), has_patch(part, preprocess.search)), regions, scores)
+    label_views(shown, regions, scored)
     return shown
 
 

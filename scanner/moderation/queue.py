@@ -12,6 +12,7 @@ from sqlalchemy import and_, delete, exists, func, insert, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from scanner.db import Decision, Face, Hold, Item, Verdict, dialect_insert, row_by_id, utcnow
+from scanner.detector.preprocess import VIEW_WORDS
 from scanner.moderation.reports import get_job
 from scanner.moderation.review import DECISIONS, ReviewError, check_decision
 
@@ -278,8 +279,8 @@ def verdict_sentences(verdict: Verdict, faces: list[Face]) -> list[str]:
 
 def _whole_image_views(verdict: Verdict) -> list[tuple[str, float]]:
     """The whole image's views with their scores: the image scaled down and, where scored, its native patch."""
-    views = [("the whole image", verdict.whole_score), ("the native patch", verdict.patch_score)]
-    return [(name, score) for name, score in views if score is not None]
+    views = [("whole", verdict.whole_score), ("patch", verdict.patch_score)]
+    return [(f"the {VIEW_WORDS[kind]}", score) for kind, score in views if score is not None]
 
 
 @dataclass

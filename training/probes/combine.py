@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +44,10 @@ def soft_max(temperature: float) -> Rule:
     return lambda x: temperature * (float(np.logaddexp.reduce(np.array(x) / temperature)) - math.log(len(x)))
 
 
-def calibrated_logits(views: Sequence[float], offsets: Sequence[float], image_views: int) -> list[float]:
+def calibrated_logits(views: Sequence[float], offsets: Mapping[str, float], image_views: int) -> list[float]:
     """Each present view's logit moved by its kind's offset (0 at the kind's own threshold)."""
     kinds = view_kinds(len(views), image_views)
-    return [logit(s) - offsets[k] for s, k in zip(views, kinds) if not math.isnan(s)]
+    return [logit(s) - offsets.get(k, 0.0) for s, k in zip(views, kinds) if not math.isnan(s)]
 
 
 def held_out(samples: list[Sample], per_image: list[list[float]], image_views: int, rule: Rule, fpr: float,

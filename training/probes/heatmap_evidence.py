@@ -77,7 +77,7 @@ def main() -> None:
         part, boxes, _ = scored_part(image, config.search, finder)
         if not boxes:
             continue
-        scores = view_scores(model, part, config, boxes)
+        scores = [score for _, score in view_scores(model, part, config, boxes)]
         if max(scores) < loaded.threshold:  # not flagged
             continue
         used += 1

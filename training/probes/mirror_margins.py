@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from scanner.detector.checkpoint import load_model
-from scanner.detector.preprocess import VIEW_KINDS, Preprocess
+from scanner.detector.preprocess import Preprocess
 from scanner.detector.views import band_around, chunk_views, in_mirror_band, mirror_mask, view_kinds
 from scanner.registry import resolve_model
 from training.evaluate import select_samples
@@ -54,8 +54,8 @@ def main() -> None:
     plain_pp = full.changed(mirror=())
     plain = score_views(loaded.model, make_eval_loader(samples, plain_pp, None, 64, 1), loaded.device, plain_pp)[0]
     mirrored = score_views(loaded.model, make_eval_loader(samples, full, None, 64, 1), loaded.device, full)[0]
-    mirror = {VIEW_KINDS.index(kind) for kind in full.scoring.mirror}
-    total = sum(kind in mirror for views in plain for kind in view_kinds(len(views), full.search.image_views))
+    kinds = (kind for views in plain for kind in view_kinds(len(views), full.search.image_views))
+    total = sum(kind in full.scoring.mirror for kind in kinds)
     reference = [s >= loaded.threshold for s in image_scores(mirrored, full)]
     print(f"{loaded.version}, threshold {loaded.threshold:.4f}, mirrored kinds {', '.join(full.scoring.mirror)}")
     print("| margin | views mirrored | verdicts changed | " + " | ".join(SETS[:6]) + " | GAN vs HQ |")

@@ -68,7 +68,7 @@ def rule_row(name: str, samples: list[Sample], scores: list[float]) -> str:
     return f"| {name} | {threshold:.4f} | {pooled:.3f} | {ganhq:.3f} | {gan_caught:.3f} | {mean_recall:.3f} |"
 
 
-Halves = list[tuple[list[int], list[int], tuple[float, ...]]]  # (fit indices, held indices, offsets fitted on fit)
+Halves = list[tuple[list[int], list[int], dict[str, float]]]  # (fit indices, held indices, offsets fitted on fit)
 
 
 def fitted_halves(samples: list[Sample], per_image: list[list[float]], image_views: int, salt: int = 0) -> Halves:
@@ -88,7 +88,7 @@ def cross_fitted(samples: list[Sample], per_image: list[list[float]], image_view
     sums: dict[str, list[float]] = {}
     for _, held, offsets in halves:
         kept = [samples[i] for i in held]
-        for name, chosen in (("max (raw)", ()), ("calibrated max", offsets)):
+        for name, chosen in (("max (raw)", {}), ("calibrated max", offsets)):
             scores = [combine_views(per_image[i], image_views, chosen).score for i in held]
             figures = rule_figures(kept, scores)
             sums[name] = [a + b / 2 for a, b in zip(sums.get(name, [0.0] * len(figures)), figures)]
