@@ -1,36 +1,60 @@
-"""Leave-one-source-out: train the default recipe without one data set, then score that whole set.
+"""Leave-one-source-out: the default recipe without one data set, then that whole set scored.
 
-    python -m training.probes.leave_one_out --data ../shared/data --leave diffusion_people_multi ffhq_stylegan_256 \
-        --epochs 4 --samples-per-epoch 3000 [--arch effnet-lite0-srm]
+    python -m training.probes.leave_one_out --data ../shared/data --leave diffusion_people_multi generated_faces \
+        --epochs 8
 
-Each run writes runs/loso-SET.pt (resumable with the same command) and prints one Markdown row: the set's
-AUC against the other class it is scored with (its own, or for a one-class set that class from the
-validation images of the others), and at the run's own threshold its false-positive and true-positive rates.
+Each run builds runs/loso-SET/ with the recipe's stages (face boxes, found once for all eleven sets in
+runs/loso-face-boxes.json; training, resumable with the same command; the calibrated release default.pt; its check
+set, so the run can be the base of `training.probes.adapt_curve`) and prints one Markdown row: the set's AUC against
+the other class it is scored with (its own, or for a one-class set that class from the validation images of the
+others), and at the release's threshold its false-positive and true-positive rates. Only the epoch budget differs
+from the shipped recipe.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from dataclasses import replace
 from pathlib import Path
 
-from scanner.detector.checkpoint import load_model, read_checkpoint
+from scanner.detector.checkpoint import load_model
 from training.data import find_samples
 from training.evaluate import score_samples, select_samples
 from training.metrics import roc_auc
-from training.train import TrainConfig
-from training.train import main as train_main
+from training.recipe import (
+    ELEVEN_SETS,
+    RECIPES,
+    find_face_boxes,
+    recipe_config,
+    recipe_dirs,
+    release,
+    run_training,
+    write_checkset,
+)
 
-SETS = ("ciplab_real_and_fake_face", "hardfakevsrealfaces", "lfw_faceswap", "cifake", "ffhq_stylegan_256",
-        "sdfd_sd21_ffhq", "real_scenes_people", "diffusion_people_multi")  # fmt: skip
+FACE_BOXES = Path("runs/loso-face-boxes.json")
 
 
-def recipe(data_dirs: list[str], out: Path, epochs: int, samples: int, arch: str = "effnet-lite0") -> TrainConfig:
-    """The shipped model's recipe (docs/history/models-v1-to-v9.md) with a smaller budget."""
-    return TrainConfig(
-        data_dirs=data_dirs, out=str(out), arch=arch, views="faces", balance=True,
-        samples_per_epoch=samples, size=112, max_side=256, epochs=epochs, lr=6e-4, batch_size=32,
-        threshold_rule="source-fpr:0.05", augment="robust-faces", max_per_dataset=5000, seed=1, workers=1,
-    )  # fmt: skip
+def say(line: str) -> None:
+    """Progress to stderr, so stdout keeps only the table."""
+    print(line, file=sys.stderr, flush=True)
+
+
+def train_without(left_out: str, data: Path, epochs: int) -> Path:
+    """The default recipe on every set but `left_out`, `epochs` epochs; returns its calibrated release."""
+    shipped = RECIPES["default"]
+    recipe = replace(shipped, sets=tuple(s for s in shipped.sets if s != left_out),
+                     train={**shipped.train, "epochs": epochs})  # fmt: skip
+    out_dir = Path("runs") / f"loso-{left_out}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    every_set = recipe_config(shipped, recipe_dirs(shipped, data), out_dir)
+    find_face_boxes(replace(every_set, face_boxes=str(FACE_BOXES)), say)
+    config = replace(recipe_config(recipe, recipe_dirs(recipe, data), out_dir), face_boxes=str(FACE_BOXES))
+    run_training(config, say)
+    release(recipe, config, "default", say)
+    write_checkset(out_dir / "default.pt", config.data_dirs, say)
+    return out_dir / "default.pt"
 
 
 def held_out_row(model: Path, data: Path, left_out: str) -> str:
@@ -38,8 +62,8 @@ def held_out_row(model: Path, data: Path, left_out: str) -> str:
     loaded = load_model(model, "cpu")
     samples = find_samples(data / left_out)
     classes = {s.label for s in samples}
-    if len(classes) < 2:  # a one-class set: the other class from the other sets' validation images
-        others = [str(data / name) for name in SETS if name != left_out]
+    if len(classes) < 2:
+        others = [str(data / name) for name in ELEVEN_SETS if name != left_out]
         samples += [s for s in select_samples(others, model, "val") if s.label not in classes]
     scores = score_samples(loaded, samples)
     labels = [s.label for s in samples]
@@ -54,22 +78,14 @@ def main() -> None:
     """Train without each named set and print its row."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
-    parser.add_argument("--leave", nargs="+", default=list(SETS), choices=SETS)
-    parser.add_argument("--epochs", type=int, default=4)
-    parser.add_argument("--samples-per-epoch", type=int, default=3000)
-    parser.add_argument("--arch", default="effnet-lite0", help="effnet-lite0 or effnet-lite0-srm")
+    parser.add_argument("--leave", nargs="+", default=list(ELEVEN_SETS), choices=ELEVEN_SETS)
+    parser.add_argument("--epochs", type=int, default=8, help="the shipped recipe trains 24")
     args = parser.parse_args()
     print("| left out | fakes / reals scored | AUC | FPR | TPR |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for left_out in args.leave:
-        suffix = "" if args.arch == "effnet-lite0" else f"-{args.arch}"
-        out = Path("runs") / f"loso-{left_out}{suffix}.pt"
-        dirs = [str(args.data / name) for name in SETS if name != left_out]
-        config = recipe(dirs, out, args.epochs, args.samples_per_epoch, args.arch)
-        done = out.is_file() and read_checkpoint(out)["train_state"]["epoch"] >= args.epochs
-        if not done:
-            train_main(config, resume=out if out.is_file() else None)
-        print(held_out_row(out, args.data, left_out), flush=True)
+        model = train_without(left_out, args.data, args.epochs)
+        print(held_out_row(model, args.data, left_out), flush=True)
 
 
 if __name__ == "__main__":
