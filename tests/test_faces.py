@@ -783,3 +783,25 @@ def test_the_self_blend_share_reaches_the_training_draws_and_a_bad_share_is_refu
     result = CliRunner().invoke(app, ["train", str(face_data), "--out", str(tmp_path / "m.pt"), "--self-blend", "1.5"])
     assert result.exit_code == 2 and "--self-blend must be between 0 and 1" in result.output
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_each_view_is_a_record_of_its_kind_and_the_region_it_shows() -> None:
+    """Heatmaps are placed where each view came from: a view's region, cut out and scaled, is what the network
+    sees (the whole image's centre square, the native patch at its own pixels, each widened face)."""
+    from scanner.detector.faces import FaceSettings
+    from scanner.detector.views import cut_views
+
+    config = Preprocess().changed(size=32, max_side=64, views="faces+patch", faces=FaceSettings(widen=1.5),
+                                  patch_min_side=50)  # fmt: skip
+    image = noisy_image(9, 120).resize((160, 120))
+    box = Box(70, 40, 30, 30)
+    views = cut_views(image, config, [box])
+    assert [view.kind for view in views] == ["whole", "patch", "face"] and views[2].box == box
+    assert views[0].region == (20, 0, 140, 120)  # the centre square, scaled down
+    assert views[1].region == (50, 30, 110, 90)  # the shorter side brought to max_side (64), its centre 32 px
+    for view in views:
+        left, top, right, bottom = view.region
+        seen = np.asarray(view.image, dtype=np.float32)
+        cut = np.asarray(image.crop(view.region).resize(view.image.size), dtype=np.float32)
+        assert np.abs(seen - cut).mean() < 12, view.kind  # the same pixels, up to resampling
+    assert [view.kind for view in cut_views(image.resize((60, 45)), config, [])] == ["whole"]  # too small for a patch

@@ -20,15 +20,13 @@ from scanner.detector.faces import Box
 from scanner.detector.networks import inference_forward
 from scanner.detector.preprocess import Preprocess, to_tensor
 from scanner.detector.views import (
+    Region,
     calibrated,
+    cut_views,
     score_flat_views,
-    view_images,
     view_kinds,
-    view_regions,
     views_from_boxes,
 )
-
-Region = tuple[int, int, int, int]
 
 
 def gradcam(model: nn.Module, tensor: torch.Tensor) -> np.ndarray:
@@ -54,7 +52,7 @@ def gradcam(model: nn.Module, tensor: torch.Tensor) -> np.ndarray:
 def view_scores(
     model: nn.Module, image: Image.Image, preprocess: Preprocess, boxes: list[Box]
 ) -> list[tuple[str, float]]:  # fmt: skip
-    """Each view's kind and calibrated score as the scan scores it (mirroring included), in `view_images`' order."""
+    """Each view's kind and calibrated score as the scan scores it (mirroring included), in `cut_views`' order."""
     views = views_from_boxes(image, preprocess, boxes)
     device = next(model.parameters()).device
     forward = inference_forward(model, preprocess.decoding.size, device, preprocess.scoring.precision, jit=False)
@@ -78,7 +76,10 @@ def view_evidence(
     model: nn.Module, image: Image.Image, preprocess: Preprocess, boxes: list[Box]
 ) -> tuple[np.ndarray, list[Region], list[tuple[str, float]]]:  # fmt: skip
     """The image's evidence map (image-sized, [0, 1]), each view's region, and each view's kind and score."""
-    views, regions = view_images(image, preprocess, boxes), view_regions(image, preprocess, boxes)
+    views = cut_views(image, preprocess, boxes)
     scored = view_scores(model, image, preprocess, boxes)
-    maps = [gradcam(model, to_tensor(view, preprocess.decoding)) * score for view, (_, score) in zip(views, scored)]
+    maps = [
+        gradcam(model, to_tensor(view.image, preprocess.decoding)) * score for view, (_, score) in zip(views, scored)
+    ]
+    regions = [view.region for view in views]
     return place_maps(maps, regions, image.size), regions, scored

@@ -20,6 +20,8 @@ from scanner.detector.networks import Forward, predict_in_chunks
 from scanner.detector.pages import page_region
 from scanner.detector.preprocess import VIEW_KINDS, Decoding, Preprocess, ViewSearch, resize_center_crop, to_tensor
 
+Region = tuple[int, int, int, int]  # left, top, right, bottom in an image's pixels
+
 
 @dataclass
 class ImageViews:
@@ -76,13 +78,7 @@ def has_patch(image: Image.Image, config: ViewSearch) -> bool:
     return config.image_views == 2 and min(image.size) > config.patch_min_side
 
 
-def view_images(image: Image.Image, config: Preprocess, boxes: list[Box]) -> list[Image.Image]:
-    """The views scored, as images (the whole image first, then any native patch, then faces), for heatmaps."""
-    patch = [patch_view(image, config.decoding)] if has_patch(image, config.search) else []
-    return [whole_view(image, config), *patch, *(face_view(image, box, config) for box in boxes)]
-
-
-def crop_region(width: int, height: int, size: int, max_side: int = 0) -> tuple[int, int, int, int]:
+def crop_region(width: int, height: int, size: int, max_side: int = 0) -> Region:
     """The region of a `width` x `height` image that `resize_center_crop` keeps (in the image's pixels)."""
     shorter = min(width, height)
     scale = min(max(shorter, size), max(size, max_side)) / shorter
@@ -91,13 +87,29 @@ def crop_region(width: int, height: int, size: int, max_side: int = 0) -> tuple[
     return round(left), round(top), round(left + side), round(top + side)
 
 
-def view_regions(image: Image.Image, config: Preprocess, boxes: list[Box]) -> list[tuple[int, int, int, int]]:
-    """The region of `image` each of `view_images`' views shows, in the same order (for heatmaps in image space)."""
-    width, height, size = image.width, image.height, config.decoding.size
-    whole = crop_region(width, height, size, config.decoding.max_side if not config.search.uses_faces else 0)
-    patch = [crop_region(width, height, size, config.decoding.max_side)] if has_patch(image, config.search) else []
-    faces = [face_region(box, width, height, config.search.faces.widen) for box in boxes] if boxes else []
-    return [whole, *patch, *faces]
+@dataclass(frozen=True)
+class View:
+    """One view the model scores: its kind (VIEW_KINDS), what the network sees, the region of the image it shows,
+    and for a face its box."""
+
+    kind: str
+    image: Image.Image
+    region: Region
+    box: Box | None = None
+
+
+def cut_views(image: Image.Image, config: Preprocess, boxes: list[Box]) -> list[View]:
+    """The views scored: the whole image, any native patch, then each face (the order of an image's rows)."""
+    width, height, decoding = image.width, image.height, config.decoding
+    whole_side = decoding.max_side if not config.search.uses_faces else 0
+    views = [View("whole", whole_view(image, config), crop_region(width, height, decoding.size, whole_side))]
+    if has_patch(image, config.search):
+        region = crop_region(width, height, decoding.size, decoding.max_side)
+        views.append(View("patch", patch_view(image, decoding), region))
+    for box in boxes:
+        region = face_region(box, width, height, config.search.faces.widen)
+        views.append(View("face", face_view(image, box, config), region, box))
+    return views
 
 
 def absent_view(config: Decoding) -> torch.Tensor:
@@ -178,7 +190,7 @@ def make_views(
 
 def views_from_boxes(image: Image.Image, config: Preprocess, boxes: list[Box]) -> ImageViews:
     """The stacked model inputs of an image whose face boxes are already known."""
-    rows = [to_tensor(view, config.decoding) for view in view_images(image, config, boxes)]
+    rows = [to_tensor(view.image, config.decoding) for view in cut_views(image, config, boxes)]
     if config.search.image_views == 2 and not has_patch(image, config.search):
         rows.insert(1, absent_view(config.decoding))  # every image keeps the layout whole, patch, faces
     return ImageViews(torch.stack(rows), boxes)

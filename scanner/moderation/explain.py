@@ -10,10 +10,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 
-from scanner.detector.evidence import Region, view_evidence
+from scanner.detector.evidence import view_evidence
 from scanner.detector.faces import Box, FaceFinder
 from scanner.detector.preprocess import VIEW_WORDS, Preprocess
-from scanner.detector.views import scored_part
+from scanner.detector.views import Region, scored_part
 
 
 def colorize(heatmap: np.ndarray) -> np.ndarray:

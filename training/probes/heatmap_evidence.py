@@ -23,7 +23,7 @@ from scanner.detector.checkpoint import load_model
 from scanner.detector.evidence import gradcam, place_maps, view_scores
 from scanner.detector.faces import Box, FaceFinder
 from scanner.detector.preprocess import decode_image, to_tensor
-from scanner.detector.views import scored_part, view_images, view_regions
+from scanner.detector.views import cut_views, scored_part
 from scanner.registry import resolve_model
 from training.data import find_samples
 
@@ -83,10 +83,11 @@ def main() -> None:
         used += 1
         face = max(boxes, key=lambda b: b.w * b.h)
         chance += face.w * face.h / (part.width * part.height)
-        views, regions = view_images(part, config, boxes), view_regions(part, config, boxes)
+        views = cut_views(part, config, boxes)
+        regions = [view.region for view in views]
         for name, method in methods.items():
             started = time.perf_counter()
-            maps = [method(model, to_tensor(view, config.decoding)) for view in views]
+            maps = [method(model, to_tensor(view.image, config.decoding)) for view in views]
             seconds[name] += time.perf_counter() - started
             maps = [m * s for m, s in zip(maps, scores)]
             hits[f"{name}, whole view"] += inside(hottest(place_maps(maps[:1], regions[:1], part.size)), face)
