@@ -181,3 +181,25 @@ def test_a_celery_worker_that_never_saw_the_file_loads_the_model_from_sql(
         job = session.get(Job, result.summary["job_id"])
         assert job is not None and job.model_version == version and job.items_done == 2 * PER_CLASS
     assert list((tmp_path / "worker-cache" / "models").glob("*.pt"))  # fetched from SQL, not from a shared disk
+
+
+def test_the_base_is_compared_at_the_operating_point_the_adapted_model_is_held_to() -> None:
+    """The adapted threshold must keep 5% of the reviewed reals and each check-set source's reals within their
+    allowance; the base was compared at the reviewed reals' 5% alone, a lower threshold no adapted model could use,
+    and on new GAN faces the base 'caught' 99.5-100% there against the adapted 76-81%. Both now get the same rule."""
+    import torch
+
+    from scanner.detector.adaptation import operating_threshold
+    from scanner.detector.checkset import CheckSet
+
+    reals = 40
+    replay = CheckSet("m", ["studio"], torch.zeros(reals, dtype=torch.long), torch.zeros(reals, dtype=torch.long),
+                      torch.ones(reals, dtype=torch.long), torch.ones(reals, dtype=torch.bool),
+                      torch.zeros(reals, 1, 1, 2))  # fmt: skip
+    reviewed = [i / 200 for i in range(100)]  # 0 to 0.495: 5% of them at or above 0.475
+    studio = [0.5 + i / 100 for i in range(reals)]  # the check set's reals score higher than the reviewed ones
+    rule = operating_threshold(reviewed, studio, replay, base_replay=studio, base_threshold=2.0)  # base flags none
+    assert rule == pytest.approx(0.87, abs=1e-6)  # the check set binds: 2 of its 40 reals (0.88, 0.89) flagged
+    assert sum(s >= rule for s in studio) == 2 and sum(s >= rule for s in reviewed) == 0
+    alone = operating_threshold(reviewed, [0.0] * reals, replay, [0.0] * reals, 2.0)
+    assert alone == pytest.approx(0.47, abs=1e-6) and sum(s >= alone for s in reviewed) == 5  # the reviewed reals bind

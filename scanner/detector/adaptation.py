@@ -11,6 +11,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -292,28 +293,37 @@ def evaluate(
     loaded: LoadedModel, base: nn.Linear, head: nn.Linear, labels: list[int], per_image: list[torch.Tensor],
     held_out: list[float], replay: CheckSet, kept: CheckSet,
 ) -> Evaluation:  # fmt: skip
-    """The threshold (reviewed reals held out at most 5% flagged, and every replayed source's reals at most 5% or
-    as many as the base flags in that sample) and the base-against-adapted table, with the guardrails that failed.
-    The base is shown at its own threshold and at the threshold that flags at most 5% of the reviewed reals, the
-    operating point the adapted model is held to."""
+    """The threshold (`operating_threshold`) and the base-against-adapted table, with the guardrails that failed.
+    The base is shown at its own threshold and at the threshold the same rule gives its scores, the operating point
+    the adapted model is compared at."""
     stored = plain_scoring(loaded.preprocess)
     replay_images, kept_images = checkset_images(replay), checkset_images(kept)
     new_replay = image_scores(head, replay_images, stored)
     old_replay = image_scores(base, replay_images, stored)
-    candidates = [lowest_threshold([s for s, y in zip(held_out, labels) if y == 0], MAX_FPR)]
-    for index in range(len(replay.sources)):
-        reals = [i for i, (y, k) in enumerate(zip(replay.label, replay.source)) if int(k) == index and int(y) == 0]
-        allowed = max(MAX_FPR, share_at_or_above([old_replay[i] for i in reals], loaded.threshold) if reals else 0.0)
-        candidates.append(lowest_threshold([new_replay[i] for i in reals], allowed))
-    threshold = max(candidates)
     base_scores = image_scores(base, per_image, loaded.preprocess)
-    matched = lowest_threshold([s for s, y in zip(base_scores, labels) if y == 0], MAX_FPR)
+    rule = partial(operating_threshold, replay=replay, base_replay=old_replay, base_threshold=loaded.threshold)
+    threshold = rule([s for s, y in zip(held_out, labels) if y == 0], new_replay)
+    matched = rule([s for s, y in zip(base_scores, labels) if y == 0], old_replay)
     rows = [reviewed_row("base", labels, base_scores, loaded.threshold),
             reviewed_row("base@5%", labels, base_scores, matched),
             reviewed_row("adapted", labels, held_out, threshold)]  # fmt: skip
     rows += checkset_rows("base", kept, image_scores(base, kept_images, stored), loaded.threshold)
     rows += checkset_rows("adapted", kept, image_scores(head, kept_images, stored), threshold)
     return Evaluation(rows, threshold, guardrail_failures(rows))
+
+
+def operating_threshold(
+    reviewed_reals: list[float], replay_scores: list[float], replay: CheckSet, base_replay: list[float],
+    base_threshold: float,
+) -> float:  # fmt: skip
+    """The lowest threshold that flags at most 5% of the reviewed reals and, of each replayed source's reals, at most
+    5% or as many as the base flags at its own threshold in that sample."""
+    candidates = [lowest_threshold(reviewed_reals, MAX_FPR)]
+    for index in range(len(replay.sources)):
+        reals = [i for i, (y, k) in enumerate(zip(replay.label, replay.source)) if int(k) == index and int(y) == 0]
+        allowed = max(MAX_FPR, share_at_or_above([base_replay[i] for i in reals], base_threshold) if reals else 0.0)
+        candidates.append(lowest_threshold([replay_scores[i] for i in reals], allowed))
+    return max(candidates)
 
 
 def guardrail_failures(rows: list[dict[str, Any]]) -> list[str]:
@@ -324,8 +334,9 @@ def guardrail_failures(rows: list[dict[str, Any]]) -> list[str]:
         failures.append(f"it ranks the held-out decisions worse than the base (AUC {adapted['auc']:.3f} against "
                         f"{base['auc']:.3f})")  # fmt: skip
     if adapted["caught"] < matched["caught"]:
-        failures.append(f"it catches fewer held-out fakes than the base at the same 5% of reviewed reals flagged "
-                        f"({adapted['caught']:.1%} against {matched['caught']:.1%})")  # fmt: skip
+        failures.append(f"it catches fewer held-out fakes than the base at the same operating point (at most 5% of "
+                        f"reviewed reals and of each check-set source flagged): {adapted['caught']:.1%} against "
+                        f"{matched['caught']:.1%}")  # fmt: skip
     if adapted["fakes"] and not adapted["caught"]:
         failures.append("it catches none of the held-out fakes")
     pooled = {row["model"]: row for row in rows[3:] if row["set"] == POOLED}
