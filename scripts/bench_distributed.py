@@ -18,15 +18,12 @@ from pathlib import Path
 
 import psycopg
 import redis
+from bench_embedded import parse_args  # the script's own folder is on the path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_embedded import parse_args  # noqa: E402
-
-from scanner.db import upgrade  # noqa: E402
-from scanner.pipeline.scan import ScanContext, complete_batch, prepare_batch  # noqa: E402
-from scanner.pipeline.submit import open_database, submit  # noqa: E402
-from scanner.settings import Settings  # noqa: E402
+from scanner.db import upgrade
+from scanner.pipeline.scan import ScanContext, complete_batch, prepare_batch
+from scanner.pipeline.submit import open_database, submit
+from scanner.settings import Settings
 
 SCANNER = str(Path(sys.executable).with_name("scanner"))
 

@@ -186,3 +186,15 @@ def test_importing_the_cli_does_not_import_torch() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_python_dash_m_scanner_is_the_command_without_its_entry_point(tmp_path: Path) -> None:
+    """A bare GPU machine runs the checkout without installing it: `python -m scanner` from the repository."""
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "SCANNER_DATABASE_URL": f"sqlite:///{tmp_path / 'scan.db'}"}
+    done = subprocess.run([sys.executable, "-m", "scanner", "models"], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "effnet-faces" in done.stdout
