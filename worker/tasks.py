@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
 from typing import Any
 
-import torch
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import worker_process_init
 from celery.utils.log import get_task_logger
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 
@@ -19,26 +17,11 @@ from scanner.db import make_engine, session_factory
 from scanner.engines.celery import TASK_NAME, batch_sender, queue_empty_check
 from scanner.pipeline.leases import reap_expired
 from scanner.pipeline.scan import ScanContext, fail_leased_batch, scan_leased_batch, worker_name
-from scanner.settings import Settings, available_cores
+from scanner.settings import Settings
 from worker import app
 
 logger = get_task_logger(__name__)
 TRANSIENT = (OperationalError, InterfaceError, DisconnectionError, ConnectionError, TimeoutError)
-
-
-@celeryd_after_setup.connect
-def remember_concurrency(sender: Any, instance: Any, **_: Any) -> None:
-    """Record the pool size before forking so each child can take its share of the cores."""
-    os.environ.setdefault("SCANNER_WORKER_CONCURRENCY", str(getattr(instance, "concurrency", 1) or 1))
-
-
-@worker_process_init.connect
-def limit_torch_threads(**_: Any) -> None:
-    """Give each prefork child a share of the cores so children x threads ~ cores (fast, no model load)."""
-    settings = Settings.from_env()
-    concurrency = int(os.environ.get("SCANNER_WORKER_CONCURRENCY", "1"))
-    threads = settings.torch_threads or max(1, available_cores() // max(1, concurrency))
-    torch.set_num_threads(threads)
 
 
 class ScanTask(Task):  # type: ignore[misc]
