@@ -30,7 +30,7 @@ from scanner.detector.preprocess import Preprocess, to_tensor
 from scanner.detector.schema import CURRENT_FORMAT
 from scanner.detector.views import calibrated, combine_views, make_views
 from scanner.model_catalog import _input_policy
-from scanner.moderation.html_report import attach_visuals
+from scanner.moderation.html_report import with_visuals
 from scanner.moderation.reports import report_rows
 from scanner.pipeline.submit import open_database, submit
 from scanner.registry import registered_models, resolve_model
@@ -408,7 +408,7 @@ def test_face_boxes_are_stored_reported_and_drawn(face_model: Path, tmp_path: Pa
     parsed = {Path(row["uri"]).name: row for row in csv.DictReader(io.StringIO(csv_text))}  # stdout is valid CSV
     assert json.loads(parsed["face.png"]["faces"])[0]["box"] == [x, y, w, h] and parsed["scene.png"]["faces"] == "[]"
     face_row = dict(rows["face.png"], threshold=-1.0)  # every face counts as flagged: drawn red
-    attach_visuals([face_row], settings, None, 10)
+    list(with_visuals([face_row], settings, None, 10))
     thumb = Image.open(io.BytesIO(base64.b64decode(face_row["thumb"].split(",", 1)[1]))).convert("RGB")
     scale = thumb.width / 240
     red, green, blue = thumb.getpixel((round((x + w / 2) * scale), round(y * scale) + 1))

@@ -18,7 +18,7 @@ from scanner.db import make_engine
 from scanner.detector.checkpoint import load_model
 from scanner.detector.evidence import gradcam
 from scanner.detector.preprocess import preprocess_bytes
-from scanner.moderation.html_report import render_html
+from scanner.moderation.html_report import render_html_chunks
 from scanner.moderation.queue import item_detail
 from scanner.moderation.reports import job_status, render_jsonl, report_rows
 from scanner.moderation.review import ReviewError, add_decision, export_labels, import_decisions
@@ -94,7 +94,7 @@ def test_html_escapes_everything_from_the_data() -> None:
               "errors_by_code": {"<img src=x>": 1}}  # fmt: skip
     row = {"item_id": 1, "uri": "/x/</script><script>alert(1)</script>.png", "status": "done", "score": 0.1,
            "label": "real", "error_code": None, "error_message": None}  # fmt: skip
-    html = render_html(status, [row])
+    html = "".join(render_html_chunks(status, [row]))
     assert "</script><script>alert(1)" not in html
     assert "<b>v</b>" not in html and "<img src=x>" not in html
 

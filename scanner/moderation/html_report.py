@@ -77,13 +77,6 @@ def _attach(pool: ThreadPoolExecutor, rows: list[dict[str, Any]], settings: Sett
         row["thumb"], row["heat"] = thumb, heat
 
 
-def attach_visuals(
-    rows: list[dict[str, Any]], settings: Settings, explain: Explain | None, max_thumbnails: int
-) -> list[dict[str, Any]]:
-    """Add `thumb` (and `heat` for flagged items when explaining) to the first scanned rows."""
-    return list(with_visuals(rows, settings, explain, max_thumbnails))
-
-
 def _json_for_script(value: Any) -> str:
     """JSON that cannot close the <script> element it sits in."""
     text = json.dumps(value, default=str, separators=(",", ":"))
@@ -105,11 +98,6 @@ def _summary_html(status: dict[str, Any]) -> str:
         f"finished {e(str(status['finished_at'] or 'not yet'))}</p>"
         f"<div class='stats'>{counts}</div>" + (f"<h3>Errors by code</h3><ul>{codes}</ul>" if codes else "")
     )
-
-
-def render_html(status: dict[str, Any], rows: Iterable[dict[str, Any]]) -> str:
-    """The whole report as one HTML document with no external assets."""
-    return "".join(render_html_chunks(status, rows))
 
 
 def render_html_chunks(status: dict[str, Any], rows: Iterable[dict[str, Any]]) -> Iterator[str]:
