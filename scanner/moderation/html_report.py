@@ -64,7 +64,7 @@ def with_visuals(
             if left > 0 and row["status"] == "done":
                 scanned.append(row)
                 left -= 1
-            if len(scanned) >= VISUAL_CHUNK or left <= 0 or (not scanned and len(pending) >= VISUAL_CHUNK):
+            if len(pending) >= VISUAL_CHUNK or left <= 0:
                 _attach(pool, scanned, settings, explain)
                 yield from pending
                 pending, scanned = [], []
