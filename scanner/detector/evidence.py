@@ -21,11 +21,12 @@ from scanner.detector.networks import inference_forward
 from scanner.detector.preprocess import Preprocess, to_tensor
 from scanner.detector.views import (
     Region,
+    View,
     calibrated,
     cut_views,
     score_flat_views,
     view_kinds,
-    views_from_boxes,
+    view_rows,
 )
 
 
@@ -49,14 +50,12 @@ def gradcam(model: nn.Module, tensor: torch.Tensor) -> np.ndarray:
     return (cam / peak).cpu().numpy() if peak > 0 else np.zeros(tuple(tensor.shape[-2:]), dtype=np.float32)
 
 
-def view_scores(
-    model: nn.Module, image: Image.Image, preprocess: Preprocess, boxes: list[Box]
-) -> list[tuple[str, float]]:  # fmt: skip
-    """Each view's kind and calibrated score as the scan scores it (mirroring included), in `cut_views`' order."""
-    views = views_from_boxes(image, preprocess, boxes)
+def view_scores(model: nn.Module, views: list[View], preprocess: Preprocess) -> list[tuple[str, float]]:
+    """Each cut view's kind and calibrated score as the scan scores it (mirroring included), in the same order."""
+    rows = view_rows(views, preprocess)
     device = next(model.parameters()).device
     forward = inference_forward(model, preprocess.decoding.size, device, preprocess.scoring.precision, jit=False)
-    flat = score_flat_views(forward, views.tensors, [len(views.tensors)], preprocess, len(views.tensors), device)
+    flat = score_flat_views(forward, rows, [len(rows)], preprocess, len(rows), device)
     kinds = view_kinds(len(flat), preprocess.search.image_views)
     offset = preprocess.scoring.offset
     return [(kind, calibrated(score, offset(kind))) for score, kind in zip(flat, kinds) if not math.isnan(score)]
@@ -77,7 +76,7 @@ def view_evidence(
 ) -> tuple[np.ndarray, list[Region], list[tuple[str, float]]]:  # fmt: skip
     """The image's evidence map (image-sized, [0, 1]), each view's region, and each view's kind and score."""
     views = cut_views(image, preprocess, boxes)
-    scored = view_scores(model, image, preprocess, boxes)
+    scored = view_scores(model, views, preprocess)
     maps = [
         gradcam(model, to_tensor(view.image, preprocess.decoding)) * score for view, (_, score) in zip(views, scored)
     ]

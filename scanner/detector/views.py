@@ -190,10 +190,15 @@ def make_views(
 
 def views_from_boxes(image: Image.Image, config: Preprocess, boxes: list[Box]) -> ImageViews:
     """The stacked model inputs of an image whose face boxes are already known."""
-    rows = [to_tensor(view.image, config.decoding) for view in cut_views(image, config, boxes)]
-    if config.search.image_views == 2 and not has_patch(image, config.search):
+    return ImageViews(view_rows(cut_views(image, config, boxes), config), boxes)
+
+
+def view_rows(views: list[View], config: Preprocess) -> torch.Tensor:
+    """An image's cut views as the model's stacked rows: a placeholder row where a patch model's patch is absent."""
+    rows = [to_tensor(view.image, config.decoding) for view in views]
+    if config.search.image_views == 2 and not any(view.kind == "patch" for view in views):
         rows.insert(1, absent_view(config.decoding))  # every image keeps the layout whole, patch, faces
-    return ImageViews(torch.stack(rows), boxes)
+    return torch.stack(rows)
 
 
 def view_kinds(count: int, image_views: int) -> list[str]:

@@ -77,13 +77,13 @@ def main() -> None:
         part, boxes, _ = scored_part(image, config.search, finder)
         if not boxes:
             continue
-        scores = [score for _, score in view_scores(model, part, config, boxes)]
+        views = cut_views(part, config, boxes)
+        scores = [score for _, score in view_scores(model, views, config)]
         if max(scores) < loaded.threshold:  # not flagged
             continue
         used += 1
         face = max(boxes, key=lambda b: b.w * b.h)
         chance += face.w * face.h / (part.width * part.height)
-        views = cut_views(part, config, boxes)
         regions = [view.region for view in views]
         for name, method in methods.items():
             started = time.perf_counter()
