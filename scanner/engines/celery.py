@@ -161,8 +161,7 @@ def follow_job(
         try:
             counts, finished = _job_state(sessions, job_id)
         except DATABASE_ERRORS as exc:
-            _tell_once_a_minute(told_at, "database", now, f"job {job_id}: the database does not answer "
-                                f"({type(exc).__name__}); still following the job")  # fmt: skip
+            _tell_database_away(told_at, job_id, exc, now)
             counts, finished = {"queued": remaining}, False
         if counts["queued"] < remaining:
             if advance:
@@ -194,12 +193,17 @@ def _reap(
     try:
         reap_expired(sessions, send, queue_empty=queue_empty, stale=2 * settings.lease_seconds)
     except DATABASE_ERRORS as exc:
-        _tell_once_a_minute(told_at, "database", now, f"job {job_id}: the database does not answer "
-                            f"({type(exc).__name__}); still following the job")  # fmt: skip
+        _tell_database_away(told_at, job_id, exc, now)
     except BROKER_ERRORS as exc:  # the broker is away: workers finish what they hold; keep following
         _tell_once_a_minute(told_at, "broker", now, f"job {job_id}: the broker does not answer "
                             f"({type(exc).__name__}); still following the job, lost batches are sent again "
                             "once it is back")  # fmt: skip
+
+
+def _tell_database_away(told_at: dict[str, float], job_id: int, exc: Exception, now: float) -> None:
+    """Say (once a minute) that the database does not answer and the job is still followed."""
+    _tell_once_a_minute(told_at, "database", now, f"job {job_id}: the database does not answer "
+                        f"({type(exc).__name__}); still following the job")  # fmt: skip
 
 
 def _tell_once_a_minute(told_at: dict[str, float], what: str, now: float, line: str) -> None:
